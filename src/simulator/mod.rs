@@ -1,0 +1,1 @@
+//! An in-process HubSpot simulator (placeholder, being written).
