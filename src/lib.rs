@@ -1,4 +1,15 @@
 //! hubsync: moves product events from a Postgres outbox into HubSpot contact and company
 //! properties, batched, idempotent, inside the rate limit, with failures kept in `hubsync.dlq`.
 
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod event;
+pub mod hubspot;
+pub mod ratelimit;
+pub mod reconcile;
+pub mod schema;
 pub mod simulator;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,12 @@
+-- Pipeline health: events waiting in the outbox and how old the oldest is, objects waiting to
+-- be synced or backing off after failures, dead-letter rows, and the shared rate limiter.
+SELECT
+  (SELECT count(*) FROM hubsync.outbox)                                    AS outbox_backlog,
+  (SELECT extract(epoch FROM now() - min(enqueued_at)) FROM hubsync.outbox) AS oldest_event_age_s,
+  (SELECT count(*) FROM hubsync.objects WHERE dirty)                       AS objects_to_sync,
+  (SELECT count(*) FROM hubsync.objects WHERE dirty AND attempts > 0)      AS objects_backing_off,
+  (SELECT count(*) FROM hubsync.dlq)                                       AS dlq_rows,
+  (SELECT count(*) FROM hubsync.dlq WHERE next_retry_at IS NULL)           AS dlq_parked,
+  (SELECT paused_until FROM hubsync.limiter WHERE name = 'hubspot')        AS paused_until,
+  (SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot')        AS pause_reason,
+  (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot')     AS daily_remaining;

@@ -1,0 +1,406 @@
+//! The command line: parses arguments, loads config and environment, and calls the library.
+//! Each command returns an exit code; messages for people go to stderr, results to stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, Env};
+use crate::db;
+use crate::db::dlq::{OperatorSql, Var};
+use crate::hubspot::{HubSpotClient, Paths};
+use crate::simulator::{Fault, SimConfig, Simulator};
+use crate::worker::Worker;
+
+/// hubsync: product events from a Postgres outbox into HubSpot properties.
+#[derive(Debug, Parser)]
+#[command(name = "hubsync", version, about)]
+pub struct Cli {
+    /// Config file (default: $HUBSYNC_CONFIG, else ./hubsync.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of DESIGN.md §1.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the hubsync schema.
+    Migrate,
+    /// Validate the config against the portal; print what `run` would create; exit 1 on mismatch.
+    Check,
+    /// Run the worker until SIGTERM/SIGINT (finishing the batch in flight).
+    Run {
+        /// Drain everything that can be sent now, then exit 0.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Backlog, oldest event age, DLQ counts by category, rate and daily budget.
+    Status,
+    /// Inspect and replay the dead-letter table (the statements of sql/).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Run the HubSpot simulator on a local port.
+    Simulator(SimulatorArgs),
+    /// Migrate, start the simulator, enqueue sample events, run the worker, print the result.
+    Demo {
+        /// Sample events to enqueue.
+        #[arg(long, default_value_t = 400)]
+        events: usize,
+        /// Distinct contacts they touch.
+        #[arg(long, default_value_t = 40)]
+        contacts: usize,
+    },
+}
+
+/// `hubsync dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Rows by category: parked and scheduled (sql/dlq_summary.sql).
+    Summary,
+    /// The most recent rows (sql/dlq_list.sql).
+    List {
+        /// Only this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One row in full (sql/dlq_show.sql).
+    Show {
+        /// The row id.
+        id: i64,
+    },
+    /// Replay rows: one id, a category, or all (sql/dlq_retry_*.sql).
+    Retry(Selection),
+    /// Delete rows for good: one id, a category, or all (sql/dlq_discard_*.sql).
+    Discard(Selection),
+}
+
+/// Which DLQ rows a retry or discard applies to.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Selection {
+    /// One row id.
+    pub id: Option<i64>,
+    /// Every row of this category.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Every row.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `hubsync simulator ...`
+#[derive(Debug, Args)]
+pub struct SimulatorArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8089)]
+    pub port: u16,
+    /// Address to bind (use 0.0.0.0 inside a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The token it accepts.
+    #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", default_value = "sim-token")]
+    pub token: String,
+    /// Requests allowed per rolling window (0 = unlimited).
+    #[arg(long, default_value_t = 100)]
+    pub requests_per_window: u32,
+    /// Rolling window length in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub window_ms: u64,
+    /// Requests allowed per day.
+    #[arg(long)]
+    pub daily_limit: Option<u64>,
+    /// Share of write requests answered with a random fault (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Added latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub async fn main_with(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigError>() {
+                eprintln!("error: {c}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(cli_path: &Option<PathBuf>, env: &Env) -> Result<Config, ConfigError> {
+    let path = cli_path.clone().unwrap_or_else(|| env.config_path.clone());
+    Config::load(&path)
+}
+
+fn client_for(config: &Config, env: &Env) -> anyhow::Result<HubSpotClient> {
+    let token = env.require_token()?;
+    HubSpotClient::new(
+        &env.base_url,
+        token,
+        Paths::new(config.hubspot.api_version),
+        config.hubspot.request_timeout,
+    )
+}
+
+/// Refuses to run against a database the migrations have not reached.
+async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let latest = db::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(None);
+    match applied {
+        Some(v) if v >= latest => Ok(()),
+        _ => anyhow::bail!(
+            "the hubsync schema is missing or out of date in this database; run `hubsync migrate` first"
+        ),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env = Env::from_env();
+    match cli.command {
+        Command::Migrate => {
+            let pool = db::connect(&env.database_url, 2).await?;
+            db::migrate(&pool).await?;
+            println!("hubsync schema is up to date in {}", db::redact(&env.database_url));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let config = load_config(&cli.config, &env)?;
+            let client = client_for(&config, &env)?;
+            let plan = crate::reconcile::plan(&client, &config).await?;
+            println!("config {} is valid", config.path.display());
+            let lines = plan.describe();
+            if lines.is_empty() {
+                println!("the portal already has every declared property; nothing to create");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(if plan.mismatches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Run { until_idle } => {
+            let config = Arc::new(load_config(&cli.config, &env)?);
+            let client = client_for(&config, &env)?;
+            let pool = db::connect(&env.database_url, 2 + config.worker.concurrency as u32 * 2).await?;
+            require_schema(&pool).await?;
+            crate::reconcile::ensure(&client, &config).await?;
+            let worker = Arc::new(Worker::new(pool, config, client).await?);
+            let cancel = CancellationToken::new();
+            spawn_signal_handler(cancel.clone());
+            if until_idle {
+                let step = worker.run_until_idle(&cancel).await?;
+                eprintln!(
+                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry",
+                    step.ingested,
+                    step.refused,
+                    step.sync.written,
+                    step.sync.requests,
+                    step.sync.dead_lettered,
+                    step.sync.retrying
+                );
+            } else {
+                tracing::info!("hubsync worker running; SIGTERM or Ctrl-C stops it after the batch in flight");
+                worker.run(cancel).await?;
+                tracing::info!("hubsync worker stopped");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let pool = db::connect(&env.database_url, 2).await?;
+            require_schema(&pool).await?;
+            print_sql(&pool, &db::dlq::STATUS, &[], true).await?;
+            println!();
+            print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq(cmd) => {
+            let pool = db::connect(&env.database_url, 2).await?;
+            require_schema(&pool).await?;
+            dlq(&pool, cmd).await
+        }
+        Command::Simulator(args) => simulator(args).await,
+        Command::Demo { events, contacts } => {
+            crate::demo::run(&env, events, contacts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    let pick = |s: &Selection, one: OperatorSql, cat: OperatorSql, all: OperatorSql| {
+        if let Some(id) = s.id {
+            (one, vec![("id", Var::Int(id))])
+        } else if let Some(c) = &s.category {
+            (cat, vec![("category", Var::Text(c.clone()))])
+        } else {
+            (all, vec![])
+        }
+    };
+    let (sql, vars, vertical) = match cmd {
+        DlqCommand::Summary => (db::dlq::SUMMARY, vec![], false),
+        DlqCommand::List { category, limit } => (
+            db::dlq::LIST,
+            vec![
+                ("category", Var::Text(category.unwrap_or_default())),
+                ("limit", Var::Int(limit)),
+            ],
+            false,
+        ),
+        DlqCommand::Show { id } => (db::dlq::SHOW, vec![("id", Var::Int(id))], true),
+        DlqCommand::Retry(s) => {
+            let (sql, vars) = pick(&s, db::dlq::RETRY_ONE, db::dlq::RETRY_CATEGORY, db::dlq::RETRY_ALL);
+            (sql, vars, false)
+        }
+        DlqCommand::Discard(s) => {
+            let (sql, vars) = pick(
+                &s,
+                db::dlq::DISCARD_ONE,
+                db::dlq::DISCARD_CATEGORY,
+                db::dlq::DISCARD_ALL,
+            );
+            (sql, vars, false)
+        }
+    };
+    let rows = print_sql(pool, &sql, &vars, vertical).await?;
+    if rows == 0 && matches!(sql.name, "dlq_show.sql" | "dlq_retry_one.sql" | "dlq_discard_one.sql") {
+        eprintln!("no dead-letter row with that id; `hubsync dlq list` shows the ids");
+        return Ok(ExitCode::from(1));
+    }
+    if sql.name.starts_with("dlq_retry") {
+        eprintln!("{rows} row(s) marked for replay; a running worker retries them within seconds");
+    } else if sql.name.starts_with("dlq_discard") {
+        eprintln!("{rows} row(s) discarded");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a statement's rows as a table (or one `column: value` per line when `vertical`).
+async fn print_sql(
+    pool: &PgPool,
+    sql: &OperatorSql,
+    vars: &[(&str, Var)],
+    vertical: bool,
+) -> anyhow::Result<usize> {
+    let (columns, rows) = db::dlq::run_operator(pool, sql, vars).await?;
+    if rows.is_empty() {
+        println!("(no rows)");
+        return Ok(0);
+    }
+    if vertical {
+        let width = columns.iter().map(|c| c.len()).max().unwrap_or(0);
+        for (n, row) in rows.iter().enumerate() {
+            if n > 0 {
+                println!();
+            }
+            for (c, v) in columns.iter().zip(row) {
+                println!("{c:>width$} | {v}");
+            }
+        }
+    } else {
+        print!("{}", crate::demo::table(&columns, &rows));
+    }
+    Ok(rows.len())
+}
+
+async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
+    let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
+    let config = SimConfig {
+        token: args.token.clone(),
+        requests_per_window: args.requests_per_window,
+        window: Duration::from_millis(args.window_ms),
+        daily_limit: args.daily_limit,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::start_on(addr, config)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; pick another --port"))?;
+    if args.fault_rate > 0.0 {
+        sim.set_random_faults(
+            args.fault_rate.min(1.0),
+            vec![
+                Fault::Status {
+                    status: 500,
+                    retry_after_secs: None,
+                },
+                Fault::Status {
+                    status: 503,
+                    retry_after_secs: None,
+                },
+                Fault::ApplyThenStatus(502),
+                Fault::Status {
+                    status: 423,
+                    retry_after_secs: None,
+                },
+            ],
+            42,
+        );
+    }
+    if args.latency_ms > 0 {
+        sim.set_latency(Duration::from_millis(args.latency_ms));
+    }
+    eprintln!(
+        "HubSpot simulator listening on {} (token \"{}\", {} requests per {} ms); Ctrl-C stops it",
+        sim.base_url(),
+        args.token,
+        args.requests_per_window,
+        args.window_ms
+    );
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    cancel.cancelled().await;
+    sim.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM.
+pub fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown requested: finishing the batch in flight");
+        cancel.cancel();
+    });
+}

@@ -1,0 +1,611 @@
+//! Configuration: `hubsync.toml` and the environment, read once at start into validated types.
+//!
+//! Every mistake is refused here with a message naming the file, the line, the key and the fix;
+//! nothing downstream re-checks strings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::schema::{MergeRule, PropertyDef, PropertyType};
+
+/// Default HubSpot API base URL.
+pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
+/// Default database for local runs, tests and the demo.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Default config path.
+pub const DEFAULT_CONFIG_PATH: &str = "./hubsync.toml";
+
+/// A refused configuration: what, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error(
+        "cannot read config file {path}: {source}; create it (see hubsync.example.toml) or point HUBSYNC_CONFIG at it"
+    )]
+    Read {
+        /// The path tried.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong value type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value that parses but is not allowed.
+    #[error("{path}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The 1-based line, when known.
+        line: Option<usize>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A required environment variable is missing.
+    #[error("{name} is not set: {hint}")]
+    MissingEnv {
+        /// The variable.
+        name: &'static str,
+        /// What to set it to.
+        hint: &'static str,
+    },
+}
+
+/// HubSpot API edition: date-versioned paths, or the older v3/v4 ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `/crm/objects/2026-03/...` and friends (the default).
+    V2026_03,
+    /// `/crm/v3/...` and `/crm/v4/associations/...`, for older portals.
+    V3,
+}
+
+/// The `[hubspot]` table, validated.
+#[derive(Debug, Clone)]
+pub struct HubSpotSettings {
+    /// The portal's burst limit per rolling window.
+    pub requests_per_10s: u32,
+    /// The rolling window HubSpot counts in (10 s; shorter only against the simulator).
+    pub rate_window: Duration,
+    /// The property group hubsync creates its properties in.
+    pub property_group: String,
+    /// The label of that group.
+    pub property_group_label: String,
+    /// Path edition.
+    pub api_version: ApiVersion,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+}
+
+/// The `[worker]` table, validated.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Inputs per batch upsert (at most 100).
+    pub batch_size: usize,
+    /// Outbox rows claimed per ingest transaction.
+    pub ingest_chunk: usize,
+    /// Batch requests in flight at once per worker.
+    pub concurrency: usize,
+    /// Pause between polls when there is nothing to do.
+    pub poll_interval: Duration,
+    /// Attempts before a failing object or dead-letter row is parked.
+    pub max_attempts: i32,
+    /// How long delivered event ids are remembered.
+    pub ledger_retention: Duration,
+    /// How long an object lease lasts; must outlive a request.
+    pub lease: Duration,
+    /// How often a worker halted by bad credentials probes HubSpot again.
+    pub auth_probe_interval: Duration,
+}
+
+/// One object type's declared properties.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectConfig {
+    /// Declared properties by name.
+    pub properties: BTreeMap<String, PropertyDef>,
+    /// The config-file line each property is declared on, for messages.
+    pub lines: BTreeMap<String, usize>,
+}
+
+/// The `[companies]` table.
+#[derive(Debug, Clone)]
+pub struct CompanyConfig {
+    /// The unique property companies are upserted by.
+    pub id_property: String,
+    /// Declared properties.
+    pub objects: ObjectConfig,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `[hubspot]`
+    pub hubspot: HubSpotSettings,
+    /// `[worker]`
+    pub worker: WorkerSettings,
+    /// `[contacts]`
+    pub contacts: ObjectConfig,
+    /// `[companies]`, when configured.
+    pub companies: Option<CompanyConfig>,
+}
+
+/// Secrets and addresses from the environment.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// `DATABASE_URL`
+    pub database_url: String,
+    /// `HUBSPOT_ACCESS_TOKEN`, when set.
+    pub access_token: Option<String>,
+    /// `HUBSPOT_BASE_URL`
+    pub base_url: String,
+    /// `HUBSYNC_CONFIG`
+    pub config_path: PathBuf,
+}
+
+impl Env {
+    /// Reads the environment, with the documented defaults.
+    pub fn from_env() -> Env {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Env {
+            database_url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            access_token: var("HUBSPOT_ACCESS_TOKEN"),
+            base_url: var("HUBSPOT_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into()),
+            config_path: var("HUBSYNC_CONFIG")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()),
+        }
+    }
+
+    /// The access token, or the refusal that says how to provide it.
+    pub fn require_token(&self) -> Result<&str, ConfigError> {
+        self.access_token
+            .as_deref()
+            .ok_or(ConfigError::MissingEnv {
+                name: "HUBSPOT_ACCESS_TOKEN",
+                hint: "set it to your HubSpot private app's access token (Settings > Integrations > Private Apps)",
+            })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    hubspot: RawHubSpot,
+    #[serde(default)]
+    worker: RawWorker,
+    #[serde(default)]
+    contacts: RawObjects,
+    companies: Option<RawCompanies>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHubSpot {
+    requests_per_10s: Option<Spanned<u32>>,
+    rate_window_ms: Option<Spanned<u64>>,
+    property_group: Option<Spanned<String>>,
+    property_group_label: Option<String>,
+    api_version: Option<Spanned<String>>,
+    request_timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    batch_size: Option<Spanned<usize>>,
+    ingest_chunk: Option<Spanned<usize>>,
+    concurrency: Option<Spanned<usize>>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    max_attempts: Option<Spanned<i32>>,
+    ledger_retention_days: Option<Spanned<u64>>,
+    lease_secs: Option<Spanned<u64>>,
+    auth_probe_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawObjects {
+    #[serde(default)]
+    properties: BTreeMap<String, RawProperty>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompanies {
+    id_property: Option<Spanned<String>>,
+    #[serde(default)]
+    properties: BTreeMap<String, RawProperty>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProperty {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    merge: Option<Spanned<String>>,
+    label: Option<String>,
+    description: Option<String>,
+    options: Option<Spanned<Vec<String>>>,
+    multiple: Option<Spanned<bool>>,
+}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_at(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The line of `[table]` (or a dotted key inside another table) that introduces `name`.
+    fn line_of_table(&self, table: &str) -> Option<usize> {
+        let header = format!("[{table}]");
+        self.text
+            .lines()
+            .position(|l| l.trim().replace(' ', "") == header)
+            .map(|i| i + 1)
+    }
+
+    fn invalid(&self, line: Option<usize>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            message,
+        }
+    }
+
+    fn at<T>(&self, spanned: &Spanned<T>) -> Option<usize> {
+        Some(self.line_at(spanned.span().start))
+    }
+}
+
+/// A property name HubSpot will accept for a custom property, or why not.
+pub fn check_property_name(name: &str) -> Result<(), String> {
+    if name.starts_with("hs_") {
+        return Err(format!(
+            "\"{name}\" starts with hs_, which HubSpot reserves for its own properties; rename it (e.g. \"{}\")",
+            name.trim_start_matches("hs_")
+        ));
+    }
+    if name.is_empty() || name.len() >= 100 {
+        return Err(format!(
+            "\"{name}\" must be 1 to 99 characters long; shorten it"
+        ));
+    }
+    let first_ok = name.starts_with(|c: char| c.is_ascii_lowercase());
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !first_ok || !rest_ok {
+        return Err(format!(
+            "\"{name}\" must be lower-case letters, digits and _ and start with a letter (HubSpot stores names lower-case); rename it to \"{}\"",
+            name.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!(
+                "{}\nfix this line; every key is listed in hubsync.example.toml and the README",
+                e.to_string().trim_end()
+            ),
+        })?;
+        let src = Source { path, text };
+        let hubspot = hubspot_settings(&src, raw.hubspot)?;
+        let worker = worker_settings(&src, raw.worker)?;
+        let contacts = object_config(&src, "contacts", raw.contacts.properties, &["email"])?;
+        let companies = match raw.companies {
+            None => None,
+            Some(c) => {
+                let line = src.line_of_table("companies");
+                let id = c.id_property.ok_or_else(|| {
+                    src.invalid(
+                        line,
+                        "[companies] needs id_property: the unique property companies are matched by, e.g. id_property = \"product_account_id\"".into(),
+                    )
+                })?;
+                check_property_name(id.get_ref())
+                    .map_err(|m| src.invalid(src.at(&id), format!("companies.id_property: {m}")))?;
+                let id_property = id.get_ref().clone();
+                let objects = object_config(&src, "companies", c.properties, &[&id_property])?;
+                Some(CompanyConfig {
+                    id_property,
+                    objects,
+                })
+            }
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            hubspot,
+            worker,
+            contacts,
+            companies,
+        })
+    }
+}
+
+fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
+    src: &Source,
+    key: &str,
+    value: &Option<Spanned<T>>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() >= min && *v.get_ref() <= max => Ok(*v.get_ref()),
+        Some(v) => Err(src.invalid(
+            src.at(v),
+            format!(
+                "{key} = {} is out of range; use a value from {min} to {max}",
+                v.get_ref()
+            ),
+        )),
+    }
+}
+
+fn hubspot_settings(src: &Source, raw: RawHubSpot) -> Result<HubSpotSettings, ConfigError> {
+    let requests_per_10s = bounded(src, "hubspot.requests_per_10s", &raw.requests_per_10s, 100, 1, 10_000)?;
+    let window_ms = bounded(src, "hubspot.rate_window_ms", &raw.rate_window_ms, 10_000, 100, 600_000)?;
+    let timeout = bounded(src, "hubspot.request_timeout_secs", &raw.request_timeout_secs, 30, 1, 300)?;
+    let property_group = match raw.property_group {
+        None => "product_signals".to_string(),
+        Some(g) => {
+            check_property_name(g.get_ref()).map_err(|m| {
+                src.invalid(src.at(&g), format!("hubspot.property_group: {m}"))
+            })?;
+            g.into_inner()
+        }
+    };
+    let api_version = match raw.api_version {
+        None => ApiVersion::V2026_03,
+        Some(v) => match v.get_ref().as_str() {
+            "2026-03" => ApiVersion::V2026_03,
+            "v3" => ApiVersion::V3,
+            other => {
+                return Err(src.invalid(
+                    src.at(&v),
+                    format!(
+                        "hubspot.api_version = \"{other}\" is not known; use \"2026-03\" (default) or \"v3\" for portals without date-versioned APIs"
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(HubSpotSettings {
+        requests_per_10s,
+        rate_window: Duration::from_millis(window_ms),
+        property_group_label: raw
+            .property_group_label
+            .unwrap_or_else(|| "Product signals".into()),
+        property_group,
+        api_version,
+        request_timeout: Duration::from_secs(timeout),
+    })
+}
+
+fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, ConfigError> {
+    let lease = bounded(src, "worker.lease_secs", &raw.lease_secs, 120, 10, 3600)?;
+    Ok(WorkerSettings {
+        batch_size: bounded(src, "worker.batch_size", &raw.batch_size, 100, 1, 100)?,
+        ingest_chunk: bounded(src, "worker.ingest_chunk", &raw.ingest_chunk, 2000, 1, 50_000)?,
+        concurrency: bounded(src, "worker.concurrency", &raw.concurrency, 4, 1, 64)?,
+        poll_interval: Duration::from_millis(bounded(
+            src,
+            "worker.poll_interval_ms",
+            &raw.poll_interval_ms,
+            100,
+            10,
+            60_000,
+        )?),
+        max_attempts: bounded(src, "worker.max_attempts", &raw.max_attempts, 10, 1, 1000)?,
+        ledger_retention: Duration::from_secs(
+            86_400 * bounded(src, "worker.ledger_retention_days", &raw.ledger_retention_days, 7, 1, 365)?,
+        ),
+        lease: Duration::from_secs(lease),
+        auth_probe_interval: Duration::from_secs(bounded(
+            src,
+            "worker.auth_probe_secs",
+            &raw.auth_probe_secs,
+            60,
+            1,
+            3600,
+        )?),
+    })
+}
+
+fn object_config(
+    src: &Source,
+    object: &str,
+    raw: BTreeMap<String, RawProperty>,
+    reserved: &[&str],
+) -> Result<ObjectConfig, ConfigError> {
+    let mut properties = BTreeMap::new();
+    let mut lines = BTreeMap::new();
+    for (name, p) in raw {
+        let table = format!("{object}.properties.{name}");
+        let line = src
+            .line_of_table(&table)
+            .or_else(|| p.kind.as_ref().and_then(|k| src.at(k)));
+        let fail = |line: Option<usize>, msg: String| src.invalid(line, format!("[{table}]: {msg}"));
+        check_property_name(&name).map_err(|m| fail(line, m))?;
+        if reserved.contains(&name.as_str()) {
+            return Err(fail(
+                line,
+                format!("\"{name}\" is the key hubsync matches {object} by and is always sent; remove this table"),
+            ));
+        }
+        let kind = p.kind.as_ref().ok_or_else(|| {
+            fail(
+                line,
+                format!("type is missing; add type = \"...\" with one of {}", PropertyType::NAMES),
+            )
+        })?;
+        let multiple = p.multiple.as_ref().map(|m| *m.get_ref()).unwrap_or(false);
+        let ptype = match kind.get_ref().as_str() {
+            "string" => PropertyType::String,
+            "number" => PropertyType::Number,
+            "bool" => PropertyType::Bool,
+            "date" => PropertyType::Date,
+            "datetime" => PropertyType::Datetime,
+            "enumeration" => {
+                let options = p.options.as_ref().map(|o| o.get_ref().clone()).unwrap_or_default();
+                if options.is_empty() {
+                    return Err(fail(
+                        src.at(kind),
+                        "an enumeration needs options; add options = [\"value1\", \"value2\"]".into(),
+                    ));
+                }
+                for (i, o) in options.iter().enumerate() {
+                    if o.trim().is_empty() || o.contains(';') {
+                        return Err(fail(
+                            p.options.as_ref().and_then(|s| src.at(s)),
+                            format!("option \"{o}\" must be non-empty and contain no ';'; rename it"),
+                        ));
+                    }
+                    if options[..i].contains(o) {
+                        return Err(fail(
+                            p.options.as_ref().and_then(|s| src.at(s)),
+                            format!("option \"{o}\" is listed twice; remove one"),
+                        ));
+                    }
+                }
+                PropertyType::Enumeration { options, multiple }
+            }
+            other => {
+                return Err(fail(
+                    src.at(kind),
+                    format!(
+                        "type \"{other}\" is not a property type; use one of {}",
+                        PropertyType::NAMES
+                    ),
+                ));
+            }
+        };
+        if let Some(o) = &p.options
+            && !matches!(ptype, PropertyType::Enumeration { .. })
+        {
+            return Err(fail(
+                src.at(o),
+                format!("options only apply to enumerations, not {}; remove them", ptype.name()),
+            ));
+        }
+        if let Some(m) = &p.multiple
+            && !matches!(ptype, PropertyType::Enumeration { .. })
+        {
+            return Err(fail(
+                src.at(m),
+                "multiple only applies to enumerations; remove it".into(),
+            ));
+        }
+        let merge = match &p.merge {
+            None => MergeRule::Set,
+            Some(m) => MergeRule::parse(m.get_ref()).ok_or_else(|| {
+                fail(
+                    src.at(m),
+                    format!(
+                        "merge = \"{}\" is not a merge rule; use one of set, set_once, increment, max, min",
+                        m.get_ref()
+                    ),
+                )
+            })?,
+        };
+        if let Some(why) = merge.misfit(&ptype) {
+            return Err(fail(
+                p.merge.as_ref().and_then(|m| src.at(m)),
+                format!(
+                    "merge = \"{}\" does not fit type \"{}\": {why}; change the merge rule or the type",
+                    merge.name(),
+                    ptype.name()
+                ),
+            ));
+        }
+        let label = p.label.clone().unwrap_or_else(|| default_label(&name));
+        if let Some(l) = line {
+            lines.insert(name.clone(), l);
+        }
+        properties.insert(
+            name.clone(),
+            PropertyDef {
+                name,
+                ptype,
+                merge,
+                label,
+                description: p.description.clone(),
+            },
+        );
+    }
+    Ok(ObjectConfig { properties, lines })
+}
+
+fn default_label(name: &str) -> String {
+    let mut words: Vec<String> = name
+        .split('_')
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(first) = words.first_mut() {
+        let mut chars = first.chars();
+        if let Some(c) = chars.next() {
+            *first = c.to_uppercase().chain(chars).collect();
+        }
+    }
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../hubsync.example.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("hubsync.toml"), text)
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.hubspot.requests_per_10s, 100);
+        assert_eq!(c.contacts.properties["total_sessions"].merge, MergeRule::Increment);
+        assert_eq!(c.companies.unwrap().id_property, "product_account_id");
+    }
+
+    #[test]
+    fn default_labels_read_like_words() {
+        assert_eq!(default_label("last_active_at"), "Last active at");
+    }
+}

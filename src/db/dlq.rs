@@ -1,0 +1,332 @@
+//! The dead-letter table: writing failed events at ingest, replaying due rows, and the
+//! operator statements of `sql/` (which `hubsync dlq` runs exactly as psql would).
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::ingest::OutboxEvent;
+
+/// An event refused at ingest.
+#[derive(Debug, Clone)]
+pub struct EventFailure {
+    /// The event id.
+    pub event_id: Uuid,
+    /// As enqueued.
+    pub object_type: String,
+    /// As enqueued.
+    pub object_key: String,
+    /// The whole event as JSON text.
+    pub payload: String,
+    /// DLQ category.
+    pub category: String,
+    /// Property, value and reason, for a person.
+    pub message: String,
+    /// Structured detail (JSON text).
+    pub error: String,
+}
+
+/// Parks refused events (a refusal by validation is permanent until someone changes the
+/// config or the data). A replayed event that fails again updates its row. Locks: the new or
+/// updated DLQ rows until commit.
+pub async fn insert_event_failures(
+    tx: &mut PgConnection,
+    failures: &[EventFailure],
+) -> Result<(), sqlx::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&EventFailure) -> String| failures.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO hubsync.dlq AS d (kind, event_id, object_type, object_key, payload,
+                                      error_category, error_message, error, next_retry_at)
+         SELECT 'event', u.event_id, u.object_type, u.object_key, u.payload::jsonb,
+                u.category, u.message, u.error::jsonb, NULL
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[]) AS u(event_id, object_type, object_key, payload, category,
+                                      message, error)
+         ON CONFLICT (event_id) WHERE kind = 'event' DO UPDATE
+         SET error_category = EXCLUDED.error_category, error_message = EXCLUDED.error_message,
+             error = EXCLUDED.error, attempts = d.attempts + 1, last_failed_at = now(),
+             next_retry_at = NULL",
+    )
+    .bind(failures.iter().map(|f| f.event_id).collect::<Vec<_>>())
+    .bind(col(|f| f.object_type.clone()))
+    .bind(col(|f| f.object_key.clone()))
+    .bind(col(|f| f.payload.clone()))
+    .bind(col(|f| f.category.clone()))
+    .bind(col(|f| f.message.clone()))
+    .bind(col(|f| f.error.clone()))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Claims dead-lettered events that are due for replay, rebuilt as outbox events.
+/// Locks: the claimed DLQ rows until the caller's transaction ends (`SKIP LOCKED`).
+pub async fn claim_due_events(
+    tx: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(i64, OutboxEvent)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH due AS MATERIALIZED (
+             SELECT id FROM hubsync.dlq
+             WHERE kind = 'event' AND next_retry_at <= now()
+             ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+         )
+         SELECT d.id, d.event_id,
+                coalesce((d.payload->>'seq')::bigint, 0) AS seq,
+                d.payload->>'object_type' AS object_type,
+                d.payload->>'object_key' AS object_key,
+                coalesce(d.payload->'properties', 'null'::jsonb)::text AS properties,
+                coalesce((d.payload->>'occurred_at')::timestamptz, d.first_failed_at) AS occurred_at,
+                d.payload->>'company_key' AS company_key
+         FROM hubsync.dlq d JOIN due USING (id)",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r: &PgRow| {
+            Ok((
+                r.try_get("id")?,
+                OutboxEvent {
+                    seq: r.try_get("seq")?,
+                    event_id: r.try_get("event_id")?,
+                    object_type: r
+                        .try_get::<Option<String>, _>("object_type")?
+                        .unwrap_or_default(),
+                    object_key: r
+                        .try_get::<Option<String>, _>("object_key")?
+                        .unwrap_or_default(),
+                    properties: r.try_get("properties")?,
+                    occurred_at: r.try_get("occurred_at")?,
+                    company_key: r.try_get("company_key")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Deletes DLQ rows that were replayed successfully. Locks: those rows.
+pub async fn delete_rows(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM hubsync.dlq WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Marks the objects of due DLQ object rows dirty again so the next sync resends their
+/// current state; the row stays (pushed an hour ahead) until a sync succeeds or fails again.
+/// Locks: the due DLQ rows (`SKIP LOCKED`) and their object rows, briefly.
+pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "WITH due AS MATERIALIZED (
+             SELECT id, object_type, object_key FROM hubsync.dlq
+             WHERE kind = 'object' AND next_retry_at <= now()
+             ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), pushed AS (
+             UPDATE hubsync.dlq d SET next_retry_at = now() + interval '1 hour'
+             FROM due WHERE d.id = due.id
+         )
+         UPDATE hubsync.objects o SET dirty = true, next_attempt_at = NULL, attempts = 0
+         FROM due
+         WHERE o.object_type = due.object_type AND o.object_key = due.object_key",
+    )
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// An operator statement from `sql/`, with psql's `:name` / `:'name'` variables.
+pub struct OperatorSql {
+    /// File name, for messages.
+    pub name: &'static str,
+    /// The psql text.
+    pub text: &'static str,
+}
+
+macro_rules! operator_sql {
+    ($($ident:ident => $file:literal),* $(,)?) => {
+        $(
+            #[doc = concat!("`sql/", $file, "`")]
+            pub const $ident: OperatorSql = OperatorSql {
+                name: $file,
+                text: include_str!(concat!("../../sql/", $file)),
+            };
+        )*
+    };
+}
+
+operator_sql! {
+    SUMMARY => "dlq_summary.sql",
+    LIST => "dlq_list.sql",
+    SHOW => "dlq_show.sql",
+    RETRY_ONE => "dlq_retry_one.sql",
+    RETRY_CATEGORY => "dlq_retry_category.sql",
+    RETRY_ALL => "dlq_retry_all.sql",
+    DISCARD_ONE => "dlq_discard_one.sql",
+    DISCARD_CATEGORY => "dlq_discard_category.sql",
+    DISCARD_ALL => "dlq_discard_all.sql",
+    STATUS => "status.sql",
+}
+
+/// A value for a psql variable.
+#[derive(Debug, Clone)]
+pub enum Var {
+    /// Substituted as `:name` (a number).
+    Int(i64),
+    /// Substituted as `:'name'` (a quoted string).
+    Text(String),
+}
+
+/// Turns psql text into one statement with `$n` parameters, in the order they appear; psql
+/// meta-commands (`\if` …) and comments are dropped.
+pub fn to_statement(text: &str, vars: &[(&str, Var)]) -> Result<(String, Vec<Var>), String> {
+    let body: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('\\') && !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = String::with_capacity(body.len());
+    let mut params: Vec<(String, Var)> = Vec::new();
+    let mut rest = body.as_str();
+    while let Some(pos) = rest.find(':') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        // `::type` casts are not variables.
+        if let Some(stripped) = after.strip_prefix(':') {
+            out.push_str("::");
+            rest = stripped;
+            continue;
+        }
+        let (quoted, name_start) = match after.strip_prefix('\'') {
+            Some(s) => (true, s),
+            None => (false, after),
+        };
+        let len = name_start
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(name_start.len());
+        let name = &name_start[..len];
+        if name.is_empty() {
+            out.push(':');
+            rest = after;
+            continue;
+        }
+        let value = vars
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| format!("no value given for :{name}"))?;
+        let index = match params.iter().position(|(n, _)| n == name) {
+            Some(i) => i + 1,
+            None => {
+                params.push((name.to_string(), value.clone()));
+                params.len()
+            }
+        };
+        let cast = match value {
+            Var::Int(_) => "::int8",
+            Var::Text(_) => "::text",
+        };
+        out.push_str(&format!("${index}{cast}"));
+        rest = if quoted {
+            name_start[len..].strip_prefix('\'').unwrap_or(&name_start[len..])
+        } else {
+            &name_start[len..]
+        };
+    }
+    out.push_str(rest);
+    let statement = out.trim().trim_end_matches(';').to_string();
+    Ok((statement, params.into_iter().map(|(_, v)| v).collect()))
+}
+
+/// Runs an operator statement and returns its rows as (column names, text cells).
+pub async fn run_operator(
+    pool: &PgPool,
+    sql: &OperatorSql,
+    vars: &[(&str, Var)],
+) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let (statement, params) =
+        to_statement(sql.text, vars).map_err(|e| anyhow::anyhow!("sql/{}: {e}", sql.name))?;
+    // Every column comes back as text, in the statement's column order, as psql shows it.
+    let final_sql = format!(
+        "WITH r AS ({statement}), n AS (SELECT row_number() OVER () AS rn, row_to_json(r) AS j FROM r)
+         SELECT n.rn, e.key, e.value FROM n, json_each_text(n.j) WITH ORDINALITY AS e(key, value, ord)
+         ORDER BY n.rn, e.ord"
+    );
+    // The statement is one of our own sql/ files; values travel as bind parameters.
+    let mut q = sqlx::query_as::<_, (i64, String, Option<String>)>(sqlx::AssertSqlSafe(final_sql));
+    for p in params {
+        q = match p {
+            Var::Int(i) => q.bind(i),
+            Var::Text(t) => q.bind(t),
+        };
+    }
+    let cells: Vec<(i64, String, Option<String>)> = q
+        .fetch_all(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("sql/{} failed: {e}", sql.name))?;
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut current = None;
+    for (rn, key, value) in cells {
+        if current != Some(rn) {
+            current = Some(rn);
+            rows.push(Vec::new());
+        }
+        if rows.len() == 1 {
+            columns.push(key);
+        }
+        if let Some(row) = rows.last_mut() {
+            row.push(value.unwrap_or_default());
+        }
+    }
+    Ok((columns, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psql_variables_become_parameters() {
+        let (s, p) = to_statement(
+            "-- c\n\\if x\nSELECT a::text FROM t WHERE (:'category' = '' OR c = :'category') LIMIT :limit;",
+            &[("category", Var::Text("x".into())), ("limit", Var::Int(5))],
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            "SELECT a::text FROM t WHERE ($1::text = '' OR c = $1::text) LIMIT $2::int8"
+        );
+        assert_eq!(p.len(), 2);
+        assert!(to_statement("SELECT :id", &[]).is_err());
+    }
+
+    #[test]
+    fn every_operator_file_converts() {
+        let vars = [
+            ("category", Var::Text(String::new())),
+            ("limit", Var::Int(1)),
+            ("id", Var::Int(1)),
+        ];
+        for sql in [
+            SUMMARY,
+            LIST,
+            SHOW,
+            RETRY_ONE,
+            RETRY_CATEGORY,
+            RETRY_ALL,
+            DISCARD_ONE,
+            DISCARD_CATEGORY,
+            DISCARD_ALL,
+            STATUS,
+        ] {
+            let (s, _) = to_statement(sql.text, &vars).unwrap();
+            assert!(!s.contains(':') || s.contains("::"), "{}: {s}", sql.name);
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Sync statements: lease dirty objects, and record each batch's outcome fenced by the lease
+//! token, so a worker whose lease expired can never overwrite what another worker recorded.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// A dirty object leased for one batch.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// Normalised key.
+    pub key: String,
+    /// Merged state as JSON text.
+    pub state: String,
+    /// Version at lease time: the object stays dirty if it moved meanwhile.
+    pub version: i64,
+    /// Company to associate with (contacts).
+    pub company_key: Option<String>,
+    /// HubSpot record id, once known.
+    pub hubspot_id: Option<String>,
+    /// Consecutive transient failures so far.
+    pub attempts: i32,
+}
+
+/// Leases up to `limit` dirty objects that are due. Locks: the chosen rows for the length of
+/// this statement only (`SKIP LOCKED`); the lease columns then keep others away until the
+/// batch is recorded or the lease expires. No transaction stays open across the HTTP call.
+pub async fn lease(
+    pool: &PgPool,
+    object_type: &str,
+    limit: i64,
+    lease: Duration,
+    token: Uuid,
+) -> Result<Vec<Leased>, sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH picked AS MATERIALIZED (
+             SELECT object_type, object_key FROM hubsync.objects
+             WHERE object_type = $1 AND dirty
+               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+               AND (leased_until IS NULL OR leased_until < now())
+             ORDER BY next_attempt_at NULLS FIRST, updated_at
+             LIMIT $2 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE hubsync.objects o
+         SET leased_until = clock_timestamp() + make_interval(secs => $3), lease_token = $4
+         FROM picked
+         WHERE o.object_type = picked.object_type AND o.object_key = picked.object_key
+         RETURNING o.object_key, o.state::text AS state, o.version, o.company_key,
+                   o.hubspot_id, o.attempts",
+    )
+    .bind(object_type)
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .bind(token)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Leased {
+                key: r.try_get("object_key")?,
+                state: r.try_get("state")?,
+                version: r.try_get("version")?,
+                company_key: r.try_get("company_key")?,
+                hubspot_id: r.try_get("hubspot_id")?,
+                attempts: r.try_get("attempts")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks written objects clean unless their version moved, stores HubSpot ids, and removes
+/// their dead-letter rows. Fenced by `token`. Locks: those object and DLQ rows, briefly.
+/// Returns the keys actually recorded (a lost lease records nothing).
+pub async fn record_written(
+    pool: &PgPool,
+    object_type: &str,
+    token: Uuid,
+    keys: &[String],
+    versions: &[i64],
+    hubspot_ids: &[Option<String>],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done: Vec<(String,)> = sqlx::query_as(
+        "UPDATE hubsync.objects o
+         SET dirty = (o.version <> u.version), synced_version = u.version,
+             hubspot_id = coalesce(u.hubspot_id, o.hubspot_id),
+             leased_until = NULL, lease_token = NULL, attempts = 0, next_attempt_at = NULL,
+             last_error = NULL, synced_at = now()
+         FROM unnest($2::text[], $3::int8[], $4::text[]) AS u(key, version, hubspot_id)
+         WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $5
+         RETURNING o.object_key",
+    )
+    .bind(object_type)
+    .bind(keys)
+    .bind(versions)
+    .bind(hubspot_ids)
+    .bind(token)
+    .fetch_all(&mut *tx)
+    .await?;
+    let done: Vec<String> = done.into_iter().map(|(k,)| k).collect();
+    sqlx::query(
+        "DELETE FROM hubsync.dlq
+         WHERE kind = 'object' AND object_type = $1 AND object_key = ANY($2)",
+    )
+    .bind(object_type)
+    .bind(&done)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Gives leased objects back untouched (rate limit, halted credentials, shutdown): not an
+/// attempt. Fenced by `token`. Locks: those rows, briefly.
+pub async fn release(
+    pool: &PgPool,
+    object_type: &str,
+    token: Uuid,
+    keys: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hubsync.objects SET leased_until = NULL, lease_token = NULL
+         WHERE object_type = $1 AND object_key = ANY($2) AND lease_token = $3",
+    )
+    .bind(object_type)
+    .bind(keys)
+    .bind(token)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Counts a transient failure against each object and schedules its next attempt after the
+/// matching delay. Fenced by `token`. Locks: those rows, briefly. Returns (key, attempts).
+pub async fn record_transient(
+    pool: &PgPool,
+    object_type: &str,
+    token: Uuid,
+    keys: &[String],
+    delays: &[f64],
+    error: &str,
+) -> Result<Vec<(String, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE hubsync.objects o
+         SET attempts = o.attempts + 1,
+             next_attempt_at = clock_timestamp() + make_interval(secs => u.delay),
+             leased_until = NULL, lease_token = NULL, last_error = $5
+         FROM unnest($2::text[], $3::float8[]) AS u(key, delay)
+         WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $4
+         RETURNING o.object_key, o.attempts",
+    )
+    .bind(object_type)
+    .bind(keys)
+    .bind(delays)
+    .bind(token)
+    .bind(error)
+    .fetch_all(pool)
+    .await
+}
+
+/// One object failure bound for the DLQ.
+#[derive(Debug, Clone)]
+pub struct ObjectFailure {
+    /// Normalised key.
+    pub key: String,
+    /// Version at lease time.
+    pub version: i64,
+    /// The input as sent (JSON text).
+    pub payload: String,
+    /// DLQ category.
+    pub category: String,
+    /// Message for a person.
+    pub message: String,
+    /// HubSpot's error (JSON text).
+    pub error: String,
+    /// Parked at once (no automatic retry).
+    pub permanent: bool,
+}
+
+/// Moves failed objects to the DLQ (one row per object, updated on repeat failures) and
+/// releases them; an object whose version moved meanwhile stays dirty so its newer state is
+/// tried. Retryable rows are due again after a delay growing with attempts, and parked after
+/// `max_attempts`. Fenced by `token`. Locks: those object and DLQ rows, briefly.
+pub async fn dead_letter(
+    pool: &PgPool,
+    object_type: &str,
+    token: Uuid,
+    failures: &[ObjectFailure],
+    max_attempts: i32,
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<String> = failures.iter().map(|f| f.key.clone()).collect();
+    let versions: Vec<i64> = failures.iter().map(|f| f.version).collect();
+    let messages: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
+    let mut tx = pool.begin().await?;
+    let owned: Vec<(String,)> = sqlx::query_as(
+        "UPDATE hubsync.objects o
+         SET dirty = (o.version <> u.version), leased_until = NULL, lease_token = NULL,
+             attempts = 0, next_attempt_at = NULL, last_error = u.message
+         FROM unnest($2::text[], $3::int8[], $4::text[]) AS u(key, version, message)
+         WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $5
+         RETURNING o.object_key",
+    )
+    .bind(object_type)
+    .bind(&keys)
+    .bind(&versions)
+    .bind(&messages)
+    .bind(token)
+    .fetch_all(&mut *tx)
+    .await?;
+    let owned: std::collections::HashSet<String> = owned.into_iter().map(|(k,)| k).collect();
+    let mine: Vec<&ObjectFailure> = failures.iter().filter(|f| owned.contains(&f.key)).collect();
+    sqlx::query(
+        "INSERT INTO hubsync.dlq AS d (kind, object_type, object_key, payload, error_category,
+                                      error_message, error, attempts, next_retry_at)
+         SELECT 'object', $1, u.key, u.payload::jsonb, u.category, u.message, u.error::jsonb, 1,
+                CASE WHEN u.permanent OR $7 <= 1 THEN NULL
+                     ELSE clock_timestamp() + interval '1 minute' END
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::bool[])
+              AS u(key, payload, category, message, error, permanent)
+         ON CONFLICT (object_type, object_key) WHERE kind = 'object' DO UPDATE
+         SET payload = EXCLUDED.payload, error_category = EXCLUDED.error_category,
+             error_message = EXCLUDED.error_message, error = EXCLUDED.error,
+             attempts = d.attempts + 1, last_failed_at = now(),
+             next_retry_at = CASE
+                 WHEN EXCLUDED.next_retry_at IS NULL OR d.attempts + 1 >= $7 THEN NULL
+                 ELSE clock_timestamp() + least(interval '6 hours',
+                                                interval '1 minute' * power(2, d.attempts))
+             END",
+    )
+    .bind(object_type)
+    .bind(mine.iter().map(|f| f.key.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.payload.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.category.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.message.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
+    .bind(max_attempts)
+    .bind(mine.iter().map(|f| f.permanent).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Objects whose company association is not yet made: (contact id, company id, contact key,
+/// company key). Locks nothing.
+pub async fn pending_associations(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(String, String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.hubspot_id, co.hubspot_id, c.object_key, co.object_key
+         FROM hubsync.objects c
+         JOIN hubsync.objects co ON co.object_type = 'company' AND co.object_key = c.company_key
+         WHERE c.object_type = 'contact' AND c.hubspot_id IS NOT NULL
+           AND co.hubspot_id IS NOT NULL
+           AND c.associated_company_key IS DISTINCT FROM c.company_key
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records associations made. Locks: those contact rows, briefly.
+pub async fn record_associated(
+    pool: &PgPool,
+    contact_keys: &[String],
+    company_keys: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hubsync.objects o SET associated_company_key = u.company
+         FROM unnest($1::text[], $2::text[]) AS u(contact, company)
+         WHERE o.object_type = 'contact' AND o.object_key = u.contact",
+    )
+    .bind(contact_keys)
+    .bind(company_keys)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Counts rows of a query result (used by status and tests).
+pub async fn dirty_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT count(*) AS n FROM hubsync.objects WHERE dirty")
+        .fetch_one(pool)
+        .await?;
+    row.try_get("n")
+}

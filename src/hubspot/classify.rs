@@ -1,0 +1,601 @@
+//! `classify`: one pure function that turns any HubSpot reply or transport error into one
+//! `Outcome`. Retries, the DLQ, the limiter, logs and status all read that outcome and nothing
+//! else, so each HubSpot behaviour (HUBSPOT.md §2, §4) is interpreted in exactly one place.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, Utc};
+use serde_json::Value;
+
+/// Per-record error codes that will fail again until someone changes the data, the config or
+/// the portal: such records are parked at once.
+const PERMANENT_CODES: &[&str] = &[
+    "PROPERTY_DOESNT_EXIST",
+    "INVALID_INTEGER",
+    "INVALID_LONG",
+    "INVALID_DOUBLE",
+    "INVALID_OPTION",
+    "INVALID_DATE",
+    "INVALID_DATETIME",
+    "INVALID_EMAIL",
+    "INVALID_BOOLEAN",
+    "READ_ONLY_VALUE",
+    "MISSING_REQUIRED_PROPERTY",
+    "MISSING_CONDITIONAL_REQUIRED_PROPERTY",
+    "VALUE_TOO_LONG",
+];
+
+/// One input of a batch as sent: its normalised key and its trace id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentInput {
+    /// The normalised id (lower-cased email, or the company key).
+    pub key: String,
+    /// The unique `objectWriteTraceId` sent with it.
+    pub trace_id: String,
+}
+
+/// HubSpot's rate-limit headers, when present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `X-HubSpot-RateLimit-Max`
+    pub max: Option<u64>,
+    /// `X-HubSpot-RateLimit-Remaining`
+    pub remaining: Option<u64>,
+    /// `X-HubSpot-RateLimit-Interval-Milliseconds`
+    pub interval_ms: Option<u64>,
+    /// `X-HubSpot-RateLimit-Daily`
+    pub daily: Option<u64>,
+    /// `X-HubSpot-RateLimit-Daily-Remaining`
+    pub daily_remaining: Option<u64>,
+}
+
+impl RateHeaders {
+    /// Reads the headers, ignoring any that are absent or malformed.
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> RateHeaders {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        RateHeaders {
+            max: get("x-hubspot-ratelimit-max"),
+            remaining: get("x-hubspot-ratelimit-remaining"),
+            interval_ms: get("x-hubspot-ratelimit-interval-milliseconds"),
+            daily: get("x-hubspot-ratelimit-daily"),
+            daily_remaining: get("x-hubspot-ratelimit-daily-remaining"),
+        }
+    }
+}
+
+/// An HTTP reply, as far as classification needs it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Rate-limit headers.
+    pub rate: RateHeaders,
+    /// `Retry-After`, in seconds, when present.
+    pub retry_after: Option<Duration>,
+    /// The body as text.
+    pub body: String,
+}
+
+/// A request that got no HTTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// No reply within the timeout: the write may or may not have happened.
+    Timeout,
+    /// The connection failed or was closed before a full reply.
+    Connection(String),
+}
+
+/// Why one record failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordError {
+    /// DLQ `error_category`.
+    pub category: &'static str,
+    /// HubSpot's error code, when one was given.
+    pub code: Option<String>,
+    /// A sentence for a person.
+    pub message: String,
+    /// HubSpot's error as received.
+    pub raw: Value,
+    /// Whether retrying without a change can ever succeed.
+    pub permanent: bool,
+}
+
+/// What one request's reply means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A 2xx: which inputs were written (with HubSpot's record id) and which failed.
+    /// Inputs the reply does not account for are listed as failed (`not_written`).
+    Completed {
+        /// (input index, HubSpot record id)
+        written: Vec<(usize, Option<String>)>,
+        /// (input index, why)
+        failed: Vec<(usize, RecordError)>,
+    },
+    /// The whole request was refused; `offenders` are the inputs known to cause it (empty:
+    /// unknown, split the batch to find them). Nothing was written.
+    Rejected {
+        /// Offending input indexes.
+        offenders: Vec<usize>,
+        /// The error.
+        error: RecordError,
+    },
+    /// A transient failure: try the same inputs again later. Counts as an attempt.
+    Retry {
+        /// Server-requested wait (`Retry-After`), if any.
+        after: Option<Duration>,
+        /// The least wait this kind of failure needs.
+        min_wait: Duration,
+        /// What happened.
+        reason: String,
+    },
+    /// A 429: every worker waits; not an attempt against the inputs.
+    RateLimited {
+        /// The daily budget is spent (else the rolling window).
+        daily: bool,
+        /// How long to wait.
+        wait: Duration,
+        /// What happened.
+        reason: String,
+    },
+    /// Credentials or setup are wrong: stop sending, consume nothing, probe again slowly.
+    Halt {
+        /// The HTTP status.
+        status: u16,
+        /// What is wrong and what to do.
+        reason: String,
+        /// Scopes HubSpot says are missing.
+        scopes: Vec<String>,
+    },
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| match i {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The property-level problems inside one HubSpot error: `(code, property, message)`.
+fn property_problems(err: &Value) -> Vec<(Option<String>, Option<String>, String)> {
+    let mut out = Vec::new();
+    if let Some(Value::Array(items)) = err.get("errors") {
+        for item in items {
+            let code = str_field(item, "code").map(String::from);
+            let prop = item
+                .get("context")
+                .and_then(|c| strings(c.get("propertyName")).into_iter().next());
+            let msg = str_field(item, "message").unwrap_or_default().to_string();
+            out.push((code, prop, msg));
+        }
+    }
+    if out.is_empty()
+        && let Some(message) = str_field(err, "message")
+        && let Some(start) = message.find('[')
+        && let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&message[start..])
+    {
+        for item in items {
+            out.push((
+                str_field(&item, "error").map(String::from),
+                str_field(&item, "name").map(String::from),
+                str_field(&item, "message").unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+fn record_error(err: &Value, default_category: &'static str) -> RecordError {
+    let problems = property_problems(err);
+    let code = problems.iter().find_map(|(c, _, _)| c.clone()).or_else(|| {
+        str_field(err, "subCategory")
+            .or_else(|| str_field(err, "category"))
+            .map(String::from)
+    });
+    let permanent = problems
+        .iter()
+        .any(|(c, _, _)| c.as_deref().is_some_and(|c| PERMANENT_CODES.contains(&c)));
+    let message = if problems.is_empty() {
+        format!(
+            "HubSpot refused the record: {}",
+            str_field(err, "message").unwrap_or("(no message)")
+        )
+    } else {
+        let parts: Vec<String> = problems
+            .iter()
+            .map(|(c, p, m)| {
+                format!(
+                    "{}{}{}",
+                    p.as_ref().map(|p| format!("property \"{p}\": ")).unwrap_or_default(),
+                    c.as_ref().map(|c| format!("{c}: ")).unwrap_or_default(),
+                    m
+                )
+            })
+            .collect();
+        format!("HubSpot refused the record: {}", parts.join("; "))
+    };
+    RecordError {
+        category: if permanent {
+            "hubspot_validation"
+        } else {
+            default_category
+        },
+        code,
+        message,
+        raw: err.clone(),
+        permanent,
+    }
+}
+
+fn parse_body(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.chars().take(2000).collect()))
+}
+
+fn next_utc_midnight(now: DateTime<Utc>) -> Duration {
+    let tomorrow = now
+        .date_naive()
+        .checked_add_days(Days::new(1))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc());
+    tomorrow
+        .and_then(|t| (t - now).to_std().ok())
+        .unwrap_or(Duration::from_secs(3600))
+}
+
+/// Classifies a batch-upsert reply for `inputs`. `key_property` is the property HubSpot echoes
+/// the key in (`email` for contacts); `now` decides how long a daily limit lasts.
+pub fn classify(
+    inputs: &[SentInput],
+    key_property: &str,
+    reply: Result<&Reply, &Transport>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let reply = match reply {
+        Err(Transport::Timeout) => {
+            return Outcome::Retry {
+                after: None,
+                min_wait: Duration::ZERO,
+                reason: "HubSpot did not answer in time (the write may or may not have happened)".into(),
+            };
+        }
+        Err(Transport::Connection(e)) => {
+            return Outcome::Retry {
+                after: None,
+                min_wait: Duration::ZERO,
+                reason: format!("connection to HubSpot failed: {e}"),
+            };
+        }
+        Ok(r) => r,
+    };
+    let body = parse_body(&reply.body);
+    let message = str_field(&body, "message")
+        .map(String::from)
+        .unwrap_or_else(|| reply.body.chars().take(300).collect());
+    match reply.status {
+        200..=299 => completed(inputs, key_property, &body),
+        401 => Outcome::Halt {
+            status: 401,
+            reason: format!(
+                "HubSpot refused the access token ({}): {message}; set HUBSPOT_ACCESS_TOKEN to a valid private app token",
+                str_field(&body, "category").unwrap_or("INVALID_AUTHENTICATION")
+            ),
+            scopes: Vec::new(),
+        },
+        403 => {
+            let mut scopes: Vec<String> = Vec::new();
+            if let Some(Value::Array(errors)) = body.get("errors") {
+                for e in errors {
+                    for s in strings(e.get("context").and_then(|c| c.get("requiredGranularScopes"))) {
+                        if !scopes.contains(&s) {
+                            scopes.push(s);
+                        }
+                    }
+                }
+            }
+            let what = if scopes.is_empty() {
+                "grant the private app the crm.objects.*.write and crm.schemas.*.write scopes".to_string()
+            } else {
+                format!("grant the private app these scopes: {}", scopes.join(", "))
+            };
+            Outcome::Halt {
+                status: 403,
+                reason: format!("HubSpot denied access ({message}); {what}"),
+                scopes,
+            }
+        }
+        404 => Outcome::Halt {
+            status: 404,
+            reason: format!(
+                "HubSpot answered 404 for the batch endpoint ({message}); check HUBSPOT_BASE_URL and hubspot.api_version"
+            ),
+            scopes: Vec::new(),
+        },
+        429 => {
+            let daily = str_field(&body, "policyName") == Some("DAILY");
+            let wait = if daily {
+                reply.retry_after.unwrap_or_else(|| next_utc_midnight(now))
+            } else {
+                reply
+                    .retry_after
+                    .or(reply.rate.interval_ms.map(Duration::from_millis))
+                    .unwrap_or(Duration::from_secs(10))
+            };
+            Outcome::RateLimited {
+                daily,
+                wait,
+                reason: format!(
+                    "HubSpot rate limit ({}): {message}",
+                    str_field(&body, "policyName").unwrap_or("unknown policy")
+                ),
+            }
+        }
+        400 | 413 | 422 => {
+            if message.contains("non-unique") {
+                return Outcome::Halt {
+                    status: reply.status,
+                    reason: format!(
+                        "HubSpot cannot upsert by this id property ({message}); the property must be created with hasUniqueValue = true: pick a new companies.id_property"
+                    ),
+                    scopes: Vec::new(),
+                };
+            }
+            let offenders = offenders(inputs, &body, &message);
+            let mut error = record_error(&body, "hubspot_rejected");
+            if error.category != "hubspot_validation" {
+                error.category = "hubspot_rejected";
+            }
+            // A whole-request refusal of one known input is that input's fault.
+            error.permanent = true;
+            Outcome::Rejected { offenders, error }
+        }
+        423 => Outcome::Retry {
+            after: reply.retry_after,
+            min_wait: Duration::from_secs(2),
+            reason: "HubSpot answered 423 Locked (heavy writes on the portal)".into(),
+        },
+        status => Outcome::Retry {
+            after: reply.retry_after,
+            min_wait: Duration::ZERO,
+            reason: format!("HubSpot answered {status}: {message}"),
+        },
+    }
+}
+
+fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
+    let by_trace: HashMap<&str, usize> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.trace_id.as_str(), i))
+        .collect();
+    let mut out: Vec<usize> = Vec::new();
+    let context = body.get("context");
+    for t in strings(context.and_then(|c| c.get("objectWriteTraceId"))) {
+        if let Some(i) = by_trace.get(t.as_str()) {
+            out.push(*i);
+        }
+    }
+    let mut ids = strings(context.and_then(|c| c.get("ids")));
+    if ids.is_empty()
+        && message.starts_with("Duplicate IDs")
+        && let (Some(a), Some(b)) = (message.find('['), message.find(']'))
+        && a < b
+    {
+        ids = message[a + 1..b].split(',').map(|s| s.trim().to_string()).collect();
+    }
+    for id in ids {
+        let id = id.trim().to_lowercase();
+        for (i, s) in inputs.iter().enumerate() {
+            if s.key.to_lowercase() == id && !out.contains(&i) {
+                out.push(i);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome {
+    let normal = |s: &str| s.trim().to_lowercase();
+    let by_key: HashMap<String, usize> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (normal(&s.key), i))
+        .collect();
+    let by_trace: HashMap<&str, usize> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.trace_id.as_str(), i))
+        .collect();
+    let mut fate: Vec<Option<Result<Option<String>, RecordError>>> = vec![None; inputs.len()];
+
+    if let Some(Value::Array(errors)) = body.get("errors") {
+        for err in errors {
+            let context = err.get("context");
+            let mut hit: Vec<usize> = strings(context.and_then(|c| c.get("objectWriteTraceId")))
+                .iter()
+                .filter_map(|t| by_trace.get(t.as_str()).copied())
+                .collect();
+            if hit.is_empty() {
+                hit = strings(context.and_then(|c| c.get("ids")))
+                    .iter()
+                    .filter_map(|k| by_key.get(&normal(k)).copied())
+                    .collect();
+            }
+            for i in hit {
+                fate[i] = Some(Err(record_error(err, "hubspot_error")));
+            }
+        }
+    }
+    if let Some(Value::Array(results)) = body.get("results") {
+        for result in results {
+            let id = match result.get("id") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            let idx = str_field(result, "objectWriteTraceId")
+                .and_then(|t| by_trace.get(t).copied())
+                .or_else(|| {
+                    result
+                        .get("properties")
+                        .and_then(|p| str_field(p, key_property))
+                        .and_then(|k| by_key.get(&normal(k)).copied())
+                });
+            if let Some(i) = idx
+                && fate[i].is_none()
+            {
+                fate[i] = Some(Ok(id));
+            }
+        }
+    }
+    let mut written = Vec::new();
+    let mut failed = Vec::new();
+    for (i, f) in fate.into_iter().enumerate() {
+        match f {
+            Some(Ok(id)) => written.push((i, id)),
+            Some(Err(e)) => failed.push((i, e)),
+            None => failed.push((
+                i,
+                RecordError {
+                    category: "not_written",
+                    code: None,
+                    message: "HubSpot answered success but its reply does not mention this record, so it was not written".into(),
+                    raw: Value::Null,
+                    permanent: false,
+                },
+            )),
+        }
+    }
+    Outcome::Completed { written, failed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inputs(n: usize) -> Vec<SentInput> {
+        (0..n)
+            .map(|i| SentInput {
+                key: format!("user{i}@acme.com"),
+                trace_id: format!("t{i}"),
+            })
+            .collect()
+    }
+
+    fn reply(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            rate: RateHeaders::default(),
+            retry_after: None,
+            body: body.to_string(),
+        }
+    }
+
+    fn run(status: u16, body: Value, n: usize) -> Outcome {
+        classify(&inputs(n), "email", Ok(&reply(status, body)), Utc::now())
+    }
+
+    #[test]
+    fn results_map_by_key_in_any_order_and_errors_by_trace_id() {
+        let body = json!({
+            "status": "COMPLETE",
+            "results": [
+                {"id": "12", "properties": {"email": "USER2@acme.com"}},
+                {"id": "10", "properties": {"email": "user0@acme.com"}}
+            ],
+            "numErrors": 1,
+            "errors": [{"status": "error", "category": "VALIDATION_ERROR",
+                "message": "Property values were not valid: [{\"isValid\":false,\"message\":\"bad\",\"error\":\"INVALID_OPTION\",\"name\":\"plan\"}]",
+                "context": {"objectWriteTraceId": ["t1"]}}]
+        });
+        let Outcome::Completed { written, failed } = run(207, body, 3) else {
+            panic!("not completed")
+        };
+        assert_eq!(written, vec![(0, Some("10".into())), (2, Some("12".into()))]);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 1);
+        assert!(failed[0].1.permanent);
+        assert_eq!(failed[0].1.code.as_deref(), Some("INVALID_OPTION"));
+        assert!(failed[0].1.message.contains("property \"plan\""));
+    }
+
+    #[test]
+    fn a_2xx_that_omits_an_input_is_a_failure_for_that_input() {
+        let body = json!({"status": "COMPLETE", "results": []});
+        let Outcome::Completed { written, failed } = run(200, body, 2) else {
+            panic!()
+        };
+        assert!(written.is_empty());
+        assert_eq!(failed.len(), 2);
+        assert!(failed.iter().all(|(_, e)| e.category == "not_written" && !e.permanent));
+    }
+
+    #[test]
+    fn a_whole_batch_400_names_offenders_from_context() {
+        let dup = json!({"status": "error",
+            "message": "Duplicate IDs found in batch input: [user1@acme.com]. IDs must be unique",
+            "context": {"ids": ["user1@acme.com"]}, "category": "VALIDATION_ERROR"});
+        assert!(matches!(run(400, dup, 3), Outcome::Rejected { offenders, .. } if offenders == vec![1]));
+        let traced = json!({"status": "error", "message": "bad", "context": {"objectWriteTraceId": ["t2"]}});
+        assert!(matches!(run(400, traced, 3), Outcome::Rejected { offenders, .. } if offenders == vec![2]));
+        let unknown = json!({"status": "error", "message": "Property values were not valid"});
+        assert!(matches!(run(400, unknown, 3), Outcome::Rejected { offenders, .. } if offenders.is_empty()));
+    }
+
+    #[test]
+    fn credentials_problems_halt_and_name_the_scopes() {
+        let forbidden = json!({"status": "error", "category": "MISSING_SCOPES", "message": "no",
+            "errors": [{"message": "One or more", "context": {"requiredGranularScopes": ["crm.objects.contacts.write"]}}]});
+        let Outcome::Halt { scopes, reason, .. } = run(403, forbidden, 1) else {
+            panic!()
+        };
+        assert_eq!(scopes, vec!["crm.objects.contacts.write".to_string()]);
+        assert!(reason.contains("crm.objects.contacts.write"));
+        assert!(matches!(run(401, json!({"category": "INVALID_AUTHENTICATION"}), 1), Outcome::Halt { status: 401, .. }));
+    }
+
+    #[test]
+    fn rate_limits_wait_for_their_window() {
+        let mut r = reply(429, json!({"policyName": "TEN_SECONDLY_ROLLING", "errorType": "RATE_LIMIT"}));
+        r.rate.interval_ms = Some(10_000);
+        let out = classify(&inputs(1), "email", Ok(&r), Utc::now());
+        assert!(matches!(out, Outcome::RateLimited { daily: false, wait, .. } if wait == Duration::from_secs(10)));
+        let daily = reply(429, json!({"policyName": "DAILY"}));
+        let noon = "2026-11-26T12:00:00Z".parse().unwrap();
+        let out = classify(&inputs(1), "email", Ok(&daily), noon);
+        assert!(matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(12 * 3600)));
+    }
+
+    #[test]
+    fn transient_failures_retry_and_honour_retry_after() {
+        for status in [500, 502, 503, 504, 524] {
+            assert!(matches!(run(status, json!({}), 1), Outcome::Retry { .. }), "{status}");
+        }
+        assert!(matches!(run(423, json!({}), 1), Outcome::Retry { min_wait, .. } if min_wait == Duration::from_secs(2)));
+        let mut r = reply(477, json!({}));
+        r.retry_after = Some(Duration::from_secs(30));
+        let out = classify(&inputs(1), "email", Ok(&r), Utc::now());
+        assert!(matches!(out, Outcome::Retry { after: Some(a), .. } if a == Duration::from_secs(30)));
+        let out = classify(&inputs(1), "email", Err(&Transport::Timeout), Utc::now());
+        assert!(matches!(out, Outcome::Retry { .. }));
+    }
+}

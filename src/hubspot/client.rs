@@ -1,0 +1,142 @@
+//! The HTTP client: sends requests to HubSpot (or the simulator) and returns raw `Reply`s or
+//! `Transport` errors. It never retries and never interprets a status: `classify` does.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::classify::{RateHeaders, Reply, Transport};
+use super::paths::Paths;
+use crate::schema::ObjectKind;
+
+/// A HubSpot API client bound to one base URL and token.
+#[derive(Clone)]
+pub struct HubSpotClient {
+    http: reqwest::Client,
+    base_url: String,
+    token: String,
+    /// Paths for the configured API edition.
+    pub paths: Paths,
+}
+
+impl HubSpotClient {
+    /// Builds a client; `timeout` bounds each request end to end.
+    pub fn new(
+        base_url: &str,
+        token: &str,
+        paths: Paths,
+        timeout: Duration,
+    ) -> anyhow::Result<HubSpotClient> {
+        // reqwest is built without a bundled crypto provider; ring is ours. A second install
+        // (several clients in one process) fails harmlessly, so the result is ignored.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("hubsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("failed to build the HTTP client")?;
+        Ok(HubSpotClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            paths,
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends one request and reads the whole reply.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, Transport> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let rate = RateHeaders::from_headers(resp.headers());
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+        let body = resp.text().await.map_err(transport)?;
+        Ok(Reply {
+            status,
+            rate,
+            retry_after,
+            body,
+        })
+    }
+
+    /// Sends a batch upsert body for `kind`.
+    pub async fn batch_upsert(&self, kind: ObjectKind, body: &Value) -> Result<Reply, Transport> {
+        self.send(Method::POST, &self.paths.batch_upsert(kind), Some(body))
+            .await
+    }
+
+    /// A setup call (properties, groups): the parsed JSON body on 2xx, `None` on 404, and an
+    /// error naming the call and HubSpot's answer otherwise.
+    pub async fn setup_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Option<Value>> {
+        let what = format!("{method} {path}");
+        let reply = self.send(method, path, body).await.map_err(|t| {
+            anyhow::anyhow!(
+                "{what} at {}: {}; check HUBSPOT_BASE_URL and the network",
+                self.base_url,
+                match t {
+                    Transport::Timeout => "no answer in time".to_string(),
+                    Transport::Connection(e) => e,
+                }
+            )
+        })?;
+        match reply.status {
+            200..=299 => Ok(Some(serde_json::from_str(&reply.body).unwrap_or(Value::Null))),
+            404 => Ok(None),
+            401 => bail!(
+                "{what}: HubSpot refused the access token (401: {}); set HUBSPOT_ACCESS_TOKEN to a valid private app token",
+                reply.body
+            ),
+            403 => bail!(
+                "{what}: HubSpot denied access (403: {}); grant the private app the crm.schemas.contacts.read/write and crm.schemas.companies.read/write scopes",
+                reply.body
+            ),
+            status => bail!("{what}: HubSpot answered {status}: {}", reply.body),
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> Transport {
+    if e.is_timeout() {
+        Transport::Timeout
+    } else {
+        // Walk the source chain: "connection closed before message completed" lives deep.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        Transport::Connection(text)
+    }
+}

@@ -1,0 +1,12 @@
+//! Everything about HubSpot's API: paths per API edition, request and response shapes,
+//! `classify` (every response into one outcome), and the HTTP client.
+//!
+//! This module knows nothing of Postgres; the worker decides what an outcome means for rows.
+
+pub mod classify;
+pub mod client;
+pub mod paths;
+
+pub use classify::{Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify};
+pub use client::HubSpotClient;
+pub use paths::Paths;

@@ -1,0 +1,89 @@
+//! The limiter every worker shares, through one Postgres row: permits within the portal's
+//! burst limit, and pauses (429, bad credentials) that hold every worker back at once.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db;
+use crate::hubspot::RateHeaders;
+
+/// The limiter row's name.
+pub const LIMITER: &str = "hubspot";
+
+/// Margin added to the window so that requests taken at the edge of our window do not land
+/// inside HubSpot's, whose clock starts when each request arrives.
+const EDGE_MARGIN: Duration = Duration::from_millis(250);
+
+/// A handle on the shared limiter.
+#[derive(Clone)]
+pub struct Limiter {
+    pool: PgPool,
+    limit: i32,
+    window: Duration,
+}
+
+/// Why no permit was handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPermit {
+    /// Shutdown was requested.
+    Cancelled,
+    /// A pause longer than the caller is willing to wait is in force.
+    Paused(Duration),
+}
+
+impl Limiter {
+    /// A limiter of `limit` requests per `window`, shared through `pool`.
+    pub async fn new(pool: PgPool, limit: u32, window: Duration) -> Result<Limiter, sqlx::Error> {
+        db::limiter::ensure(&pool, LIMITER).await?;
+        Ok(Limiter {
+            pool,
+            limit: i32::try_from(limit).unwrap_or(i32::MAX),
+            window: window + EDGE_MARGIN,
+        })
+    }
+
+    /// Waits for a permit. Gives up when cancelled, or when the wait would exceed `max_wait`
+    /// (so a caller holding leases can hand them back during a long pause).
+    pub async fn acquire(
+        &self,
+        cancel: &CancellationToken,
+        max_wait: Duration,
+    ) -> Result<Result<(), NoPermit>, sqlx::Error> {
+        loop {
+            match db::limiter::try_acquire(&self.pool, LIMITER, self.limit, self.window).await? {
+                Ok(()) => return Ok(Ok(())),
+                Err(wait) if wait > max_wait => return Ok(Err(NoPermit::Paused(wait))),
+                Err(wait) => {
+                    // Re-check at least every second: another worker may clear a pause.
+                    let nap = wait.min(Duration::from_secs(1));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(Err(NoPermit::Cancelled)),
+                        _ = tokio::time::sleep(nap) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pauses every worker for `wait`.
+    pub async fn pause(&self, wait: Duration, reason: &str) -> Result<(), sqlx::Error> {
+        db::limiter::pause(&self.pool, LIMITER, wait, reason).await
+    }
+
+    /// Clears an expired pause after a success, so `status` stops reporting it.
+    pub async fn clear(&self) -> Result<(), sqlx::Error> {
+        db::limiter::clear_pause(&self.pool, LIMITER).await
+    }
+
+    /// Feeds HubSpot's rate headers back: records the daily budget for `status`. (The window
+    /// itself is enforced by our own slots; a 429 pauses everyone through `pause`.)
+    pub async fn observe(&self, rate: &RateHeaders) -> Result<(), sqlx::Error> {
+        if let Some(remaining) = rate.daily_remaining {
+            let daily = rate.daily.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
+            db::limiter::observe_daily(&self.pool, LIMITER, daily, i64::try_from(remaining).unwrap_or(i64::MAX)).await?;
+        }
+        Ok(())
+    }
+}

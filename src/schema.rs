@@ -1,0 +1,826 @@
+//! Property types, value validation and serialisation, and merge rules: pure functions only.
+//!
+//! An event's JSON value is checked against the declared property type and turned into the exact
+//! string HubSpot accepts; merge rules fold many events for one property into one absolute value
+//! whose result does not depend on arrival order. Nothing here does I/O.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest text HubSpot stores in a property.
+pub const MAX_STRING_CHARS: usize = 65_536;
+
+/// Epoch values below this (1973-03-03) are almost surely seconds, which HubSpot reads as 1970.
+const MIN_EPOCH_MS: i64 = 100_000_000_000;
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// A HubSpot property type hubsync can write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PropertyType {
+    /// Free text, up to 65,536 characters.
+    String,
+    /// A decimal number, sent without exponent.
+    Number,
+    /// A checkbox, sent as `true` / `false`.
+    Bool,
+    /// A calendar date, sent as `YYYY-MM-DD`.
+    Date,
+    /// A point in time, sent as UTC ISO 8601 with milliseconds.
+    Datetime,
+    /// One option (or several, joined by `;`, when `multiple`) out of a fixed list.
+    Enumeration {
+        /// The options' internal values.
+        options: Vec<String>,
+        /// Multi-select (HubSpot fieldType `checkbox`).
+        multiple: bool,
+    },
+}
+
+impl PropertyType {
+    /// The name used in hubsync.toml and in HubSpot's `type` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PropertyType::String => "string",
+            PropertyType::Number => "number",
+            PropertyType::Bool => "bool",
+            PropertyType::Date => "date",
+            PropertyType::Datetime => "datetime",
+            PropertyType::Enumeration { .. } => "enumeration",
+        }
+    }
+
+    /// The HubSpot `fieldType` hubsync creates the property with.
+    pub fn field_type(&self) -> &'static str {
+        match self {
+            PropertyType::String => "text",
+            PropertyType::Number => "number",
+            PropertyType::Bool => "booleancheckbox",
+            PropertyType::Date | PropertyType::Datetime => "date",
+            PropertyType::Enumeration { multiple: true, .. } => "checkbox",
+            PropertyType::Enumeration { multiple: false, .. } => "select",
+        }
+    }
+
+    /// The type names accepted in hubsync.toml.
+    pub const NAMES: &'static str = "string, number, bool, date, datetime, enumeration";
+}
+
+/// How many events touching one property combine into one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeRule {
+    /// The latest `occurred_at` wins; on a tie, the event enqueued later.
+    Set,
+    /// The earliest `occurred_at` wins; on a tie, the event enqueued earlier.
+    SetOnce,
+    /// Each event carries a delta; the value is their exact sum.
+    Increment,
+    /// The greatest value wins.
+    Max,
+    /// The smallest value wins.
+    Min,
+}
+
+impl MergeRule {
+    /// Parses a merge rule name from hubsync.toml.
+    pub fn parse(name: &str) -> Option<MergeRule> {
+        Some(match name {
+            "set" => MergeRule::Set,
+            "set_once" => MergeRule::SetOnce,
+            "increment" => MergeRule::Increment,
+            "max" => MergeRule::Max,
+            "min" => MergeRule::Min,
+            _ => return None,
+        })
+    }
+
+    /// The name used in hubsync.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeRule::Set => "set",
+            MergeRule::SetOnce => "set_once",
+            MergeRule::Increment => "increment",
+            MergeRule::Max => "max",
+            MergeRule::Min => "min",
+        }
+    }
+
+    /// Whether this rule makes sense for that type; `None` when it does, else what fits.
+    pub fn misfit(self, ptype: &PropertyType) -> Option<&'static str> {
+        match (self, ptype) {
+            (MergeRule::Set | MergeRule::SetOnce, _) => None,
+            (MergeRule::Increment, PropertyType::Number) => None,
+            (MergeRule::Increment, _) => Some("increment works only on number properties"),
+            (
+                MergeRule::Max | MergeRule::Min,
+                PropertyType::Number | PropertyType::Date | PropertyType::Datetime,
+            ) => None,
+            (MergeRule::Max | MergeRule::Min, _) => {
+                Some("max and min work only on number, date and datetime properties")
+            }
+        }
+    }
+}
+
+/// The two HubSpot object types hubsync writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    /// A contact, keyed by email.
+    Contact,
+    /// A company, keyed by the configured unique id property.
+    Company,
+}
+
+impl ObjectKind {
+    /// The name used in `hubsync.outbox.object_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Contact => "contact",
+            ObjectKind::Company => "company",
+        }
+    }
+
+    /// Parses `hubsync.outbox.object_type`.
+    pub fn parse(name: &str) -> Option<ObjectKind> {
+        match name.trim() {
+            "contact" => Some(ObjectKind::Contact),
+            "company" => Some(ObjectKind::Company),
+            _ => None,
+        }
+    }
+
+    /// The object type in HubSpot's paths.
+    pub fn plural(self) -> &'static str {
+        match self {
+            ObjectKind::Contact => "contacts",
+            ObjectKind::Company => "companies",
+        }
+    }
+}
+
+/// One declared property: its HubSpot name, type, merge rule and label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropertyDef {
+    /// HubSpot internal name.
+    pub name: String,
+    /// The declared type.
+    pub ptype: PropertyType,
+    /// How events combine.
+    pub merge: MergeRule,
+    /// The label shown in HubSpot.
+    pub label: String,
+    /// Optional description shown in HubSpot.
+    pub description: Option<String>,
+}
+
+/// Why a value was refused; the message says what was expected and what to send instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError {
+    /// The property the value was for.
+    pub property: String,
+    /// The value as it arrived (JSON text).
+    pub value: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown: String = self.value.chars().take(200).collect();
+        if shown.len() < self.value.len() {
+            shown.push('…');
+        }
+        write!(
+            f,
+            "property \"{}\": value {}: {}",
+            self.property, shown, self.reason
+        )
+    }
+}
+
+/// A JSON value as it arrived, with numbers kept as their exact text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonIn {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// A number, as written (never through a float).
+    Number(String),
+    /// A string.
+    String(String),
+    /// An array.
+    Array(Vec<JsonIn>),
+    /// An object (never a valid property value).
+    Object,
+}
+
+impl JsonIn {
+    /// Reads one JSON value without losing any digit of its numbers.
+    pub fn parse(raw: &RawValue) -> Result<JsonIn, String> {
+        let text = raw.get().trim();
+        match text.as_bytes().first() {
+            Some(b'n') => Ok(JsonIn::Null),
+            Some(b't') => Ok(JsonIn::Bool(true)),
+            Some(b'f') => Ok(JsonIn::Bool(false)),
+            Some(b'"') => serde_json::from_str::<String>(text)
+                .map(JsonIn::String)
+                .map_err(|e| e.to_string()),
+            Some(b'[') => {
+                let items: Vec<Box<RawValue>> =
+                    serde_json::from_str(text).map_err(|e| e.to_string())?;
+                items
+                    .iter()
+                    .map(|item| JsonIn::parse(item))
+                    .collect::<Result<_, _>>()
+                    .map(JsonIn::Array)
+            }
+            Some(b'{') => Ok(JsonIn::Object),
+            Some(_) => Ok(JsonIn::Number(text.to_string())),
+            None => Err("empty value".to_string()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            JsonIn::Null => "null",
+            JsonIn::Bool(_) => "a boolean",
+            JsonIn::Number(_) => "a number",
+            JsonIn::String(_) => "a string",
+            JsonIn::Array(_) => "an array",
+            JsonIn::Object => "an object",
+        }
+    }
+
+    /// The value as JSON text, for error messages.
+    pub fn to_json_text(&self) -> String {
+        match self {
+            JsonIn::Null => "null".into(),
+            JsonIn::Bool(b) => b.to_string(),
+            JsonIn::Number(n) => n.clone(),
+            JsonIn::String(s) => serde_json::Value::String(s.clone()).to_string(),
+            JsonIn::Array(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(JsonIn::to_json_text)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            JsonIn::Object => "{…}".into(),
+        }
+    }
+}
+
+/// Parses an event's `properties` object, keeping every number's exact digits.
+pub fn parse_properties(json: &str) -> Result<Vec<(String, JsonIn)>, String> {
+    let map: BTreeMap<String, Box<RawValue>> = serde_json::from_str(json)
+        .map_err(|e| format!("properties must be a JSON object of property names to values ({e})"))?;
+    map.into_iter()
+        .map(|(k, v)| JsonIn::parse(&v).map(|value| (k, value)))
+        .collect()
+}
+
+/// Parses a decimal number exactly; refuses NaN, infinities and anything that is not a number.
+pub fn parse_decimal(text: &str) -> Option<BigDecimal> {
+    let text = text.trim();
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E'));
+    if !valid {
+        return None;
+    }
+    BigDecimal::from_str(text).ok()
+}
+
+/// A decimal as HubSpot wants it: plain digits, no exponent, no trailing zeros after the point.
+pub fn format_decimal(value: &BigDecimal) -> String {
+    let normal = value.normalized();
+    if normal.is_integer() {
+        // normalized() turns 1000 into 1E+3; scale 0 writes it back as plain digits.
+        normal.with_scale(0).to_plain_string()
+    } else {
+        normal.to_plain_string()
+    }
+}
+
+fn epoch_ms(text: &str) -> Option<i64> {
+    let value = parse_decimal(text)?;
+    if !value.is_integer() {
+        return None;
+    }
+    value.with_scale(0).to_plain_string().parse().ok()
+}
+
+fn parse_instant(value: &JsonIn) -> Result<DateTime<Utc>, String> {
+    match value {
+        JsonIn::String(s) => {
+            if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+                return Ok(t.with_timezone(&Utc));
+            }
+            if let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+                return Ok(Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)));
+            }
+            Err(
+                "is not an RFC 3339 timestamp; send e.g. \"2026-11-26T10:00:00Z\" or epoch milliseconds"
+                    .into(),
+            )
+        }
+        JsonIn::Number(n) => {
+            let ms = epoch_ms(n).ok_or_else(|| {
+                "is not a whole number of epoch milliseconds; send an integer or an RFC 3339 string"
+                    .to_string()
+            })?;
+            if ms.abs() < MIN_EPOCH_MS {
+                return Err(
+                    "looks like epoch seconds (HubSpot would read it as 1970); send epoch milliseconds"
+                        .into(),
+                );
+            }
+            Utc.timestamp_millis_opt(ms)
+                .single()
+                .ok_or_else(|| "is out of range for a timestamp".to_string())
+        }
+        other => Err(format!(
+            "is {}; send an RFC 3339 string or epoch milliseconds",
+            other.kind()
+        )),
+    }
+}
+
+/// Checks `value` against the property and returns the exact string to send to HubSpot.
+/// `null` clears the property (an empty string) and is refused by rules that need a value.
+pub fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, ValueError> {
+    let refuse = |reason: String| ValueError {
+        property: def.name.clone(),
+        value: value.to_json_text(),
+        reason,
+    };
+    if let JsonIn::Null = value {
+        return match def.merge {
+            MergeRule::Set => Ok(String::new()),
+            rule => Err(refuse(format!(
+                "null clears a property, which only merge = \"set\" allows (this one is \"{}\")",
+                rule.name()
+            ))),
+        };
+    }
+    match &def.ptype {
+        PropertyType::String => match value {
+            JsonIn::String(s) if s.chars().count() > MAX_STRING_CHARS => Err(refuse(format!(
+                "is {} characters long; HubSpot stores at most {MAX_STRING_CHARS}",
+                s.chars().count()
+            ))),
+            JsonIn::String(s) => Ok(s.clone()),
+            other => Err(refuse(format!(
+                "is {}, but the property is a string; send it as a JSON string",
+                other.kind()
+            ))),
+        },
+        PropertyType::Number => match value {
+            JsonIn::Number(n) => parse_decimal(n)
+                .map(|d| format_decimal(&d))
+                .ok_or_else(|| refuse("is not a finite decimal number".into())),
+            other => Err(refuse(format!(
+                "is {}, but the property is a number; send a JSON number such as 47 or -3.25",
+                other.kind()
+            ))),
+        },
+        PropertyType::Bool => match value {
+            JsonIn::Bool(b) => Ok(b.to_string()),
+            other => Err(refuse(format!(
+                "is {}, but the property is a bool; send true or false",
+                other.kind()
+            ))),
+        },
+        PropertyType::Date => {
+            if let JsonIn::String(s) = value
+                && let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+            {
+                return Ok(d.format("%Y-%m-%d").to_string());
+            }
+            let instant = parse_instant(value).map_err(|r| refuse(r.replace("timestamp", "date")))?;
+            if instant.timestamp_millis().rem_euclid(MS_PER_DAY) != 0 {
+                return Err(refuse(format!(
+                    "is at {} UTC, not midnight; a date property takes \"YYYY-MM-DD\" or a midnight-UTC time",
+                    instant.format("%H:%M:%S%.3f")
+                )));
+            }
+            Ok(instant.format("%Y-%m-%d").to_string())
+        }
+        PropertyType::Datetime => parse_instant(value)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .map_err(refuse),
+        PropertyType::Enumeration { options, multiple } => {
+            let chosen: Vec<String> = match (value, multiple) {
+                (JsonIn::String(s), false) => vec![s.clone()],
+                (JsonIn::String(s), true) => s
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(String::from)
+                    .collect(),
+                (JsonIn::Array(items), true) => items
+                    .iter()
+                    .map(|item| match item {
+                        JsonIn::String(s) => Ok(s.clone()),
+                        other => Err(refuse(format!(
+                            "holds {}; a multi-select takes strings that are option values",
+                            other.kind()
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                (other, false) => {
+                    return Err(refuse(format!(
+                        "is {}; an enumeration takes one option value as a string",
+                        other.kind()
+                    )));
+                }
+                (other, true) => {
+                    return Err(refuse(format!(
+                        "is {}; a multi-select takes an array of option values or a \";\"-joined string",
+                        other.kind()
+                    )));
+                }
+            };
+            let mut out: Vec<String> = Vec::with_capacity(chosen.len());
+            for v in chosen {
+                if !options.contains(&v) {
+                    return Err(refuse(format!(
+                        "\"{v}\" is not an option; options are [{}]: add it to options in hubsync.toml or send one of them",
+                        options.join(", ")
+                    )));
+                }
+                if !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+            Ok(out.join(";"))
+        }
+    }
+}
+
+/// Normalises a contact key: trims and lower-cases an email, refusing what is not one.
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let email = raw.trim().to_lowercase();
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(format!("\"{raw}\" is not an email address (no @)"));
+    };
+    let ok = !local.is_empty()
+        && email.len() <= 254
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(email)
+    } else {
+        Err(format!("\"{raw}\" is not a valid email address"))
+    }
+}
+
+/// One property's merged value: the HubSpot string, and the event that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropState {
+    /// The value to send (already serialised for HubSpot).
+    pub v: String,
+    /// `occurred_at` of the deciding event, in microseconds since the epoch.
+    pub at: i64,
+    /// The deciding event's outbox sequence (the tie-breaker).
+    pub seq: i64,
+}
+
+/// An object's merged state: every property, and the company it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState {
+    /// Merged properties by name.
+    #[serde(default)]
+    pub props: BTreeMap<String, PropState>,
+    /// The company key, merged like a `set` property.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<PropState>,
+}
+
+/// One accepted event's contribution to one property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution {
+    /// Serialised value (for `increment`, the delta).
+    pub v: String,
+    /// occurred_at in microseconds.
+    pub at: i64,
+    /// Outbox sequence.
+    pub seq: i64,
+}
+
+fn later(a: (i64, i64), b: (i64, i64)) -> bool {
+    a > b
+}
+
+fn compare_values(ptype: &PropertyType, a: &str, b: &str) -> Ordering {
+    match ptype {
+        PropertyType::Number => match (parse_decimal(a), parse_decimal(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => a.cmp(b),
+        },
+        // Both are fixed-width UTC forms, so text order is time order.
+        _ => a.cmp(b),
+    }
+}
+
+/// Folds one contribution into a property's state under the property's merge rule.
+/// The result is the same whatever order contributions arrive in.
+pub fn merge(def: &PropertyDef, current: Option<&PropState>, c: &Contribution) -> PropState {
+    let incoming = PropState {
+        v: c.v.clone(),
+        at: c.at,
+        seq: c.seq,
+    };
+    let Some(cur) = current else {
+        return incoming;
+    };
+    let newer = later((c.at, c.seq), (cur.at, cur.seq));
+    match def.merge {
+        MergeRule::Set => {
+            if newer {
+                incoming
+            } else {
+                cur.clone()
+            }
+        }
+        MergeRule::SetOnce => {
+            if newer {
+                cur.clone()
+            } else {
+                incoming
+            }
+        }
+        MergeRule::Increment => {
+            let sum = match (parse_decimal(&cur.v), parse_decimal(&c.v)) {
+                (Some(a), Some(b)) => format_decimal(&(a + b)),
+                // An empty current value (never set) counts as zero.
+                (None, Some(b)) => format_decimal(&b),
+                (Some(a), None) => format_decimal(&a),
+                (None, None) => String::new(),
+            };
+            let (at, seq) = if newer { (c.at, c.seq) } else { (cur.at, cur.seq) };
+            PropState { v: sum, at, seq }
+        }
+        MergeRule::Max | MergeRule::Min => {
+            let mut ord = compare_values(&def.ptype, &c.v, &cur.v);
+            if def.merge == MergeRule::Min {
+                ord = ord.reverse();
+            }
+            match ord {
+                Ordering::Greater => incoming,
+                Ordering::Less => cur.clone(),
+                // Equal values: keep the later event's stamp so the state is order-proof.
+                Ordering::Equal if newer => incoming,
+                Ordering::Equal => cur.clone(),
+            }
+        }
+    }
+}
+
+/// Folds a company key into the state like a `set` property.
+pub fn merge_company(state: &mut ObjectState, key: &str, at: i64, seq: i64) {
+    let newer = match &state.company {
+        None => true,
+        Some(cur) => later((at, seq), (cur.at, cur.seq)),
+    };
+    if newer {
+        state.company = Some(PropState {
+            v: key.to_string(),
+            at,
+            seq,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(ptype: PropertyType, merge: MergeRule) -> PropertyDef {
+        PropertyDef {
+            name: "p".into(),
+            ptype,
+            merge,
+            label: "P".into(),
+            description: None,
+        }
+    }
+
+    fn json(text: &str) -> JsonIn {
+        let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+        JsonIn::parse(&raw).unwrap()
+    }
+
+    fn enumeration(multiple: bool) -> PropertyType {
+        PropertyType::Enumeration {
+            options: vec!["free".into(), "pro".into(), "enterprise".into()],
+            multiple,
+        }
+    }
+
+    #[test]
+    fn every_type_serialises_valid_values_exactly() {
+        use PropertyType::*;
+        let cases: Vec<(PropertyType, &str, &str)> = vec![
+            (String, r#""hello""#, "hello"),
+            (String, r#""""#, ""),
+            (String, r#""ünïcode ✓""#, "ünïcode ✓"),
+            (Number, "47", "47"),
+            (Number, "-3.25", "-3.25"),
+            (Number, "0.1", "0.1"),
+            (Number, "12345678901234567890", "12345678901234567890"),
+            (
+                Number,
+                "123456789012345678901234567890.000000000000000001",
+                "123456789012345678901234567890.000000000000000001",
+            ),
+            (Number, "1e3", "1000"),
+            (Number, "1E-3", "0.001"),
+            (Number, "2.50", "2.5"),
+            (Number, "-0", "0"),
+            (Number, "100", "100"),
+            (Bool, "true", "true"),
+            (Bool, "false", "false"),
+            (Date, r#""2026-11-26""#, "2026-11-26"),
+            (Date, r#""2026-11-26T00:00:00Z""#, "2026-11-26"),
+            (Date, r#""2026-11-26T01:00:00+01:00""#, "2026-11-26"),
+            (Date, "1795651200000", "2026-11-26"),
+            (Datetime, r#""2026-11-26T10:00:00Z""#, "2026-11-26T10:00:00.000Z"),
+            (
+                Datetime,
+                r#""2026-11-26T11:00:00.5+01:00""#,
+                "2026-11-26T10:00:00.500Z",
+            ),
+            (Datetime, "1795687200123", "2026-11-26T10:00:00.123Z"),
+            (Datetime, r#""2026-11-26""#, "2026-11-26T00:00:00.000Z"),
+            (enumeration(false), r#""pro""#, "pro"),
+            (enumeration(true), r#"["pro","free"]"#, "pro;free"),
+            (enumeration(true), r#""pro;free;pro""#, "pro;free"),
+            (enumeration(true), "[]", ""),
+        ];
+        for (ptype, input, expected) in cases {
+            let d = def(ptype.clone(), MergeRule::Set);
+            assert_eq!(
+                serialize_value(&d, &json(input)).as_deref(),
+                Ok(expected),
+                "{} {input}",
+                ptype.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_type_refuses_invalid_values_with_a_reason() {
+        use PropertyType::*;
+        let long = format!("\"{}\"", "x".repeat(MAX_STRING_CHARS + 1));
+        let cases: Vec<(PropertyType, &str, &str)> = vec![
+            (String, "42", "send it as a JSON string"),
+            (String, &long, "at most 65536"),
+            (String, r#"{"a":1}"#, "an object"),
+            (Number, r#""47""#, "send a JSON number"),
+            (Number, "true", "is a boolean"),
+            (Number, "[1]", "an array"),
+            (Bool, r#""true""#, "send true or false"),
+            (Bool, "1", "send true or false"),
+            (Date, r#""2026-11-26T22:18:55.865Z""#, "22:18:55.865 UTC, not midnight"),
+            (Date, "1795687200000", "not midnight"),
+            (Date, r#""26/11/2026""#, "not an RFC 3339 date"),
+            (Date, r#""2026-02-30""#, "not an RFC 3339"),
+            (Datetime, "1795687200", "looks like epoch seconds"),
+            (Datetime, "1795687200.5", "whole number"),
+            (Datetime, r#""yesterday""#, "not an RFC 3339 timestamp"),
+            (Datetime, "true", "is a boolean"),
+            (enumeration(false), r#""platinum""#, "\"platinum\" is not an option"),
+            (enumeration(false), r#"["pro"]"#, "one option value"),
+            (enumeration(true), r#"["pro","gold"]"#, "\"gold\" is not an option"),
+            (enumeration(true), "[1]", "holds a number"),
+        ];
+        for (ptype, input, expected) in cases {
+            let d = def(ptype.clone(), MergeRule::Set);
+            let err = serialize_value(&d, &json(input)).expect_err(input);
+            assert!(
+                err.to_string().contains(expected),
+                "{} {input}: {err}",
+                ptype.name()
+            );
+            assert_eq!(err.property, "p");
+        }
+    }
+
+    #[test]
+    fn null_clears_only_under_set() {
+        let set = def(PropertyType::Number, MergeRule::Set);
+        assert_eq!(serialize_value(&set, &JsonIn::Null).as_deref(), Ok(""));
+        for rule in [
+            MergeRule::SetOnce,
+            MergeRule::Increment,
+            MergeRule::Max,
+            MergeRule::Min,
+        ] {
+            let d = def(PropertyType::Number, rule);
+            assert!(serialize_value(&d, &JsonIn::Null).is_err(), "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn merge_rules_must_fit_the_type() {
+        assert!(MergeRule::Increment.misfit(&PropertyType::Number).is_none());
+        assert!(MergeRule::Increment.misfit(&PropertyType::String).is_some());
+        assert!(MergeRule::Max.misfit(&PropertyType::Datetime).is_none());
+        assert!(MergeRule::Min.misfit(&PropertyType::Date).is_none());
+        assert!(MergeRule::Max.misfit(&PropertyType::Bool).is_some());
+        assert!(MergeRule::SetOnce.misfit(&enumeration(true)).is_none());
+    }
+
+    #[test]
+    fn emails_are_trimmed_lower_cased_and_checked() {
+        assert_eq!(
+            normalize_email("  Alice@Acme.COM ").as_deref(),
+            Ok("alice@acme.com")
+        );
+        for bad in ["alice", "alice@", "@acme.com", "a b@acme.com", "a@acme", "a@@acme.com", ""] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn properties_keep_every_digit() {
+        let props = parse_properties(r#"{"n": 12345678901234567890123.5, "s": "x"}"#).unwrap();
+        assert_eq!(
+            props[0],
+            ("n".into(), JsonIn::Number("12345678901234567890123.5".into()))
+        );
+        assert!(parse_properties("[1,2]").is_err());
+    }
+
+    fn c(v: &str, at: i64, seq: i64) -> Contribution {
+        Contribution {
+            v: v.into(),
+            at,
+            seq,
+        }
+    }
+
+    fn fold(d: &PropertyDef, items: &[Contribution]) -> PropState {
+        let mut state: Option<PropState> = None;
+        for item in items {
+            state = Some(merge(d, state.as_ref(), item));
+        }
+        state.unwrap()
+    }
+
+    #[test]
+    fn set_keeps_the_latest_and_breaks_ties_by_sequence() {
+        let d = def(PropertyType::String, MergeRule::Set);
+        let items = [c("a", 10, 1), c("b", 30, 2), c("c", 20, 3), c("d", 30, 1)];
+        assert_eq!(fold(&d, &items).v, "b");
+        let mut rev = items.to_vec();
+        rev.reverse();
+        assert_eq!(fold(&d, &rev).v, "b");
+    }
+
+    #[test]
+    fn set_once_keeps_the_earliest() {
+        let d = def(PropertyType::String, MergeRule::SetOnce);
+        assert_eq!(
+            fold(&d, &[c("b", 30, 2), c("a", 10, 5), c("z", 10, 6)]).v,
+            "a"
+        );
+    }
+
+    #[test]
+    fn increment_sums_exactly() {
+        let d = def(PropertyType::Number, MergeRule::Increment);
+        let items = [c("0.1", 1, 1), c("0.2", 2, 2), c("-0.3", 3, 3), c("5", 4, 4)];
+        assert_eq!(fold(&d, &items).v, "5");
+        let big = [c("9007199254740993", 1, 1), c("1", 2, 2)];
+        assert_eq!(fold(&d, &big).v, "9007199254740994");
+    }
+
+    #[test]
+    fn max_and_min_compare_by_type() {
+        let max = def(PropertyType::Number, MergeRule::Max);
+        assert_eq!(fold(&max, &[c("9", 1, 1), c("10", 2, 2), c("-1", 3, 3)]).v, "10");
+        let min = def(PropertyType::Datetime, MergeRule::Min);
+        let items = [
+            c("2026-11-26T10:00:00.000Z", 1, 1),
+            c("2026-01-01T00:00:00.000Z", 2, 2),
+        ];
+        assert_eq!(fold(&min, &items).v, "2026-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,546 @@
+//! Record endpoints: batch upsert (with HubSpot's whole-request and per-record validation),
+//! read-back of one record, and contact→company batch association. Each function runs with the
+//! state locked and returns the reply; nothing here waits.
+
+use std::collections::{HashMap, HashSet};
+
+use rand::seq::SliceRandom;
+use serde_json::{Map, Value, json};
+
+use super::replies::{Reply, correlation_id};
+use super::state::{ObjectStore, ObjectType, State, StoredRecord, timestamp};
+use super::values::{ValueError, check_email, check_value};
+
+/// HubSpot's limit on inputs per batch request.
+const MAX_BATCH_INPUTS: usize = 100;
+
+/// One refused value of one input.
+#[derive(Debug, Clone)]
+struct Problem {
+    name: String,
+    error: ValueError,
+}
+
+/// An input that passed the whole-request checks.
+#[derive(Debug)]
+struct Input<'a> {
+    /// The `id`, normalised as its `idProperty` is compared.
+    key: String,
+    id_property: &'a str,
+    trace_id: Option<&'a str>,
+    properties: &'a Map<String, Value>,
+}
+
+/// An input that passed the per-record checks: values as they will be stored (`None` clears).
+#[derive(Debug)]
+struct Prepared {
+    key: String,
+    id_property: String,
+    values: Vec<(String, Option<String>)>,
+}
+
+/// `POST .../objects/{type}/batch/upsert`.
+pub(crate) fn batch_upsert(
+    state: &mut State,
+    object: ObjectType,
+    body: Result<&Value, &str>,
+    shuffle: bool,
+) -> Reply {
+    let started_at = timestamp();
+    let body = match body {
+        Ok(body) => body,
+        Err(err) => {
+            return Reply::validation(&format!("Invalid input JSON: {err}"), json!({}));
+        }
+    };
+    let Some(raw_inputs) = body.get("inputs").and_then(Value::as_array) else {
+        return Reply::validation(
+            "Invalid input JSON: the body must be an object with an \"inputs\" array",
+            json!({}),
+        );
+    };
+    if raw_inputs.len() > MAX_BATCH_INPUTS {
+        return Reply::validation(
+            &format!(
+                "Batch input size {} exceeds the limit of {MAX_BATCH_INPUTS}",
+                raw_inputs.len()
+            ),
+            json!({"inputs": [raw_inputs.len().to_string()]}),
+        );
+    }
+    let inputs = match parse_inputs(state.store(object), raw_inputs) {
+        Ok(inputs) => inputs,
+        Err(reply) => return reply,
+    };
+
+    // HubSpot isolates bad records only when it can name them: every input needs its own trace id.
+    let trace_ids: HashSet<&str> = inputs.iter().filter_map(|input| input.trace_id).collect();
+    let isolate = trace_ids.len() == inputs.len();
+
+    let checked = check_inputs(state.store(object), &inputs);
+    if !isolate
+        && let Some((input, problems)) = inputs
+            .iter()
+            .zip(&checked)
+            .find_map(|(input, checked)| checked.as_ref().err().map(|p| (input, p)))
+    {
+        let error = record_error(problems, input.trace_id);
+        let mut body = json!({
+            "status": "error", "correlationId": correlation_id(), "category": "VALIDATION_ERROR"
+        });
+        for key in ["message", "errors", "context"] {
+            body[key] = error[key].clone();
+        }
+        return Reply::json(400, body);
+    }
+
+    let mut results = Vec::with_capacity(inputs.len());
+    let mut errors = Vec::new();
+    for (input, checked) in inputs.iter().zip(checked) {
+        match checked {
+            Ok(prepared) => results.push(apply(state, object, prepared)),
+            Err(problems) => errors.push(record_error(&problems, input.trace_id)),
+        }
+    }
+    if shuffle {
+        results.shuffle(&mut state.rng);
+    }
+    let mut body = json!({"status": "COMPLETE", "results": results});
+    let status = if errors.is_empty() {
+        200
+    } else {
+        body["numErrors"] = Value::from(errors.len());
+        body["errors"] = Value::Array(errors);
+        207
+    };
+    body["startedAt"] = Value::from(started_at);
+    body["completedAt"] = Value::from(timestamp());
+    Reply::json(status, body)
+}
+
+/// Whole-request checks of every input: shape, string values, usable idProperty, no duplicates.
+fn parse_inputs<'a>(store: &ObjectStore, raw_inputs: &'a [Value]) -> Result<Vec<Input<'a>>, Reply> {
+    let object = store.object();
+    let mut inputs = Vec::with_capacity(raw_inputs.len());
+    for (position, raw) in raw_inputs.iter().enumerate() {
+        let Some(raw) = raw.as_object() else {
+            return Err(Reply::validation(
+                &format!("Invalid input JSON: input {position} is not an object"),
+                json!({}),
+            ));
+        };
+        let trace_id = raw.get("objectWriteTraceId").and_then(Value::as_str);
+        let context = || match trace_id {
+            Some(trace_id) => json!({"objectWriteTraceId": [trace_id]}),
+            None => json!({}),
+        };
+        let Some(id_property) = raw.get("idProperty").and_then(Value::as_str) else {
+            return Err(Reply::validation(
+                &format!(
+                    "Input {position} has no idProperty: upserts need an idProperty on every input"
+                ),
+                context(),
+            ));
+        };
+        let Some(id) = raw.get("id").and_then(Value::as_str) else {
+            return Err(Reply::validation(
+                &format!("Input {position} has no id: upserts need a string id on every input"),
+                context(),
+            ));
+        };
+        let Some(properties) = raw.get("properties").and_then(Value::as_object) else {
+            return Err(Reply::validation(
+                &format!("Input {position} has no properties object"),
+                context(),
+            ));
+        };
+        if let Some((name, value)) = properties
+            .iter()
+            .find(|(_, value)| !(value.is_string() || value.is_null()))
+        {
+            return Err(Reply::validation(
+                &format!(
+                    "Invalid input JSON: property '{name}' of input {position} is {value}, but every property value must be a string"
+                ),
+                context(),
+            ));
+        }
+        let usable = (object == ObjectType::Contacts && id_property == "email")
+            || store
+                .schema
+                .props
+                .get(id_property)
+                .is_some_and(|def| def.unique);
+        if !usable {
+            return Err(Reply::validation(
+                &format!(
+                    "Unable to perform update/upsert by non-unique {} property {id_property}",
+                    object.type_id()
+                ),
+                context(),
+            ));
+        }
+        inputs.push(Input {
+            key: store.normalise(id_property, id),
+            id_property,
+            trace_id,
+            properties,
+        });
+    }
+
+    let mut seen = HashSet::with_capacity(inputs.len());
+    let mut duplicates: Vec<&str> = Vec::new();
+    for input in &inputs {
+        let key = (input.id_property, input.key.as_str());
+        if !seen.insert(key) && !duplicates.contains(&key.1) {
+            duplicates.push(key.1);
+        }
+    }
+    if !duplicates.is_empty() {
+        return Err(Reply::validation(
+            &format!(
+                "Duplicate IDs found in batch input: [{}]. IDs must be unique",
+                duplicates.join(", ")
+            ),
+            json!({ "ids": duplicates }),
+        ));
+    }
+    Ok(inputs)
+}
+
+/// Per-record checks against the current records and property definitions.
+fn check_inputs(store: &ObjectStore, inputs: &[Input<'_>]) -> Vec<Result<Prepared, Vec<Problem>>> {
+    // Which target each unique value is claimed for, so two inputs can't take the same one.
+    #[derive(PartialEq, Clone, Copy)]
+    enum Target {
+        Existing(u64),
+        New(usize),
+    }
+    let mut claimed: HashMap<(String, String), Target> = HashMap::new();
+    let mut checked = Vec::with_capacity(inputs.len());
+    for (position, input) in inputs.iter().enumerate() {
+        let mut problems = Vec::new();
+        let mut values = Vec::with_capacity(input.properties.len());
+        if let Some(def) = store.schema.props.get(input.id_property) {
+            let id_check = if def.is_email {
+                check_email(&input.key)
+            } else {
+                check_value(def, &input.key)
+            };
+            if let Err(error) = id_check {
+                problems.push(Problem {
+                    name: input.id_property.to_owned(),
+                    error,
+                });
+            }
+        }
+        for (name, value) in input.properties {
+            let value = value.as_str().unwrap_or_default();
+            match check_one(store, name, value) {
+                Ok(stored) => values.push((name.clone(), stored)),
+                Err(error) => problems.push(Problem {
+                    name: name.clone(),
+                    error,
+                }),
+            }
+        }
+
+        let target = store
+            .find(input.id_property, &input.key)
+            .map_or(Target::New(position), Target::Existing);
+        let mut unique_values: Vec<(&str, &str)> = values
+            .iter()
+            .filter(|(name, _)| store.is_indexed(name))
+            .filter_map(|(name, value)| value.as_deref().map(|value| (name.as_str(), value)))
+            .collect();
+        if !unique_values
+            .iter()
+            .any(|(name, _)| *name == input.id_property)
+        {
+            unique_values.push((input.id_property, &input.key));
+        }
+        for (name, value) in unique_values {
+            let owner = store.find(name, value).map(Target::Existing);
+            let claim = claimed.get(&(name.to_owned(), value.to_owned())).copied();
+            if owner.is_some_and(|owner| owner != target) || claim.is_some_and(|c| c != target) {
+                problems.push(Problem {
+                    name: name.to_owned(),
+                    error: ValueError {
+                        code: "CONFLICTING_UNIQUE_VALUE",
+                        message: format!(
+                            "Another {} record already has {name} {value}",
+                            store.object().type_id()
+                        ),
+                    },
+                });
+            } else if problems.is_empty() {
+                claimed.insert((name.to_owned(), value.to_owned()), target);
+            }
+        }
+
+        checked.push(if problems.is_empty() {
+            Ok(Prepared {
+                key: input.key.clone(),
+                id_property: input.id_property.to_owned(),
+                values,
+            })
+        } else {
+            Err(problems)
+        });
+    }
+    checked
+}
+
+/// One property value: `Ok(None)` clears it, `Ok(Some(v))` stores `v`.
+fn check_one(store: &ObjectStore, name: &str, value: &str) -> Result<Option<String>, ValueError> {
+    let def = store.schema.props.get(name);
+    if name.starts_with("hs_") || def.is_some_and(|def| def.read_only) {
+        return Err(ValueError {
+            code: "READ_ONLY_VALUE",
+            message: format!("{name} is a read only property; its value cannot be set."),
+        });
+    }
+    let Some(def) = def else {
+        return Err(ValueError {
+            code: "PROPERTY_DOESNT_EXIST",
+            message: format!("Property \"{name}\" does not exist"),
+        });
+    };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    check_value(def, value).map(Some)
+}
+
+/// Writes one checked input and returns its result entry.
+fn apply(state: &mut State, object: ObjectType, prepared: Prepared) -> Value {
+    let now = timestamp();
+    let existing = state
+        .store(object)
+        .find(&prepared.id_property, &prepared.key);
+    let (id, new) = match existing {
+        Some(id) => (id, false),
+        None => {
+            let id = state.next_id;
+            state.next_id += 1;
+            let mut record = StoredRecord {
+                properties: Default::default(),
+                created_at: now.clone(),
+                updated_at: now.clone(),
+            };
+            record
+                .properties
+                .insert("hs_object_id".to_owned(), id.to_string());
+            record
+                .properties
+                .insert("createdate".to_owned(), now.clone());
+            state.store_mut(object).records.insert(id, record);
+            (id, true)
+        }
+    };
+    let store = state.store_mut(object);
+    for (name, value) in &prepared.values {
+        store.set_value(id, name, value.clone());
+    }
+    // The record stays findable by the key it was upserted with.
+    let has_key = store
+        .records
+        .get(&id)
+        .is_some_and(|record| record.properties.contains_key(&prepared.id_property));
+    if !has_key {
+        store.set_value(id, &prepared.id_property, Some(prepared.key.clone()));
+    }
+    store.set_value(id, "lastmodifieddate", Some(now.clone()));
+    let Some(record) = store.records.get_mut(&id) else {
+        // Inserted or found above, under the same lock.
+        return Value::Null;
+    };
+    record.updated_at = now;
+
+    let mut properties = Map::new();
+    let mut echo = |name: &str| {
+        let value = record.properties.get(name).cloned().unwrap_or_default();
+        properties.insert(name.to_owned(), Value::from(value));
+    };
+    for (name, _) in &prepared.values {
+        echo(name);
+    }
+    for name in ["hs_object_id", "createdate", "lastmodifieddate"] {
+        echo(name);
+    }
+    if object == ObjectType::Contacts {
+        echo("email");
+    }
+    json!({
+        "id": id.to_string(), "new": new, "properties": properties,
+        "createdAt": record.created_at, "updatedAt": record.updated_at, "archived": false
+    })
+}
+
+/// One error entry of a 207, or the core of a whole-request 400: every bad value of one record.
+fn record_error(problems: &[Problem], trace_id: Option<&str>) -> Value {
+    // HubSpot embeds a JSON list in `message`, keys in this order; built by hand because
+    // serde_json's map would sort them.
+    let embedded: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                r#"{{"isValid":false,"message":{},"error":{},"name":{}}}"#,
+                Value::from(p.error.message.as_str()),
+                Value::from(p.error.code),
+                Value::from(p.name.as_str())
+            )
+        })
+        .collect();
+    let errors: Vec<Value> = problems
+        .iter()
+        .map(|p| {
+            json!({
+                "message": p.error.message, "code": p.error.code,
+                "context": {"propertyName": [p.name]}
+            })
+        })
+        .collect();
+    let context = match trace_id {
+        Some(trace_id) => json!({"objectWriteTraceId": [trace_id]}),
+        None => json!({}),
+    };
+    json!({
+        "status": "error", "category": "VALIDATION_ERROR",
+        "message": format!("Property values were not valid: [{}]", embedded.join(",")),
+        "errors": errors, "context": context
+    })
+}
+
+/// `GET .../objects/{type}/{id}?idProperty=…&properties=a,b`.
+pub(crate) fn read_one(
+    state: &State,
+    object: ObjectType,
+    id: &str,
+    query: &[(String, String)],
+) -> Reply {
+    let store = state.store(object);
+    let id_property = query
+        .iter()
+        .find(|(key, _)| key == "idProperty")
+        .map_or("hs_object_id", |(_, value)| value.as_str());
+    let Some(record_id) = store.find(id_property, id) else {
+        return Reply::not_found();
+    };
+    let Some(record) = store.records.get(&record_id) else {
+        return Reply::not_found();
+    };
+    let mut wanted: Vec<&str> = query
+        .iter()
+        .filter(|(key, _)| key == "properties")
+        .flat_map(|(_, value)| value.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    wanted.extend(["hs_object_id", "createdate", "lastmodifieddate"]);
+    if object == ObjectType::Contacts {
+        wanted.push("email");
+    }
+    let properties: Map<String, Value> = wanted
+        .into_iter()
+        .map(|name| {
+            let value = record
+                .properties
+                .get(name)
+                .map_or(Value::Null, |v| Value::from(v.as_str()));
+            (name.to_owned(), value)
+        })
+        .collect();
+    Reply::json(
+        200,
+        json!({
+            "id": record_id.to_string(), "properties": properties,
+            "createdAt": record.created_at, "updatedAt": record.updated_at, "archived": false
+        }),
+    )
+}
+
+/// `POST .../associations/contacts/companies/batch/associate/default`.
+pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply {
+    let started_at = timestamp();
+    let body = match body {
+        Ok(body) => body,
+        Err(err) => return Reply::validation(&format!("Invalid input JSON: {err}"), json!({})),
+    };
+    let Some(inputs) = body.get("inputs").and_then(Value::as_array) else {
+        return Reply::validation(
+            "Invalid input JSON: the body must be an object with an \"inputs\" array",
+            json!({}),
+        );
+    };
+    if inputs.len() > MAX_BATCH_INPUTS {
+        return Reply::validation(
+            &format!(
+                "Batch input size {} exceeds the limit of {MAX_BATCH_INPUTS}",
+                inputs.len()
+            ),
+            json!({"inputs": [inputs.len().to_string()]}),
+        );
+    }
+    let mut pairs = Vec::with_capacity(inputs.len());
+    for (position, input) in inputs.iter().enumerate() {
+        let id = |side: &str| {
+            input
+                .get(side)
+                .and_then(|end| end.get("id"))
+                .and_then(|id| {
+                    id.as_str()
+                        .map(str::to_owned)
+                        .or_else(|| id.as_u64().map(|id| id.to_string()))
+                })
+        };
+        let (Some(from), Some(to)) = (id("from"), id("to")) else {
+            return Reply::validation(
+                &format!("Input {position} needs from.id and to.id"),
+                json!({}),
+            );
+        };
+        pairs.push((from, to));
+    }
+
+    let mut results = Vec::with_capacity(pairs.len() * 2);
+    let mut errors = Vec::new();
+    for (from, to) in pairs {
+        let contact = state.contacts.find("hs_object_id", &from);
+        let company = state.companies.find("hs_object_id", &to);
+        match (contact, company) {
+            (Some(contact), Some(company)) => {
+                state.associate(contact, company);
+                results.push(json!({
+                    "fromObjectTypeId": "0-1", "fromObjectId": contact,
+                    "toObjectTypeId": "0-2", "toObjectId": company, "labels": []
+                }));
+                results.push(json!({
+                    "fromObjectTypeId": "0-2", "fromObjectId": company,
+                    "toObjectTypeId": "0-1", "toObjectId": contact, "labels": []
+                }));
+            }
+            (None, _) => errors.push(not_found_error("contact", "fromObjectId", &from)),
+            (_, None) => errors.push(not_found_error("company", "toObjectId", &to)),
+        }
+    }
+    let mut body = json!({"status": "COMPLETE", "results": results});
+    let status = if errors.is_empty() {
+        200
+    } else {
+        body["numErrors"] = Value::from(errors.len());
+        body["errors"] = Value::Array(errors);
+        207
+    };
+    body["startedAt"] = Value::from(started_at);
+    body["completedAt"] = Value::from(timestamp());
+    Reply::json(status, body)
+}
+
+fn not_found_error(kind: &str, field: &str, id: &str) -> Value {
+    json!({
+        "status": "error", "category": "OBJECT_NOT_FOUND",
+        "message": format!("No {kind} with id {id} exists"),
+        "context": { field: [id] }
+    })
+}

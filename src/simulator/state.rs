@@ -1,0 +1,473 @@
+//! The simulator's mutable state, kept behind one mutex: records and their unique-value
+//! indexes, property schemas, associations, the rate-limit window, faults and the request log.
+//! Everything here is synchronous and quick; callers never hold the lock across an await.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, SecondsFormat, Utc};
+use hyper::header::{HeaderName, HeaderValue};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::Value;
+
+use super::properties::Schema;
+use super::values::normalise_email;
+use super::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
+
+/// The two object types the simulator stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ObjectType {
+    /// `contacts`, type id `0-1`.
+    Contacts,
+    /// `companies`, type id `0-2`.
+    Companies,
+}
+
+impl ObjectType {
+    /// Parses a path segment: the name or the type id.
+    pub(crate) fn parse(segment: &str) -> Option<ObjectType> {
+        match segment {
+            "contacts" | "0-1" => Some(ObjectType::Contacts),
+            "companies" | "0-2" => Some(ObjectType::Companies),
+            _ => None,
+        }
+    }
+
+    /// The plural name used in paths.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ObjectType::Contacts => "contacts",
+            ObjectType::Companies => "companies",
+        }
+    }
+
+    /// HubSpot's object type id.
+    pub(crate) fn type_id(self) -> &'static str {
+        match self {
+            ObjectType::Contacts => "0-1",
+            ObjectType::Companies => "0-2",
+        }
+    }
+}
+
+/// The current time as HubSpot writes timestamps: RFC 3339, UTC, milliseconds.
+pub(crate) fn timestamp() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// One stored record.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredRecord {
+    /// Property values, including `hs_object_id`, `createdate` and `lastmodifieddate`.
+    pub properties: BTreeMap<String, String>,
+    /// `createdAt`.
+    pub created_at: String,
+    /// `updatedAt`.
+    pub updated_at: String,
+}
+
+/// Records and schema of one object type.
+#[derive(Debug)]
+pub(crate) struct ObjectStore {
+    /// Property definitions and groups.
+    pub schema: Schema,
+    /// Records by numeric id.
+    pub records: BTreeMap<u64, StoredRecord>,
+    /// For each unique property (and the contact email): value → record id. Keeps a 100-input
+    /// upsert at 100 hash lookups however many records exist.
+    indexes: HashMap<String, HashMap<String, u64>>,
+}
+
+impl ObjectStore {
+    fn new(object: ObjectType, now: &str) -> ObjectStore {
+        let mut store = ObjectStore {
+            schema: Schema::seeded(object, now),
+            records: BTreeMap::new(),
+            indexes: HashMap::new(),
+        };
+        store.refresh_indexes();
+        store
+    }
+
+    /// The object type stored here.
+    pub(crate) fn object(&self) -> ObjectType {
+        self.schema.object
+    }
+
+    /// How a lookup value of property `name` is compared: contact emails case-insensitively.
+    pub(crate) fn normalise(&self, name: &str, value: &str) -> String {
+        if self.object() == ObjectType::Contacts && name == "email" {
+            normalise_email(value)
+        } else {
+            value.to_owned()
+        }
+    }
+
+    /// Whether `name` has an index, i.e. holds values unique across records.
+    pub(crate) fn is_indexed(&self, name: &str) -> bool {
+        self.indexes.contains_key(name)
+    }
+
+    /// The id of the record whose property `name` equals `value` (normalised).
+    pub(crate) fn find(&self, name: &str, value: &str) -> Option<u64> {
+        if name == "hs_object_id" {
+            return value
+                .parse::<u64>()
+                .ok()
+                .filter(|id| self.records.contains_key(id));
+        }
+        let value = self.normalise(name, value);
+        match self.indexes.get(name) {
+            Some(index) => index.get(&value).copied(),
+            None => self
+                .records
+                .iter()
+                .find(|(_, record)| record.properties.get(name) == Some(&value))
+                .map(|(id, _)| *id),
+        }
+    }
+
+    /// Builds an index for every unique property that lacks one: after any schema change.
+    pub(crate) fn refresh_indexes(&mut self) {
+        let mut wanted: Vec<String> = self
+            .schema
+            .props
+            .values()
+            .filter(|def| def.unique)
+            .map(|def| def.name().to_owned())
+            .collect();
+        if self.object() == ObjectType::Contacts {
+            wanted.push("email".to_owned());
+        }
+        self.indexes.retain(|name, _| wanted.contains(name));
+        for name in wanted {
+            if self.indexes.contains_key(&name) {
+                continue;
+            }
+            let index = self
+                .records
+                .iter()
+                .filter_map(|(id, record)| record.properties.get(&name).map(|v| (v.clone(), *id)))
+                .collect();
+            self.indexes.insert(name, index);
+        }
+    }
+
+    /// Sets (or with `None` clears) one value of record `id`, keeping indexes current.
+    pub(crate) fn set_value(&mut self, id: u64, name: &str, value: Option<String>) {
+        let Some(record) = self.records.get_mut(&id) else {
+            return;
+        };
+        let old = match &value {
+            Some(value) => record.properties.insert(name.to_owned(), value.clone()),
+            None => record.properties.remove(name),
+        };
+        if let Some(index) = self.indexes.get_mut(name) {
+            if let Some(old) = old
+                && index.get(&old) == Some(&id)
+            {
+                index.remove(&old);
+            }
+            if let Some(value) = value {
+                index.insert(value, id);
+            }
+        }
+    }
+
+    /// The record as the public accessors return it.
+    pub(crate) fn sim_record(&self, id: u64) -> Option<SimRecord> {
+        self.records.get(&id).map(|record| SimRecord {
+            id: id.to_string(),
+            properties: record.properties.clone(),
+        })
+    }
+}
+
+/// Random faults: each object write draws from `rng`.
+#[derive(Debug)]
+pub(crate) struct RandomFaults {
+    rate: f64,
+    faults: Vec<Fault>,
+    rng: SmallRng,
+}
+
+/// What the rate limiter decided for one request at its arrival.
+#[derive(Debug, Clone)]
+pub(crate) struct Admission {
+    /// `Some(true)` over the daily limit, `Some(false)` over the rolling window, `None` allowed.
+    pub limited: Option<bool>,
+    /// The `X-HubSpot-RateLimit-*` headers for the response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Everything the simulator changes while running.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The accepted bearer token.
+    pub token: String,
+    /// Non-empty: every request answers 403 naming these.
+    pub missing_scopes: Vec<String>,
+    /// Added before every request is handled.
+    pub latency: Duration,
+    /// Scripted faults, consumed in order by object writes.
+    pub faults: VecDeque<Fault>,
+    /// Random faults, drawn once the script is empty.
+    pub random_faults: Option<RandomFaults>,
+    /// Contacts.
+    pub contacts: ObjectStore,
+    /// Companies.
+    pub companies: ObjectStore,
+    /// Next record id, shared by both types so a contact id is never a valid company id.
+    pub next_id: u64,
+    /// Shuffles batch results.
+    pub rng: SmallRng,
+    associations: Vec<(u64, u64)>,
+    association_set: HashSet<(u64, u64)>,
+    log: Vec<SimRequest>,
+    /// Requests logged before the last reset: log position = sequence number − this.
+    log_forgotten: u64,
+    window: VecDeque<Instant>,
+    day: NaiveDate,
+    used_today: u64,
+}
+
+impl State {
+    /// A fresh portal with the default properties and no records.
+    pub(crate) fn new(config: &SimConfig) -> State {
+        let now = timestamp();
+        State {
+            token: config.token.clone(),
+            missing_scopes: Vec::new(),
+            latency: Duration::ZERO,
+            faults: VecDeque::new(),
+            random_faults: None,
+            contacts: ObjectStore::new(ObjectType::Contacts, &now),
+            companies: ObjectStore::new(ObjectType::Companies, &now),
+            next_id: 1001,
+            rng: rand::make_rng(),
+            associations: Vec::new(),
+            association_set: HashSet::new(),
+            log: Vec::new(),
+            log_forgotten: 0,
+            window: VecDeque::new(),
+            day: Utc::now().date_naive(),
+            used_today: 0,
+        }
+    }
+
+    /// The store of `object`.
+    pub(crate) fn store(&self, object: ObjectType) -> &ObjectStore {
+        match object {
+            ObjectType::Contacts => &self.contacts,
+            ObjectType::Companies => &self.companies,
+        }
+    }
+
+    /// The store of `object`, mutably.
+    pub(crate) fn store_mut(&mut self, object: ObjectType) -> &mut ObjectStore {
+        match object {
+            ObjectType::Contacts => &mut self.contacts,
+            ObjectType::Companies => &mut self.companies,
+        }
+    }
+
+    /// Every record of `object_type`, by id; empty for an unknown type.
+    pub(crate) fn records(&self, object_type: &str) -> Vec<SimRecord> {
+        let Some(object) = ObjectType::parse(object_type) else {
+            return Vec::new();
+        };
+        let store = self.store(object);
+        store
+            .records
+            .keys()
+            .filter_map(|id| store.sim_record(*id))
+            .collect()
+    }
+
+    /// The record of `object_type` whose `name` equals `value`.
+    pub(crate) fn find_record(
+        &self,
+        object_type: &str,
+        name: &str,
+        value: &str,
+    ) -> Option<SimRecord> {
+        let store = self.store(ObjectType::parse(object_type)?);
+        store.find(name, value).and_then(|id| store.sim_record(id))
+    }
+
+    /// Records an association; false if it already existed.
+    pub(crate) fn associate(&mut self, contact: u64, company: u64) -> bool {
+        let added = self.association_set.insert((contact, company));
+        if added {
+            self.associations.push((contact, company));
+        }
+        added
+    }
+
+    /// Every association as (contact id, company id).
+    pub(crate) fn associations(&self) -> Vec<(String, String)> {
+        self.associations
+            .iter()
+            .map(|(contact, company)| (contact.to_string(), company.to_string()))
+            .collect()
+    }
+
+    /// A property definition as `GET` returns it.
+    pub(crate) fn property(&self, object_type: &str, name: &str) -> Option<Value> {
+        let object = ObjectType::parse(object_type)?;
+        self.store(object)
+            .schema
+            .props
+            .get(name)
+            .map(|def| def.json.clone())
+    }
+
+    /// Seeds or overwrites a definition, unchecked.
+    pub(crate) fn define_property(&mut self, object_type: &str, property: Value) {
+        let Some(object) = ObjectType::parse(object_type) else {
+            tracing::warn!(object_type, "define_property: unknown object type ignored");
+            return;
+        };
+        let store = self.store_mut(object);
+        store.schema.define(property, &timestamp());
+        store.refresh_indexes();
+    }
+
+    /// Turns random faults on (rate > 0 and a non-empty list) or off.
+    pub(crate) fn set_random_faults(&mut self, rate: f64, faults: Vec<Fault>, seed: u64) {
+        // `random_bool` panics outside [0, 1]; NaN counts as 0.
+        let rate = if rate.is_nan() {
+            0.0
+        } else {
+            rate.clamp(0.0, 1.0)
+        };
+        self.random_faults = (rate > 0.0 && !faults.is_empty()).then(|| RandomFaults {
+            rate,
+            faults,
+            rng: SmallRng::seed_from_u64(seed),
+        });
+    }
+
+    /// Takes a scripted `Hang` at the head of the script: it applies before auth.
+    pub(crate) fn take_leading_hang(&mut self) -> Option<Duration> {
+        match self.faults.front() {
+            Some(Fault::Hang(duration)) => {
+                let duration = *duration;
+                self.faults.pop_front();
+                Some(duration)
+            }
+            _ => None,
+        }
+    }
+
+    /// The fault for this object write: the next scripted one, else maybe a random one.
+    pub(crate) fn next_fault(&mut self) -> Option<Fault> {
+        if let Some(fault) = self.faults.pop_front() {
+            return Some(fault);
+        }
+        let random = self.random_faults.as_mut()?;
+        if !random.rng.random_bool(random.rate) {
+            return None;
+        }
+        let pick = random.rng.random_range(0..random.faults.len());
+        random.faults.get(pick).cloned()
+    }
+
+    /// Counts one request against the daily limit and the rolling window, at `now`.
+    /// Every request counts, refused ones included (the stricter reading).
+    pub(crate) fn admit(&mut self, config: &SimConfig, now: Instant) -> Admission {
+        let today = Utc::now().date_naive();
+        if today != self.day {
+            self.day = today;
+            self.used_today = 0;
+        }
+        self.used_today += 1;
+        let over_daily = config
+            .daily_limit
+            .is_some_and(|limit| self.used_today > limit);
+
+        let (max, remaining, over_window) = if config.requests_per_window == 0 {
+            (UNLIMITED_HEADER_VALUE, UNLIMITED_HEADER_VALUE, false)
+        } else {
+            while self
+                .window
+                .front()
+                .is_some_and(|at| now.saturating_duration_since(*at) >= config.window)
+            {
+                self.window.pop_front();
+            }
+            self.window.push_back(now);
+            let limit = config.requests_per_window;
+            let used = u32::try_from(self.window.len()).unwrap_or(u32::MAX);
+            (limit, limit.saturating_sub(used), used > limit)
+        };
+
+        let interval = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
+        let mut headers = vec![
+            (
+                HeaderName::from_static("x-hubspot-ratelimit-max"),
+                HeaderValue::from(max),
+            ),
+            (
+                HeaderName::from_static("x-hubspot-ratelimit-remaining"),
+                HeaderValue::from(remaining),
+            ),
+            (
+                HeaderName::from_static("x-hubspot-ratelimit-interval-milliseconds"),
+                HeaderValue::from(interval),
+            ),
+        ];
+        if let Some(limit) = config.daily_limit {
+            headers.push((
+                HeaderName::from_static("x-hubspot-ratelimit-daily"),
+                HeaderValue::from(limit),
+            ));
+            headers.push((
+                HeaderName::from_static("x-hubspot-ratelimit-daily-remaining"),
+                HeaderValue::from(limit.saturating_sub(self.used_today)),
+            ));
+        }
+        let limited = if over_daily {
+            Some(true)
+        } else if over_window {
+            Some(false)
+        } else {
+            None
+        };
+        Admission { limited, headers }
+    }
+
+    /// Logs a request on arrival and returns its sequence number.
+    pub(crate) fn log_arrival(&mut self, request: SimRequest) -> u64 {
+        // usize is at most 64 bits on every target Rust supports: lossless.
+        let seq = self.log_forgotten + self.log.len() as u64;
+        self.log.push(request);
+        seq
+    }
+
+    /// Sets the final status of request `seq`, unless the log was reset since.
+    pub(crate) fn log_status(&mut self, seq: u64, status: u16) {
+        let Some(position) = seq.checked_sub(self.log_forgotten) else {
+            return;
+        };
+        if let Some(entry) = usize::try_from(position)
+            .ok()
+            .and_then(|position| self.log.get_mut(position))
+        {
+            entry.status = status;
+        }
+    }
+
+    /// A copy of the request log.
+    pub(crate) fn requests(&self) -> Vec<SimRequest> {
+        self.log.clone()
+    }
+
+    /// Forgets the request log.
+    pub(crate) fn reset_requests(&mut self) {
+        // Lossless, as in `log_arrival`.
+        self.log_forgotten += self.log.len() as u64;
+        self.log.clear();
+    }
+}

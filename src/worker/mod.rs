@@ -1,0 +1,295 @@
+//! The worker: `run_once` does one unit of each kind of work; `run` only decides when to call
+//! the steps again, with ingest, several sync loops and upkeep running side by side.
+
+pub mod ingest;
+pub mod retry;
+pub mod sync;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db;
+use crate::hubspot::HubSpotClient;
+use crate::ratelimit::Limiter;
+use crate::schema::ObjectKind;
+pub use sync::SyncReport;
+
+/// A random unit in [0, 1] for retry jitter (injected so tests can fix it).
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// Everything a worker step needs.
+pub struct Worker {
+    /// The database.
+    pub pool: PgPool,
+    /// Validated config.
+    pub config: Arc<Config>,
+    /// HubSpot.
+    pub client: HubSpotClient,
+    /// The shared rate limiter.
+    pub limiter: Limiter,
+    /// Jitter source.
+    pub jitter: Jitter,
+    /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
+    /// and send fuller, fewer batches.
+    backlog: AtomicBool,
+}
+
+/// What one `run_once` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Outbox rows consumed.
+    pub ingested: usize,
+    /// Events dead-lettered at ingest.
+    pub refused: usize,
+    /// Sync results, contacts and companies together.
+    pub sync: SyncReport,
+    /// Associations made.
+    pub associated: usize,
+}
+
+impl Step {
+    /// Nothing was done and nothing is waiting that a step could do now.
+    pub fn is_idle(&self) -> bool {
+        self.ingested == 0 && self.sync.leased == 0 && self.associated == 0
+    }
+}
+
+impl Worker {
+    /// A worker over these parts, with random jitter.
+    pub async fn new(pool: PgPool, config: Arc<Config>, client: HubSpotClient) -> anyhow::Result<Worker> {
+        let limiter = Limiter::new(
+            pool.clone(),
+            config.hubspot.requests_per_10s,
+            config.hubspot.rate_window,
+        )
+        .await
+        .context("failed to set up the shared rate limiter")?;
+        Ok(Worker {
+            pool,
+            config,
+            client,
+            limiter,
+            jitter: Arc::new(rand::random::<f64>),
+            backlog: AtomicBool::new(false),
+        })
+    }
+
+    /// Replaces the jitter source (tests).
+    pub fn with_jitter(mut self, jitter: Jitter) -> Worker {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Ingests one chunk of the outbox.
+    pub async fn ingest_once(&self) -> anyhow::Result<(usize, usize)> {
+        let (claimed, folded) = ingest::ingest_once(&self.pool, &self.config).await?;
+        self.backlog
+            .store(claimed >= self.config.worker.ingest_chunk, Ordering::Relaxed);
+        Ok((claimed, folded.refused))
+    }
+
+    /// Syncs one batch of `kind`.
+    pub async fn sync_once(&self, kind: ObjectKind, cancel: &CancellationToken) -> anyhow::Result<SyncReport> {
+        sync::sync_once(self, kind, cancel).await
+    }
+
+    /// Upkeep: replay due DLQ rows and make pending contact→company associations.
+    pub async fn upkeep_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
+        ingest::replay_due_events(&self.pool, &self.config).await?;
+        db::dlq::requeue_due_objects(&self.pool, 500).await?;
+        self.associate_once(cancel).await
+    }
+
+    /// One unit of every kind of work: ingest a chunk, upkeep, sync a batch of each type.
+    pub async fn run_once(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
+        let (ingested, refused) = self.ingest_once().await?;
+        let mut step = Step {
+            ingested,
+            refused,
+            ..Step::default()
+        };
+        if ingested > 0 && self.backlog.load(Ordering::Relaxed) {
+            // Fold the whole backlog first: many events per object collapse into one input.
+            return Ok(step);
+        }
+        for kind in [ObjectKind::Company, ObjectKind::Contact] {
+            let r = self.sync_once(kind, cancel).await?;
+            step.sync.leased += r.leased;
+            step.sync.written += r.written;
+            step.sync.dead_lettered += r.dead_lettered;
+            step.sync.retrying += r.retrying;
+            step.sync.released += r.released;
+            step.sync.requests += r.requests;
+            step.sync.halted |= r.halted;
+        }
+        step.associated = self.upkeep_once(cancel).await?;
+        Ok(step)
+    }
+
+    /// Runs steps until nothing is left that can be done now (`--until-idle`). Objects
+    /// waiting for a retry delay or a pause count as not doable now.
+    pub async fn run_until_idle(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
+        let mut total = Step::default();
+        loop {
+            let step = self.run_once(cancel).await?;
+            total.ingested += step.ingested;
+            total.refused += step.refused;
+            total.sync.leased += step.sync.leased;
+            total.sync.written += step.sync.written;
+            total.sync.dead_lettered += step.sync.dead_lettered;
+            total.sync.retrying += step.sync.retrying;
+            total.sync.requests += step.sync.requests;
+            total.associated += step.associated;
+            if step.sync.halted {
+                anyhow::bail!("syncing halted: HubSpot refused the credentials (see the log above); nothing was consumed");
+            }
+            let only_released = step.ingested == 0
+                && step.associated == 0
+                && step.sync.leased > 0
+                && step.sync.leased == step.sync.released;
+            if step.is_idle() || cancel.is_cancelled() || only_released {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Associates synced contacts with their synced companies (HUBSPOT.md §7).
+    async fn associate_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
+        if self.config.companies.is_none() {
+            return Ok(0);
+        }
+        let pending = db::objects::pending_associations(&self.pool, 100).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        if self.limiter.acquire(cancel, Duration::from_secs(15)).await?.is_err() {
+            return Ok(0);
+        }
+        let inputs: Vec<Value> = pending
+            .iter()
+            .map(|(contact, company, _, _)| json!({"from": {"id": contact}, "to": {"id": company}}))
+            .collect();
+        let path = self.client.paths.associate_contacts_to_companies();
+        let reply = self
+            .client
+            .send(Method::POST, &path, Some(&json!({ "inputs": inputs })))
+            .await;
+        match reply {
+            Ok(r) if (200..300).contains(&r.status) => {
+                let contacts: Vec<String> = pending.iter().map(|p| p.2.clone()).collect();
+                let companies: Vec<String> = pending.iter().map(|p| p.3.clone()).collect();
+                db::objects::record_associated(&self.pool, &contacts, &companies).await?;
+                Ok(pending.len())
+            }
+            Ok(r) => {
+                tracing::warn!(status = r.status, body = %r.body, "association request failed; will retry");
+                Ok(0)
+            }
+            Err(e) => {
+                tracing::warn!("association request failed: {e:?}; will retry");
+                Ok(0)
+            }
+        }
+    }
+
+    /// The long-running worker: one ingest loop, `concurrency` sync loops, one upkeep loop,
+    /// until `cancel` fires; each loop finishes the step in flight before returning.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let poll = self.config.worker.poll_interval;
+        {
+            let w = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                while !cancel.is_cancelled() {
+                    match w.ingest_once().await {
+                        Ok((0, _)) => nap(&cancel, poll).await,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!("ingest failed: {e:#}; retrying");
+                            nap(&cancel, Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            });
+        }
+        for n in 0..self.config.worker.concurrency {
+            let w = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let mut held_since: Option<Instant> = None;
+                while !cancel.is_cancelled() {
+                    // While a deep backlog is being folded, hold syncing briefly so that many
+                    // events per object collapse into one input (never more than a second).
+                    if w.backlog.load(Ordering::Relaxed) {
+                        let since = *held_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() < Duration::from_secs(1) {
+                            nap(&cancel, Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    held_since = None;
+                    let mut busy = false;
+                    // Alternate which type goes first so neither starves the other.
+                    let kinds = if n % 2 == 0 {
+                        [ObjectKind::Contact, ObjectKind::Company]
+                    } else {
+                        [ObjectKind::Company, ObjectKind::Contact]
+                    };
+                    for kind in kinds {
+                        match w.sync_once(kind, &cancel).await {
+                            Ok(r) => busy |= r.leased > 0 && r.released < r.leased,
+                            Err(e) => tracing::error!("sync failed: {e:#}; retrying"),
+                        }
+                    }
+                    if !busy {
+                        nap(&cancel, poll).await;
+                    }
+                }
+                Ok(())
+            });
+        }
+        {
+            let w = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let mut last_prune = Instant::now() - Duration::from_secs(3600);
+                while !cancel.is_cancelled() {
+                    if let Err(e) = w.upkeep_once(&cancel).await {
+                        tracing::error!("upkeep failed: {e:#}; retrying");
+                    }
+                    if last_prune.elapsed() > Duration::from_secs(600) {
+                        last_prune = Instant::now();
+                        match db::ingest::prune_ledger(&w.pool, w.config.worker.ledger_retention).await {
+                            Ok(n) if n > 0 => tracing::info!(removed = n, "pruned the delivered ledger"),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!("ledger pruning failed: {e}"),
+                        }
+                    }
+                    nap(&cancel, Duration::from_secs(1)).await;
+                }
+                Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.context("a worker task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+async fn nap(cancel: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

@@ -1,0 +1,45 @@
+//! Retry delays: capped exponential backoff with full jitter, as a pure function of the attempt
+//! number and an injected random unit, so tests are deterministic.
+
+use std::time::Duration;
+
+/// First retry waits up to this long.
+pub const BASE: Duration = Duration::from_secs(1);
+/// No retry waits longer than this (unless HubSpot asks for more).
+pub const CAP: Duration = Duration::from_secs(300);
+
+/// Full-jitter backoff: a uniform pick in `[0, min(CAP, BASE·2^attempt)]` (`unit` in [0, 1]),
+/// then at least `min_wait`, and at least what `Retry-After` asked for.
+pub fn retry_delay(
+    attempt: i32,
+    retry_after: Option<Duration>,
+    min_wait: Duration,
+    unit: f64,
+) -> Duration {
+    let exp = u32::try_from(attempt.clamp(0, 20)).unwrap_or(20);
+    let ceiling = BASE.saturating_mul(1u32 << exp).min(CAP);
+    let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
+    jittered.max(min_wait).max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(retry_delay(0, None, Duration::ZERO, 1.0), Duration::from_secs(1));
+        assert_eq!(retry_delay(3, None, Duration::ZERO, 1.0), Duration::from_secs(8));
+        assert_eq!(retry_delay(30, None, Duration::ZERO, 1.0), CAP);
+        assert_eq!(retry_delay(3, None, Duration::ZERO, 0.5), Duration::from_secs(4));
+        assert_eq!(retry_delay(3, None, Duration::ZERO, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_after_and_minimum_waits_win() {
+        let after = Some(Duration::from_secs(30));
+        assert_eq!(retry_delay(0, after, Duration::ZERO, 1.0), Duration::from_secs(30));
+        assert_eq!(retry_delay(0, None, Duration::from_secs(2), 0.0), Duration::from_secs(2));
+        assert_eq!(retry_delay(-5, None, Duration::ZERO, 7.0), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,350 @@
+//! Sync: the second short transaction. Lease up to 100 dirty objects, commit, send their
+//! absolute values in one batch upsert, then record the outcome fenced by the lease token.
+//!
+//! Every reply goes through `classify`; this file only decides what each outcome means for
+//! the leased rows. A whole-batch 400 is narrowed down to its offenders (from the error's
+//! context, else by splitting the batch) within a bounded number of extra requests.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Worker;
+use super::retry::retry_delay;
+use crate::db;
+use crate::db::objects::{Leased, ObjectFailure};
+use crate::hubspot::{Outcome, RecordError, SentInput, classify};
+use crate::ratelimit::NoPermit;
+use crate::schema::{ObjectKind, ObjectState};
+
+/// Extra requests one batch may spend isolating the inputs of a whole-batch 400.
+const MAX_ISOLATION_REQUESTS: usize = 24;
+
+/// What one sync step did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Objects leased.
+    pub leased: usize,
+    /// Objects written and recorded clean.
+    pub written: usize,
+    /// Objects moved to the DLQ.
+    pub dead_lettered: usize,
+    /// Objects scheduled for another attempt.
+    pub retrying: usize,
+    /// Objects handed back untouched (rate limit, halt, shutdown).
+    pub released: usize,
+    /// HTTP requests sent.
+    pub requests: usize,
+    /// Sending stopped because HubSpot refused the credentials.
+    pub halted: bool,
+}
+
+struct Input {
+    leased: Leased,
+    trace_id: String,
+    properties: Map<String, Value>,
+}
+
+fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> (String, Vec<Input>) {
+    let (key_property, objects) = match kind {
+        ObjectKind::Contact => ("email".to_string(), &w.config.contacts),
+        ObjectKind::Company => match &w.config.companies {
+            Some(c) => (c.id_property.clone(), &c.objects),
+            None => ("".to_string(), &w.config.contacts),
+        },
+    };
+    let inputs = leased
+        .into_iter()
+        .map(|l| {
+            let state: ObjectState = serde_json::from_str(&l.state).unwrap_or_default();
+            let mut properties = Map::new();
+            for (name, prop) in &state.props {
+                // Only declared properties are sent: removing one from hubsync.toml stops it.
+                if objects.properties.contains_key(name) {
+                    properties.insert(name.clone(), Value::String(prop.v.clone()));
+                }
+            }
+            // The key is always sent too: HubSpot may not set it from `id` on create.
+            properties.insert(key_property.clone(), Value::String(l.key.clone()));
+            Input {
+                leased: l,
+                // Unique per input and never reused: a fresh UUID each time it is sent.
+                trace_id: Uuid::new_v4().simple().to_string(),
+                properties,
+            }
+        })
+        .collect();
+    (key_property, inputs)
+}
+
+fn body(key_property: &str, inputs: &[Input], group: &[usize]) -> Value {
+    let items: Vec<Value> = group
+        .iter()
+        .map(|&i| {
+            let input = &inputs[i];
+            json!({
+                "id": input.leased.key,
+                "idProperty": key_property,
+                "objectWriteTraceId": input.trace_id,
+                "properties": input.properties,
+            })
+        })
+        .collect();
+    json!({ "inputs": items })
+}
+
+/// The fate of one leased object after the step.
+enum Fate {
+    Written(Option<String>),
+    Failed(RecordError),
+    Transient(Duration, String, &'static str),
+    Released,
+}
+
+/// Leases one batch of `kind` and syncs it. `cancel` stops waiting for permits (the batch is
+/// handed back untouched); a request already sent is always finished and recorded.
+pub async fn sync_once(
+    w: &Worker,
+    kind: ObjectKind,
+    cancel: &CancellationToken,
+) -> anyhow::Result<SyncReport> {
+    if kind == ObjectKind::Company && w.config.companies.is_none() {
+        return Ok(SyncReport::default());
+    }
+    let token = Uuid::new_v4();
+    let lease = w.config.worker.lease;
+    let leased_at = Instant::now();
+    let limit = i64::try_from(w.config.worker.batch_size).unwrap_or(100);
+    let leased = db::objects::lease(&w.pool, kind.as_str(), limit, lease, token)
+        .await
+        .context("failed to lease dirty objects")?;
+    let mut report = SyncReport {
+        leased: leased.len(),
+        ..SyncReport::default()
+    };
+    if leased.is_empty() {
+        return Ok(report);
+    }
+    let (key_property, inputs) = build_inputs(w, kind, leased);
+    let sent: Vec<SentInput> = inputs
+        .iter()
+        .map(|i| SentInput {
+            key: i.leased.key.clone(),
+            trace_id: i.trace_id.clone(),
+        })
+        .collect();
+    let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();
+    let mut stack: Vec<Vec<usize>> = vec![(0..inputs.len()).collect()];
+    let mut extra = 0usize;
+    let timeout = w.config.hubspot.request_timeout;
+
+    while let Some(group) = stack.pop() {
+        // Never send once the lease could run out before the reply: another worker could then
+        // lease the same objects and an older value could land after a newer one.
+        let budget = lease.saturating_sub(leased_at.elapsed() + timeout + Duration::from_secs(5));
+        if budget.is_zero() {
+            for i in group {
+                fates.insert(i, Fate::Released);
+            }
+            continue;
+        }
+        match w.limiter.acquire(cancel, budget).await? {
+            Ok(()) => {}
+            Err(why) => {
+                if let NoPermit::Paused(wait) = why {
+                    tracing::info!(wait_ms = wait.as_millis() as u64, "sending paused; handing the batch back");
+                }
+                for i in group.into_iter().chain(stack.drain(..).flatten()) {
+                    fates.insert(i, Fate::Released);
+                }
+                break;
+            }
+        }
+        let group_sent: Vec<SentInput> = group.iter().map(|&i| sent[i].clone()).collect();
+        let reply = w.client.batch_upsert(kind, &body(&key_property, &inputs, &group)).await;
+        report.requests += 1;
+        if let Ok(r) = &reply {
+            w.limiter.observe(&r.rate).await?;
+        }
+        let outcome = classify(&group_sent, &key_property, reply.as_ref(), Utc::now());
+        match outcome {
+            Outcome::Completed { written, failed } => {
+                for (j, id) in written {
+                    fates.insert(group[j], Fate::Written(id));
+                }
+                for (j, e) in failed {
+                    let fate = if e.category == "not_written" {
+                        let attempts = inputs[group[j]].leased.attempts;
+                        Fate::Transient(
+                            retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
+                            e.message.clone(),
+                            "not_written",
+                        )
+                    } else {
+                        Fate::Failed(e)
+                    };
+                    fates.insert(group[j], fate);
+                }
+                w.limiter.clear().await?;
+            }
+            Outcome::RateLimited { wait, reason, daily } => {
+                tracing::warn!(daily, wait_ms = wait.as_millis() as u64, "{reason}; pausing every worker");
+                w.limiter.pause(wait, &reason).await?;
+                // Not an attempt: the same inputs go again once the pause is over.
+                stack.push(group);
+            }
+            Outcome::Halt { reason, status, .. } => {
+                tracing::error!(status, "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {:?}", w.config.worker.auth_probe_interval);
+                w.limiter.pause(w.config.worker.auth_probe_interval, &reason).await?;
+                report.halted = true;
+                for i in group.into_iter().chain(stack.drain(..).flatten()) {
+                    fates.insert(i, Fate::Released);
+                }
+            }
+            Outcome::Retry { after, min_wait, reason } => {
+                tracing::warn!("{reason}; will retry these {} objects", group.len());
+                for i in group {
+                    let attempts = inputs[i].leased.attempts;
+                    let delay = retry_delay(attempts, after, min_wait, (w.jitter)());
+                    fates.insert(i, Fate::Transient(delay, reason.clone(), "hubspot_unavailable"));
+                }
+            }
+            Outcome::Rejected { offenders, error } => {
+                if !offenders.is_empty() {
+                    for &j in &offenders {
+                        fates.insert(group[j], Fate::Failed(error.clone()));
+                    }
+                    let rest: Vec<usize> = group
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| !offenders.contains(j))
+                        .map(|(_, &i)| i)
+                        .collect();
+                    if !rest.is_empty() {
+                        extra += 1;
+                        stack.push(rest);
+                    }
+                } else if group.len() == 1 {
+                    fates.insert(group[0], Fate::Failed(error));
+                } else if extra + 2 <= MAX_ISOLATION_REQUESTS {
+                    extra += 2;
+                    let (a, b) = group.split_at(group.len() / 2);
+                    stack.push(b.to_vec());
+                    stack.push(a.to_vec());
+                } else {
+                    for i in group {
+                        let attempts = inputs[i].leased.attempts;
+                        fates.insert(
+                            i,
+                            Fate::Transient(
+                                retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
+                                format!("isolating a refused batch ran out of requests: {}", error.message),
+                                "hubspot_rejected",
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    record(w, kind, token, &inputs, fates, &mut report).await?;
+    Ok(report)
+}
+
+async fn record(
+    w: &Worker,
+    kind: ObjectKind,
+    token: Uuid,
+    inputs: &[Input],
+    fates: BTreeMap<usize, Fate>,
+    report: &mut SyncReport,
+) -> anyhow::Result<()> {
+    let object_type = kind.as_str();
+    let mut written_keys = Vec::new();
+    let mut written_versions = Vec::new();
+    let mut written_ids = Vec::new();
+    let mut failures: Vec<ObjectFailure> = Vec::new();
+    let mut released = Vec::new();
+    let max_attempts = w.config.worker.max_attempts;
+    let mut transient: BTreeMap<(String, &'static str), (Vec<String>, Vec<f64>)> = BTreeMap::new();
+    for (i, fate) in fates {
+        let input = &inputs[i];
+        let key = input.leased.key.clone();
+        match fate {
+            Fate::Written(id) => {
+                written_keys.push(key);
+                written_versions.push(input.leased.version);
+                written_ids.push(id);
+            }
+            Fate::Failed(e) => failures.push(failure(input, e.category, &e.message, &e.raw, e.permanent)),
+            Fate::Transient(_, reason, category) if input.leased.attempts + 1 >= max_attempts => {
+                // Out of attempts: parked in the DLQ with the last reason.
+                let message = format!(
+                    "{reason} (gave up after {} attempts)",
+                    input.leased.attempts + 1
+                );
+                failures.push(failure(input, category, &message, &Value::Null, true));
+            }
+            Fate::Transient(delay, reason, category) => {
+                let entry = transient.entry((reason, category)).or_default();
+                entry.0.push(key);
+                entry.1.push(delay.as_secs_f64());
+            }
+            Fate::Released => released.push(key),
+        }
+    }
+    if !written_keys.is_empty() {
+        let done = db::objects::record_written(
+            &w.pool,
+            object_type,
+            token,
+            &written_keys,
+            &written_versions,
+            &written_ids,
+        )
+        .await
+        .context("failed to record written objects")?;
+        report.written += done.len();
+    }
+    if !released.is_empty() {
+        db::objects::release(&w.pool, object_type, token, &released).await?;
+        report.released += released.len();
+    }
+    for ((reason, _), (keys, delays)) in transient {
+        let after = db::objects::record_transient(&w.pool, object_type, token, &keys, &delays, &reason)
+            .await
+            .context("failed to schedule retries")?;
+        report.retrying += after.len();
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            tracing::warn!(object = object_type, key = %f.key, category = %f.category, "dead-lettered: {}", f.message);
+        }
+        db::objects::dead_letter(&w.pool, object_type, token, &failures, max_attempts)
+            .await
+            .context("failed to write failed objects to hubsync.dlq")?;
+        report.dead_lettered += failures.len();
+    }
+    Ok(())
+}
+
+fn failure(input: &Input, category: &str, message: &str, raw: &Value, permanent: bool) -> ObjectFailure {
+    ObjectFailure {
+        key: input.leased.key.clone(),
+        version: input.leased.version,
+        payload: json!({"id": input.leased.key, "properties": input.properties}).to_string(),
+        category: category.to_string(),
+        message: message.to_string(),
+        error: if raw.is_null() {
+            json!({"source": "hubsync", "message": message}).to_string()
+        } else {
+            raw.to_string()
+        },
+        permanent,
+    }
+}
