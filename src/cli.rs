@@ -181,7 +181,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let pool = db::connect(&env.database_url, 2).await?;
             db::migrate(&pool).await?;
-            println!("hubsync schema is up to date in {}", db::redact(&env.database_url));
+            println!(
+                "hubsync schema is up to date in {}",
+                db::redact(&env.database_url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
@@ -205,7 +208,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { until_idle } => {
             let config = Arc::new(load_config(&cli.config, &env)?);
             let client = client_for(&config, &env)?;
-            let pool = db::connect(&env.database_url, 2 + config.worker.concurrency as u32 * 2).await?;
+            let pool =
+                db::connect(&env.database_url, 2 + config.worker.concurrency as u32 * 2).await?;
             require_schema(&pool).await?;
             crate::reconcile::ensure(&client, &config).await?;
             let worker = Arc::new(Worker::new(pool, config, client).await?);
@@ -223,7 +227,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     step.sync.retrying
                 );
             } else {
-                tracing::info!("hubsync worker running; SIGTERM or Ctrl-C stops it after the batch in flight");
+                tracing::info!(
+                    "hubsync worker running; SIGTERM or Ctrl-C stops it after the batch in flight"
+                );
                 worker.run(cancel).await?;
                 tracing::info!("hubsync worker stopped");
             }
@@ -272,7 +278,12 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
         ),
         DlqCommand::Show { id } => (db::dlq::SHOW, vec![("id", Var::Int(id))], true),
         DlqCommand::Retry(s) => {
-            let (sql, vars) = pick(&s, db::dlq::RETRY_ONE, db::dlq::RETRY_CATEGORY, db::dlq::RETRY_ALL);
+            let (sql, vars) = pick(
+                &s,
+                db::dlq::RETRY_ONE,
+                db::dlq::RETRY_CATEGORY,
+                db::dlq::RETRY_ALL,
+            );
             (sql, vars, false)
         }
         DlqCommand::Discard(s) => {
@@ -286,7 +297,12 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let rows = print_sql(pool, &sql, &vars, vertical).await?;
-    if rows == 0 && matches!(sql.name, "dlq_show.sql" | "dlq_retry_one.sql" | "dlq_discard_one.sql") {
+    if rows == 0
+        && matches!(
+            sql.name,
+            "dlq_show.sql" | "dlq_retry_one.sql" | "dlq_discard_one.sql"
+        )
+    {
         eprintln!("no dead-letter row with that id; `hubsync dlq list` shows the ids");
         return Ok(ExitCode::from(1));
     }
@@ -329,7 +345,12 @@ async fn print_sql(
 async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
-        .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
+        .with_context(|| {
+            format!(
+                "--host {} --port {} is not an address",
+                args.host, args.port
+            )
+        })?;
     let config = SimConfig {
         token: args.token.clone(),
         requests_per_window: args.requests_per_window,

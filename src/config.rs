@@ -297,7 +297,8 @@ pub fn check_property_name(name: &str) -> Result<(), String> {
     if !first_ok || !rest_ok {
         return Err(format!(
             "\"{name}\" must be lower-case letters, digits and _ and start with a letter (HubSpot stores names lower-case); rename it to \"{}\"",
-            name.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            name.to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
         ));
     }
     Ok(())
@@ -378,15 +379,35 @@ fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
 }
 
 fn hubspot_settings(src: &Source, raw: RawHubSpot) -> Result<HubSpotSettings, ConfigError> {
-    let requests_per_10s = bounded(src, "hubspot.requests_per_10s", &raw.requests_per_10s, 100, 1, 10_000)?;
-    let window_ms = bounded(src, "hubspot.rate_window_ms", &raw.rate_window_ms, 10_000, 100, 600_000)?;
-    let timeout = bounded(src, "hubspot.request_timeout_secs", &raw.request_timeout_secs, 30, 1, 300)?;
+    let requests_per_10s = bounded(
+        src,
+        "hubspot.requests_per_10s",
+        &raw.requests_per_10s,
+        100,
+        1,
+        10_000,
+    )?;
+    let window_ms = bounded(
+        src,
+        "hubspot.rate_window_ms",
+        &raw.rate_window_ms,
+        10_000,
+        100,
+        600_000,
+    )?;
+    let timeout = bounded(
+        src,
+        "hubspot.request_timeout_secs",
+        &raw.request_timeout_secs,
+        30,
+        1,
+        300,
+    )?;
     let property_group = match raw.property_group {
         None => "product_signals".to_string(),
         Some(g) => {
-            check_property_name(g.get_ref()).map_err(|m| {
-                src.invalid(src.at(&g), format!("hubspot.property_group: {m}"))
-            })?;
+            check_property_name(g.get_ref())
+                .map_err(|m| src.invalid(src.at(&g), format!("hubspot.property_group: {m}")))?;
             g.into_inner()
         }
     };
@@ -421,7 +442,14 @@ fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, Confi
     let lease = bounded(src, "worker.lease_secs", &raw.lease_secs, 120, 10, 3600)?;
     Ok(WorkerSettings {
         batch_size: bounded(src, "worker.batch_size", &raw.batch_size, 100, 1, 100)?,
-        ingest_chunk: bounded(src, "worker.ingest_chunk", &raw.ingest_chunk, 2000, 1, 50_000)?,
+        ingest_chunk: bounded(
+            src,
+            "worker.ingest_chunk",
+            &raw.ingest_chunk,
+            2000,
+            1,
+            50_000,
+        )?,
         concurrency: bounded(src, "worker.concurrency", &raw.concurrency, 4, 1, 64)?,
         poll_interval: Duration::from_millis(bounded(
             src,
@@ -433,7 +461,15 @@ fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, Confi
         )?),
         max_attempts: bounded(src, "worker.max_attempts", &raw.max_attempts, 10, 1, 1000)?,
         ledger_retention: Duration::from_secs(
-            86_400 * bounded(src, "worker.ledger_retention_days", &raw.ledger_retention_days, 7, 1, 365)?,
+            86_400
+                * bounded(
+                    src,
+                    "worker.ledger_retention_days",
+                    &raw.ledger_retention_days,
+                    7,
+                    1,
+                    365,
+                )?,
         ),
         lease: Duration::from_secs(lease),
         auth_probe_interval: Duration::from_secs(bounded(
@@ -460,18 +496,24 @@ fn object_config(
         let line = src
             .line_of_table(&table)
             .or_else(|| p.kind.as_ref().and_then(|k| src.at(k)));
-        let fail = |line: Option<usize>, msg: String| src.invalid(line, format!("[{table}]: {msg}"));
+        let fail =
+            |line: Option<usize>, msg: String| src.invalid(line, format!("[{table}]: {msg}"));
         check_property_name(&name).map_err(|m| fail(line, m))?;
         if reserved.contains(&name.as_str()) {
             return Err(fail(
                 line,
-                format!("\"{name}\" is the key hubsync matches {object} by and is always sent; remove this table"),
+                format!(
+                    "\"{name}\" is the key hubsync matches {object} by and is always sent; remove this table"
+                ),
             ));
         }
         let kind = p.kind.as_ref().ok_or_else(|| {
             fail(
                 line,
-                format!("type is missing; add type = \"...\" with one of {}", PropertyType::NAMES),
+                format!(
+                    "type is missing; add type = \"...\" with one of {}",
+                    PropertyType::NAMES
+                ),
             )
         })?;
         let multiple = p.multiple.as_ref().map(|m| *m.get_ref()).unwrap_or(false);
@@ -482,18 +524,25 @@ fn object_config(
             "date" => PropertyType::Date,
             "datetime" => PropertyType::Datetime,
             "enumeration" => {
-                let options = p.options.as_ref().map(|o| o.get_ref().clone()).unwrap_or_default();
+                let options = p
+                    .options
+                    .as_ref()
+                    .map(|o| o.get_ref().clone())
+                    .unwrap_or_default();
                 if options.is_empty() {
                     return Err(fail(
                         src.at(kind),
-                        "an enumeration needs options; add options = [\"value1\", \"value2\"]".into(),
+                        "an enumeration needs options; add options = [\"value1\", \"value2\"]"
+                            .into(),
                     ));
                 }
                 for (i, o) in options.iter().enumerate() {
                     if o.trim().is_empty() || o.contains(';') {
                         return Err(fail(
                             p.options.as_ref().and_then(|s| src.at(s)),
-                            format!("option \"{o}\" must be non-empty and contain no ';'; rename it"),
+                            format!(
+                                "option \"{o}\" must be non-empty and contain no ';'; rename it"
+                            ),
                         ));
                     }
                     if options[..i].contains(o) {
@@ -520,7 +569,10 @@ fn object_config(
         {
             return Err(fail(
                 src.at(o),
-                format!("options only apply to enumerations, not {}; remove them", ptype.name()),
+                format!(
+                    "options only apply to enumerations, not {}; remove them",
+                    ptype.name()
+                ),
             ));
         }
         if let Some(m) = &p.multiple
@@ -600,7 +652,10 @@ mod tests {
     fn the_example_config_is_valid() {
         let c = parse(EXAMPLE).unwrap();
         assert_eq!(c.hubspot.requests_per_10s, 100);
-        assert_eq!(c.contacts.properties["total_sessions"].merge, MergeRule::Increment);
+        assert_eq!(
+            c.contacts.properties["total_sessions"].merge,
+            MergeRule::Increment
+        );
         assert_eq!(c.companies.unwrap().id_property, "product_account_id");
     }
 

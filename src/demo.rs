@@ -111,7 +111,11 @@ fn demo_url(url: &str) -> String {
         Some(i) if i > base.find("://").map(|s| s + 2).unwrap_or(0) => &base[..i],
         _ => base,
     };
-    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
     format!("{base}/{DEMO_DB}{query}")
 }
 
@@ -119,7 +123,10 @@ fn demo_url(url: &str) -> String {
 pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()> {
     let contacts = contacts.clamp(1, 10_000);
     println!("hubsync demo");
-    println!("1. database: recreating \"{DEMO_DB}\" on {}", db::redact(&env.database_url));
+    println!(
+        "1. database: recreating \"{DEMO_DB}\" on {}",
+        db::redact(&env.database_url)
+    );
     let options = recreate_database(&env.database_url).await?;
     let pool = PgPoolOptions::new()
         .max_connections(6)
@@ -131,7 +138,10 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
     let sim = Simulator::start(SimConfig::default())
         .await
         .context("cannot start the HubSpot simulator on a loopback port")?;
-    println!("2. HubSpot simulator: {} (100 requests per 10 s)", sim.base_url());
+    println!(
+        "2. HubSpot simulator: {} (100 requests per 10 s)",
+        sim.base_url()
+    );
 
     let dir = std::env::temp_dir().join("hubsync-demo");
     std::fs::create_dir_all(&dir)?;
@@ -169,14 +179,18 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
             let plan = PLANS[rng.next(PLANS.len())];
             props["current_plan"] = json!(plan);
             let seq = n as i64;
-            if exp.plan.as_ref().is_none_or(|(t, s, _)| (at, seq) > (*t, *s)) {
+            if exp
+                .plan
+                .as_ref()
+                .is_none_or(|(t, s, _)| (at, seq) > (*t, *s))
+            {
                 exp.plan = Some((at, seq, plan.to_string()));
             }
         }
         if rng.next(10) == 0 {
             props["used_reports"] = json!(true);
         }
-        if c % 7 == 0 {
+        if c.is_multiple_of(7) {
             props["trial_started_on"] = json!("2026-11-01");
         }
         let company = format!("acct_{}", c % 8);
@@ -269,7 +283,10 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
                 == exp
                     .last_active
                     .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-            && exp.plan.as_ref().is_none_or(|(_, _, p)| *p == get("current_plan"));
+            && exp
+                .plan
+                .as_ref()
+                .is_none_or(|(_, _, p)| *p == get("current_plan"));
         if !ok {
             mismatches += 1;
         }
@@ -284,7 +301,10 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
     let mut company_rows = Vec::new();
     let associations = sim.associations();
     for record in sim.records("companies") {
-        let linked = associations.iter().filter(|(_, co)| *co == record.id).count();
+        let linked = associations
+            .iter()
+            .filter(|(_, co)| *co == record.id)
+            .count();
         company_rows.push(vec![
             record
                 .properties
@@ -300,7 +320,11 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
     print!(
         "{}",
         table(
-            &["product_account_id".into(), "seats".into(), "associated contacts".into()],
+            &[
+                "product_account_id".into(),
+                "seats".into(),
+                "associated contacts".into()
+            ],
             &company_rows
         )
     );
@@ -315,7 +339,11 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
         sqlx::query_as("SELECT error_category, error_message FROM hubsync.dlq ORDER BY id")
             .fetch_all(&pool)
             .await?;
-    println!("\nRequests made to HubSpot: {} in all, {} batch upserts carrying {inputs} inputs", requests.len(), upserts.len());
+    println!(
+        "\nRequests made to HubSpot: {} in all, {} batch upserts carrying {inputs} inputs",
+        requests.len(),
+        upserts.len()
+    );
     println!(
         "Events per batch request: {:.1} ({} events enqueued)",
         (events + 8) as f64 / upserts.len().max(1) as f64,

@@ -119,7 +119,14 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
             continue;
         };
         match serialize_value(def, value) {
-            Ok(v) => contributions.push((name.clone(), Contribution { v, at, seq: event.seq })),
+            Ok(v) => contributions.push((
+                name.clone(),
+                Contribution {
+                    v,
+                    at,
+                    seq: event.seq,
+                },
+            )),
             Err(e) => {
                 details.push(json!({"property": name, "value": e.value, "reason": e.reason}));
                 invalid.push(e.to_string());
@@ -129,8 +136,16 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
     if !unknown.is_empty() {
         let mut message = format!(
             "{} {} not declared for {} in hubsync.toml; declare {} under [{}.properties.<name>] or stop sending {}",
-            if unknown.len() == 1 { "property" } else { "properties" },
-            unknown.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", "),
+            if unknown.len() == 1 {
+                "property"
+            } else {
+                "properties"
+            },
+            unknown
+                .iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             kind.plural(),
             if unknown.len() == 1 { "it" } else { "them" },
             kind.plural(),
@@ -140,17 +155,27 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
             message.push_str("; also ");
             message.push_str(&invalid.join("; "));
         }
-        return Err(refuse("unknown_property", message, json!({"problems": details})));
+        return Err(refuse(
+            "unknown_property",
+            message,
+            json!({"problems": details}),
+        ));
     }
     if !invalid.is_empty() {
-        return Err(refuse("invalid_value", invalid.join("; "), json!({"problems": details})));
+        return Err(refuse(
+            "invalid_value",
+            invalid.join("; "),
+            json!({"problems": details}),
+        ));
     }
     let company_key = match (kind, &event.company_key) {
         (ObjectKind::Contact, Some(c)) if !c.trim().is_empty() => {
             if config.companies.is_none() {
                 return Err(refuse(
                     "invalid_event",
-                    format!("company_key \"{c}\" given but hubsync.toml has no [companies] table; add one with id_property, or stop sending company_key"),
+                    format!(
+                        "company_key \"{c}\" given but hubsync.toml has no [companies] table; add one with id_property, or stop sending company_key"
+                    ),
                     json!({"field": "company_key", "value": c}),
                 ));
             }
@@ -172,8 +197,7 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
 pub fn payload(event: &OutboxEvent) -> String {
     let properties = serde_json::value::RawValue::from_string(event.properties.clone())
         .unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string("null".into())
-                .expect("null is valid JSON")
+            serde_json::value::RawValue::from_string("null".into()).expect("null is valid JSON")
         });
     let mut map: BTreeMap<&str, Value> = BTreeMap::new();
     map.insert("event_id", json!(event.event_id));

@@ -82,7 +82,13 @@ impl Limiter {
     pub async fn observe(&self, rate: &RateHeaders) -> Result<(), sqlx::Error> {
         if let Some(remaining) = rate.daily_remaining {
             let daily = rate.daily.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
-            db::limiter::observe_daily(&self.pool, LIMITER, daily, i64::try_from(remaining).unwrap_or(i64::MAX)).await?;
+            db::limiter::observe_daily(
+                &self.pool,
+                LIMITER,
+                daily,
+                i64::try_from(remaining).unwrap_or(i64::MAX),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -147,7 +147,8 @@ pub fn plan_object(
     }
     for (name, def) in &objects.properties {
         let Some(p) = remote.get(name) else {
-            plan.create.push((kind, name.clone(), property_body(def, group)));
+            plan.create
+                .push((kind, name.clone(), property_body(def, group)));
             continue;
         };
         let remote_type = p.get("type").and_then(Value::as_str).unwrap_or("unknown");
@@ -256,7 +257,11 @@ pub async fn apply(client: &HubSpotClient, config: &Config, plan: &Plan) -> anyh
         // PATCH replaces the whole option list, so the union is sent.
         let body = json!({"options": options_json(options)});
         client
-            .setup_call(Method::PATCH, &client.paths.property(*kind, name), Some(&body))
+            .setup_call(
+                Method::PATCH,
+                &client.paths.property(*kind, name),
+                Some(&body),
+            )
             .await
             .with_context(|| format!("failed to add options to property \"{name}\""))?;
         tracing::info!(object = kind.plural(), property = %name, "added enumeration options");

@@ -65,7 +65,9 @@ impl PropertyType {
             PropertyType::Bool => "booleancheckbox",
             PropertyType::Date | PropertyType::Datetime => "date",
             PropertyType::Enumeration { multiple: true, .. } => "checkbox",
-            PropertyType::Enumeration { multiple: false, .. } => "select",
+            PropertyType::Enumeration {
+                multiple: false, ..
+            } => "select",
         }
     }
 
@@ -282,8 +284,9 @@ impl JsonIn {
 
 /// Parses an event's `properties` object, keeping every number's exact digits.
 pub fn parse_properties(json: &str) -> Result<Vec<(String, JsonIn)>, String> {
-    let map: BTreeMap<String, Box<RawValue>> = serde_json::from_str(json)
-        .map_err(|e| format!("properties must be a JSON object of property names to values ({e})"))?;
+    let map: BTreeMap<String, Box<RawValue>> = serde_json::from_str(json).map_err(|e| {
+        format!("properties must be a JSON object of property names to values ({e})")
+    })?;
     map.into_iter()
         .map(|(k, v)| JsonIn::parse(&v).map(|value| (k, value)))
         .collect()
@@ -408,7 +411,8 @@ pub fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, Valu
             {
                 return Ok(d.format("%Y-%m-%d").to_string());
             }
-            let instant = parse_instant(value).map_err(|r| refuse(r.replace("timestamp", "date")))?;
+            let instant =
+                parse_instant(value).map_err(|r| refuse(r.replace("timestamp", "date")))?;
             if instant.timestamp_millis().rem_euclid(MS_PER_DAY) != 0 {
                 return Err(refuse(format!(
                     "is at {} UTC, not midnight; a date property takes \"YYYY-MM-DD\" or a midnight-UTC time",
@@ -573,7 +577,11 @@ pub fn merge(def: &PropertyDef, current: Option<&PropState>, c: &Contribution) -
                 (Some(a), None) => format_decimal(&a),
                 (None, None) => String::new(),
             };
-            let (at, seq) = if newer { (c.at, c.seq) } else { (cur.at, cur.seq) };
+            let (at, seq) = if newer {
+                (c.at, c.seq)
+            } else {
+                (cur.at, cur.seq)
+            };
             PropState { v: sum, at, seq }
         }
         MergeRule::Max | MergeRule::Min => {
@@ -660,7 +668,11 @@ mod tests {
             (Date, r#""2026-11-26T00:00:00Z""#, "2026-11-26"),
             (Date, r#""2026-11-26T01:00:00+01:00""#, "2026-11-26"),
             (Date, "1795651200000", "2026-11-26"),
-            (Datetime, r#""2026-11-26T10:00:00Z""#, "2026-11-26T10:00:00.000Z"),
+            (
+                Datetime,
+                r#""2026-11-26T10:00:00Z""#,
+                "2026-11-26T10:00:00.000Z",
+            ),
             (
                 Datetime,
                 r#""2026-11-26T11:00:00.5+01:00""#,
@@ -697,7 +709,11 @@ mod tests {
             (Number, "[1]", "an array"),
             (Bool, r#""true""#, "send true or false"),
             (Bool, "1", "send true or false"),
-            (Date, r#""2026-11-26T22:18:55.865Z""#, "22:18:55.865 UTC, not midnight"),
+            (
+                Date,
+                r#""2026-11-26T22:18:55.865Z""#,
+                "22:18:55.865 UTC, not midnight",
+            ),
             (Date, "1795687200000", "not midnight"),
             (Date, r#""26/11/2026""#, "not an RFC 3339 date"),
             (Date, r#""2026-02-30""#, "not an RFC 3339"),
@@ -705,9 +721,17 @@ mod tests {
             (Datetime, "1795687200.5", "whole number"),
             (Datetime, r#""yesterday""#, "not an RFC 3339 timestamp"),
             (Datetime, "true", "is a boolean"),
-            (enumeration(false), r#""platinum""#, "\"platinum\" is not an option"),
+            (
+                enumeration(false),
+                r#""platinum""#,
+                "\"platinum\" is not an option",
+            ),
             (enumeration(false), r#"["pro"]"#, "one option value"),
-            (enumeration(true), r#"["pro","gold"]"#, "\"gold\" is not an option"),
+            (
+                enumeration(true),
+                r#"["pro","gold"]"#,
+                "\"gold\" is not an option",
+            ),
             (enumeration(true), "[1]", "holds a number"),
         ];
         for (ptype, input, expected) in cases {
@@ -753,7 +777,15 @@ mod tests {
             normalize_email("  Alice@Acme.COM ").as_deref(),
             Ok("alice@acme.com")
         );
-        for bad in ["alice", "alice@", "@acme.com", "a b@acme.com", "a@acme", "a@@acme.com", ""] {
+        for bad in [
+            "alice",
+            "alice@",
+            "@acme.com",
+            "a b@acme.com",
+            "a@acme",
+            "a@@acme.com",
+            "",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }
@@ -763,7 +795,10 @@ mod tests {
         let props = parse_properties(r#"{"n": 12345678901234567890123.5, "s": "x"}"#).unwrap();
         assert_eq!(
             props[0],
-            ("n".into(), JsonIn::Number("12345678901234567890123.5".into()))
+            (
+                "n".into(),
+                JsonIn::Number("12345678901234567890123.5".into())
+            )
         );
         assert!(parse_properties("[1,2]").is_err());
     }
@@ -806,7 +841,12 @@ mod tests {
     #[test]
     fn increment_sums_exactly() {
         let d = def(PropertyType::Number, MergeRule::Increment);
-        let items = [c("0.1", 1, 1), c("0.2", 2, 2), c("-0.3", 3, 3), c("5", 4, 4)];
+        let items = [
+            c("0.1", 1, 1),
+            c("0.2", 2, 2),
+            c("-0.3", 3, 3),
+            c("5", 4, 4),
+        ];
         assert_eq!(fold(&d, &items).v, "5");
         let big = [c("9007199254740993", 1, 1), c("1", 2, 2)];
         assert_eq!(fold(&d, &big).v, "9007199254740994");
@@ -815,7 +855,10 @@ mod tests {
     #[test]
     fn max_and_min_compare_by_type() {
         let max = def(PropertyType::Number, MergeRule::Max);
-        assert_eq!(fold(&max, &[c("9", 1, 1), c("10", 2, 2), c("-1", 3, 3)]).v, "10");
+        assert_eq!(
+            fold(&max, &[c("9", 1, 1), c("10", 2, 2), c("-1", 3, 3)]).v,
+            "10"
+        );
         let min = def(PropertyType::Datetime, MergeRule::Min);
         let items = [
             c("2026-11-26T10:00:00.000Z", 1, 1),

@@ -233,7 +233,9 @@ pub fn to_statement(text: &str, vars: &[(&str, Var)]) -> Result<(String, Vec<Var
         };
         out.push_str(&format!("${index}{cast}"));
         rest = if quoted {
-            name_start[len..].strip_prefix('\'').unwrap_or(&name_start[len..])
+            name_start[len..]
+                .strip_prefix('\'')
+                .unwrap_or(&name_start[len..])
         } else {
             &name_start[len..]
         };

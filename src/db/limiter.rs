@@ -59,7 +59,12 @@ pub async fn try_acquire(
 
 /// Pauses every worker until `until` from now (never shortening a longer pause).
 /// Locks: the limiter row, briefly.
-pub async fn pause(pool: &PgPool, name: &str, wait: Duration, reason: &str) -> Result<(), sqlx::Error> {
+pub async fn pause(
+    pool: &PgPool,
+    name: &str,
+    wait: Duration,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE hubsync.limiter
          SET paused_until = greatest(coalesce(paused_until, clock_timestamp()),

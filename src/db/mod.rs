@@ -61,9 +61,6 @@ mod tests {
             super::redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
-        assert_eq!(
-            super::redact("postgres://u@h/db"),
-            "postgres://u@h/db"
-        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

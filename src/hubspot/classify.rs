@@ -223,7 +223,9 @@ fn record_error(err: &Value, default_category: &'static str) -> RecordError {
             .map(|(c, p, m)| {
                 format!(
                     "{}{}{}",
-                    p.as_ref().map(|p| format!("property \"{p}\": ")).unwrap_or_default(),
+                    p.as_ref()
+                        .map(|p| format!("property \"{p}\": "))
+                        .unwrap_or_default(),
                     c.as_ref().map(|c| format!("{c}: ")).unwrap_or_default(),
                     m
                 )
@@ -272,7 +274,8 @@ pub fn classify(
             return Outcome::Retry {
                 after: None,
                 min_wait: Duration::ZERO,
-                reason: "HubSpot did not answer in time (the write may or may not have happened)".into(),
+                reason: "HubSpot did not answer in time (the write may or may not have happened)"
+                    .into(),
             };
         }
         Err(Transport::Connection(e)) => {
@@ -302,7 +305,10 @@ pub fn classify(
             let mut scopes: Vec<String> = Vec::new();
             if let Some(Value::Array(errors)) = body.get("errors") {
                 for e in errors {
-                    for s in strings(e.get("context").and_then(|c| c.get("requiredGranularScopes"))) {
+                    for s in strings(
+                        e.get("context")
+                            .and_then(|c| c.get("requiredGranularScopes")),
+                    ) {
                         if !scopes.contains(&s) {
                             scopes.push(s);
                         }
@@ -310,7 +316,8 @@ pub fn classify(
                 }
             }
             let what = if scopes.is_empty() {
-                "grant the private app the crm.objects.*.write and crm.schemas.*.write scopes".to_string()
+                "grant the private app the crm.objects.*.write and crm.schemas.*.write scopes"
+                    .to_string()
             } else {
                 format!("grant the private app these scopes: {}", scopes.join(", "))
             };
@@ -397,7 +404,10 @@ fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
         && let (Some(a), Some(b)) = (message.find('['), message.find(']'))
         && a < b
     {
-        ids = message[a + 1..b].split(',').map(|s| s.trim().to_string()).collect();
+        ids = message[a + 1..b]
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
     }
     for id in ids {
         let id = id.trim().to_lowercase();
@@ -530,7 +540,10 @@ mod tests {
         let Outcome::Completed { written, failed } = run(207, body, 3) else {
             panic!("not completed")
         };
-        assert_eq!(written, vec![(0, Some("10".into())), (2, Some("12".into()))]);
+        assert_eq!(
+            written,
+            vec![(0, Some("10".into())), (2, Some("12".into()))]
+        );
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, 1);
         assert!(failed[0].1.permanent);
@@ -546,7 +559,11 @@ mod tests {
         };
         assert!(written.is_empty());
         assert_eq!(failed.len(), 2);
-        assert!(failed.iter().all(|(_, e)| e.category == "not_written" && !e.permanent));
+        assert!(
+            failed
+                .iter()
+                .all(|(_, e)| e.category == "not_written" && !e.permanent)
+        );
     }
 
     #[test]
@@ -554,11 +571,18 @@ mod tests {
         let dup = json!({"status": "error",
             "message": "Duplicate IDs found in batch input: [user1@acme.com]. IDs must be unique",
             "context": {"ids": ["user1@acme.com"]}, "category": "VALIDATION_ERROR"});
-        assert!(matches!(run(400, dup, 3), Outcome::Rejected { offenders, .. } if offenders == vec![1]));
-        let traced = json!({"status": "error", "message": "bad", "context": {"objectWriteTraceId": ["t2"]}});
-        assert!(matches!(run(400, traced, 3), Outcome::Rejected { offenders, .. } if offenders == vec![2]));
+        assert!(
+            matches!(run(400, dup, 3), Outcome::Rejected { offenders, .. } if offenders == vec![1])
+        );
+        let traced =
+            json!({"status": "error", "message": "bad", "context": {"objectWriteTraceId": ["t2"]}});
+        assert!(
+            matches!(run(400, traced, 3), Outcome::Rejected { offenders, .. } if offenders == vec![2])
+        );
         let unknown = json!({"status": "error", "message": "Property values were not valid"});
-        assert!(matches!(run(400, unknown, 3), Outcome::Rejected { offenders, .. } if offenders.is_empty()));
+        assert!(
+            matches!(run(400, unknown, 3), Outcome::Rejected { offenders, .. } if offenders.is_empty())
+        );
     }
 
     #[test]
@@ -570,31 +594,48 @@ mod tests {
         };
         assert_eq!(scopes, vec!["crm.objects.contacts.write".to_string()]);
         assert!(reason.contains("crm.objects.contacts.write"));
-        assert!(matches!(run(401, json!({"category": "INVALID_AUTHENTICATION"}), 1), Outcome::Halt { status: 401, .. }));
+        assert!(matches!(
+            run(401, json!({"category": "INVALID_AUTHENTICATION"}), 1),
+            Outcome::Halt { status: 401, .. }
+        ));
     }
 
     #[test]
     fn rate_limits_wait_for_their_window() {
-        let mut r = reply(429, json!({"policyName": "TEN_SECONDLY_ROLLING", "errorType": "RATE_LIMIT"}));
+        let mut r = reply(
+            429,
+            json!({"policyName": "TEN_SECONDLY_ROLLING", "errorType": "RATE_LIMIT"}),
+        );
         r.rate.interval_ms = Some(10_000);
         let out = classify(&inputs(1), "email", Ok(&r), Utc::now());
-        assert!(matches!(out, Outcome::RateLimited { daily: false, wait, .. } if wait == Duration::from_secs(10)));
+        assert!(
+            matches!(out, Outcome::RateLimited { daily: false, wait, .. } if wait == Duration::from_secs(10))
+        );
         let daily = reply(429, json!({"policyName": "DAILY"}));
         let noon = "2026-11-26T12:00:00Z".parse().unwrap();
         let out = classify(&inputs(1), "email", Ok(&daily), noon);
-        assert!(matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(12 * 3600)));
+        assert!(
+            matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(12 * 3600))
+        );
     }
 
     #[test]
     fn transient_failures_retry_and_honour_retry_after() {
         for status in [500, 502, 503, 504, 524] {
-            assert!(matches!(run(status, json!({}), 1), Outcome::Retry { .. }), "{status}");
+            assert!(
+                matches!(run(status, json!({}), 1), Outcome::Retry { .. }),
+                "{status}"
+            );
         }
-        assert!(matches!(run(423, json!({}), 1), Outcome::Retry { min_wait, .. } if min_wait == Duration::from_secs(2)));
+        assert!(
+            matches!(run(423, json!({}), 1), Outcome::Retry { min_wait, .. } if min_wait == Duration::from_secs(2))
+        );
         let mut r = reply(477, json!({}));
         r.retry_after = Some(Duration::from_secs(30));
         let out = classify(&inputs(1), "email", Ok(&r), Utc::now());
-        assert!(matches!(out, Outcome::Retry { after: Some(a), .. } if a == Duration::from_secs(30)));
+        assert!(
+            matches!(out, Outcome::Retry { after: Some(a), .. } if a == Duration::from_secs(30))
+        );
         let out = classify(&inputs(1), "email", Err(&Transport::Timeout), Utc::now());
         assert!(matches!(out, Outcome::Retry { .. }));
     }

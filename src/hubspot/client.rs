@@ -110,7 +110,9 @@ impl HubSpotClient {
             )
         })?;
         match reply.status {
-            200..=299 => Ok(Some(serde_json::from_str(&reply.body).unwrap_or(Value::Null))),
+            200..=299 => Ok(Some(
+                serde_json::from_str(&reply.body).unwrap_or(Value::Null),
+            )),
             404 => Ok(None),
             401 => bail!(
                 "{what}: HubSpot refused the access token (401: {}); set HUBSPOT_ACCESS_TOKEN to a valid private app token",

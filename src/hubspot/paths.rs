@@ -55,7 +55,9 @@ impl Paths {
             ApiVersion::V2026_03 => {
                 "/crm/associations/2026-03/contacts/companies/batch/associate/default".into()
             }
-            ApiVersion::V3 => "/crm/v4/associations/contacts/companies/batch/associate/default".into(),
+            ApiVersion::V3 => {
+                "/crm/v4/associations/contacts/companies/batch/associate/default".into()
+            }
         }
     }
 
@@ -85,7 +87,13 @@ mod tests {
             new.property(ObjectKind::Contact, "plan"),
             "/crm/properties/2026-03/contacts/plan"
         );
-        assert_eq!(old.groups(ObjectKind::Contact), "/crm/v3/properties/contacts/groups");
-        assert!(old.associate_contacts_to_companies().starts_with("/crm/v4/"));
+        assert_eq!(
+            old.groups(ObjectKind::Contact),
+            "/crm/v3/properties/contacts/groups"
+        );
+        assert!(
+            old.associate_contacts_to_companies()
+                .starts_with("/crm/v4/")
+        );
     }
 }

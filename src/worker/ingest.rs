@@ -40,7 +40,10 @@ pub async fn fold(
                 if let Some(c) = &p.company_key {
                     referenced_companies.insert(c.clone());
                 }
-                by_object.entry((p.kind, p.key.clone())).or_default().push(p);
+                by_object
+                    .entry((p.kind, p.key.clone()))
+                    .or_default()
+                    .push(p);
             }
             Err(r) => failures.push(EventFailure {
                 event_id: event.event_id,
@@ -130,11 +133,11 @@ pub async fn fold(
 
 /// Claims one chunk of the outbox and folds it, in one transaction. Returns the number of
 /// outbox rows consumed (0: the outbox is empty).
-pub async fn ingest_once(
-    pool: &sqlx::PgPool,
-    config: &Config,
-) -> anyhow::Result<(usize, Folded)> {
-    let mut tx = pool.begin().await.context("failed to start ingest transaction")?;
+pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<(usize, Folded)> {
+    let mut tx = pool
+        .begin()
+        .await
+        .context("failed to start ingest transaction")?;
     let limit = i64::try_from(config.worker.ingest_chunk).unwrap_or(i64::MAX);
     let events = db::ingest::claim_outbox(&mut tx, limit)
         .await

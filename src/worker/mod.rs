@@ -64,7 +64,11 @@ impl Step {
 
 impl Worker {
     /// A worker over these parts, with random jitter.
-    pub async fn new(pool: PgPool, config: Arc<Config>, client: HubSpotClient) -> anyhow::Result<Worker> {
+    pub async fn new(
+        pool: PgPool,
+        config: Arc<Config>,
+        client: HubSpotClient,
+    ) -> anyhow::Result<Worker> {
         let limiter = Limiter::new(
             pool.clone(),
             config.hubspot.requests_per_10s,
@@ -91,13 +95,19 @@ impl Worker {
     /// Ingests one chunk of the outbox.
     pub async fn ingest_once(&self) -> anyhow::Result<(usize, usize)> {
         let (claimed, folded) = ingest::ingest_once(&self.pool, &self.config).await?;
-        self.backlog
-            .store(claimed >= self.config.worker.ingest_chunk, Ordering::Relaxed);
+        self.backlog.store(
+            claimed >= self.config.worker.ingest_chunk,
+            Ordering::Relaxed,
+        );
         Ok((claimed, folded.refused))
     }
 
     /// Syncs one batch of `kind`.
-    pub async fn sync_once(&self, kind: ObjectKind, cancel: &CancellationToken) -> anyhow::Result<SyncReport> {
+    pub async fn sync_once(
+        &self,
+        kind: ObjectKind,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<SyncReport> {
         sync::sync_once(self, kind, cancel).await
     }
 
@@ -149,7 +159,9 @@ impl Worker {
             total.sync.requests += step.sync.requests;
             total.associated += step.associated;
             if step.sync.halted {
-                anyhow::bail!("syncing halted: HubSpot refused the credentials (see the log above); nothing was consumed");
+                anyhow::bail!(
+                    "syncing halted: HubSpot refused the credentials (see the log above); nothing was consumed"
+                );
             }
             let only_released = step.ingested == 0
                 && step.associated == 0
@@ -170,7 +182,12 @@ impl Worker {
         if pending.is_empty() {
             return Ok(0);
         }
-        if self.limiter.acquire(cancel, Duration::from_secs(15)).await?.is_err() {
+        if self
+            .limiter
+            .acquire(cancel, Duration::from_secs(15))
+            .await?
+            .is_err()
+        {
             return Ok(0);
         }
         let inputs: Vec<Value> = pending
@@ -269,8 +286,12 @@ impl Worker {
                     }
                     if last_prune.elapsed() > Duration::from_secs(600) {
                         last_prune = Instant::now();
-                        match db::ingest::prune_ledger(&w.pool, w.config.worker.ledger_retention).await {
-                            Ok(n) if n > 0 => tracing::info!(removed = n, "pruned the delivered ledger"),
+                        match db::ingest::prune_ledger(&w.pool, w.config.worker.ledger_retention)
+                            .await
+                        {
+                            Ok(n) if n > 0 => {
+                                tracing::info!(removed = n, "pruned the delivered ledger")
+                            }
                             Ok(_) => {}
                             Err(e) => tracing::error!("ledger pruning failed: {e}"),
                         }

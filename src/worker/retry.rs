@@ -19,7 +19,9 @@ pub fn retry_delay(
     let exp = u32::try_from(attempt.clamp(0, 20)).unwrap_or(20);
     let ceiling = BASE.saturating_mul(1u32 << exp).min(CAP);
     let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
-    jittered.max(min_wait).max(retry_after.unwrap_or(Duration::ZERO))
+    jittered
+        .max(min_wait)
+        .max(retry_after.unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -28,18 +30,36 @@ mod tests {
 
     #[test]
     fn backoff_grows_then_caps() {
-        assert_eq!(retry_delay(0, None, Duration::ZERO, 1.0), Duration::from_secs(1));
-        assert_eq!(retry_delay(3, None, Duration::ZERO, 1.0), Duration::from_secs(8));
+        assert_eq!(
+            retry_delay(0, None, Duration::ZERO, 1.0),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_delay(3, None, Duration::ZERO, 1.0),
+            Duration::from_secs(8)
+        );
         assert_eq!(retry_delay(30, None, Duration::ZERO, 1.0), CAP);
-        assert_eq!(retry_delay(3, None, Duration::ZERO, 0.5), Duration::from_secs(4));
+        assert_eq!(
+            retry_delay(3, None, Duration::ZERO, 0.5),
+            Duration::from_secs(4)
+        );
         assert_eq!(retry_delay(3, None, Duration::ZERO, 0.0), Duration::ZERO);
     }
 
     #[test]
     fn retry_after_and_minimum_waits_win() {
         let after = Some(Duration::from_secs(30));
-        assert_eq!(retry_delay(0, after, Duration::ZERO, 1.0), Duration::from_secs(30));
-        assert_eq!(retry_delay(0, None, Duration::from_secs(2), 0.0), Duration::from_secs(2));
-        assert_eq!(retry_delay(-5, None, Duration::ZERO, 7.0), Duration::from_secs(1));
+        assert_eq!(
+            retry_delay(0, after, Duration::ZERO, 1.0),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_delay(0, None, Duration::from_secs(2), 0.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            retry_delay(-5, None, Duration::ZERO, 7.0),
+            Duration::from_secs(1)
+        );
     }
 }

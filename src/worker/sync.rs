@@ -157,7 +157,10 @@ pub async fn sync_once(
             Ok(()) => {}
             Err(why) => {
                 if let NoPermit::Paused(wait) = why {
-                    tracing::info!(wait_ms = wait.as_millis() as u64, "sending paused; handing the batch back");
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "sending paused; handing the batch back"
+                    );
                 }
                 for i in group.into_iter().chain(stack.drain(..).flatten()) {
                     fates.insert(i, Fate::Released);
@@ -166,7 +169,10 @@ pub async fn sync_once(
             }
         }
         let group_sent: Vec<SentInput> = group.iter().map(|&i| sent[i].clone()).collect();
-        let reply = w.client.batch_upsert(kind, &body(&key_property, &inputs, &group)).await;
+        let reply = w
+            .client
+            .batch_upsert(kind, &body(&key_property, &inputs, &group))
+            .await;
         report.requests += 1;
         if let Ok(r) = &reply {
             w.limiter.observe(&r.rate).await?;
@@ -192,26 +198,47 @@ pub async fn sync_once(
                 }
                 w.limiter.clear().await?;
             }
-            Outcome::RateLimited { wait, reason, daily } => {
-                tracing::warn!(daily, wait_ms = wait.as_millis() as u64, "{reason}; pausing every worker");
+            Outcome::RateLimited {
+                wait,
+                reason,
+                daily,
+            } => {
+                tracing::warn!(
+                    daily,
+                    wait_ms = wait.as_millis() as u64,
+                    "{reason}; pausing every worker"
+                );
                 w.limiter.pause(wait, &reason).await?;
                 // Not an attempt: the same inputs go again once the pause is over.
                 stack.push(group);
             }
             Outcome::Halt { reason, status, .. } => {
-                tracing::error!(status, "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {:?}", w.config.worker.auth_probe_interval);
-                w.limiter.pause(w.config.worker.auth_probe_interval, &reason).await?;
+                tracing::error!(
+                    status,
+                    "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {:?}",
+                    w.config.worker.auth_probe_interval
+                );
+                w.limiter
+                    .pause(w.config.worker.auth_probe_interval, &reason)
+                    .await?;
                 report.halted = true;
                 for i in group.into_iter().chain(stack.drain(..).flatten()) {
                     fates.insert(i, Fate::Released);
                 }
             }
-            Outcome::Retry { after, min_wait, reason } => {
+            Outcome::Retry {
+                after,
+                min_wait,
+                reason,
+            } => {
                 tracing::warn!("{reason}; will retry these {} objects", group.len());
                 for i in group {
                     let attempts = inputs[i].leased.attempts;
                     let delay = retry_delay(attempts, after, min_wait, (w.jitter)());
-                    fates.insert(i, Fate::Transient(delay, reason.clone(), "hubspot_unavailable"));
+                    fates.insert(
+                        i,
+                        Fate::Transient(delay, reason.clone(), "hubspot_unavailable"),
+                    );
                 }
             }
             Outcome::Rejected { offenders, error } => {
@@ -243,7 +270,10 @@ pub async fn sync_once(
                             i,
                             Fate::Transient(
                                 retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
-                                format!("isolating a refused batch ran out of requests: {}", error.message),
+                                format!(
+                                    "isolating a refused batch ran out of requests: {}",
+                                    error.message
+                                ),
                                 "hubspot_rejected",
                             ),
                         );
@@ -271,7 +301,7 @@ async fn record(
     let mut failures: Vec<ObjectFailure> = Vec::new();
     let mut released = Vec::new();
     let max_attempts = w.config.worker.max_attempts;
-    let mut transient: BTreeMap<(String, &'static str), (Vec<String>, Vec<f64>)> = BTreeMap::new();
+    let mut transient: BTreeMap<String, (Vec<String>, Vec<f64>)> = BTreeMap::new();
     for (i, fate) in fates {
         let input = &inputs[i];
         let key = input.leased.key.clone();
@@ -281,7 +311,9 @@ async fn record(
                 written_versions.push(input.leased.version);
                 written_ids.push(id);
             }
-            Fate::Failed(e) => failures.push(failure(input, e.category, &e.message, &e.raw, e.permanent)),
+            Fate::Failed(e) => {
+                failures.push(failure(input, e.category, &e.message, &e.raw, e.permanent))
+            }
             Fate::Transient(_, reason, category) if input.leased.attempts + 1 >= max_attempts => {
                 // Out of attempts: parked in the DLQ with the last reason.
                 let message = format!(
@@ -290,8 +322,8 @@ async fn record(
                 );
                 failures.push(failure(input, category, &message, &Value::Null, true));
             }
-            Fate::Transient(delay, reason, category) => {
-                let entry = transient.entry((reason, category)).or_default();
+            Fate::Transient(delay, reason, _) => {
+                let entry = transient.entry(reason).or_default();
                 entry.0.push(key);
                 entry.1.push(delay.as_secs_f64());
             }
@@ -315,10 +347,11 @@ async fn record(
         db::objects::release(&w.pool, object_type, token, &released).await?;
         report.released += released.len();
     }
-    for ((reason, _), (keys, delays)) in transient {
-        let after = db::objects::record_transient(&w.pool, object_type, token, &keys, &delays, &reason)
-            .await
-            .context("failed to schedule retries")?;
+    for (reason, (keys, delays)) in transient {
+        let after =
+            db::objects::record_transient(&w.pool, object_type, token, &keys, &delays, &reason)
+                .await
+                .context("failed to schedule retries")?;
         report.retrying += after.len();
     }
     if !failures.is_empty() {
@@ -333,7 +366,13 @@ async fn record(
     Ok(())
 }
 
-fn failure(input: &Input, category: &str, message: &str, raw: &Value, permanent: bool) -> ObjectFailure {
+fn failure(
+    input: &Input,
+    category: &str,
+    message: &str,
+    raw: &Value,
+    permanent: bool,
+) -> ObjectFailure {
     ObjectFailure {
         key: input.leased.key.clone(),
         version: input.leased.version,

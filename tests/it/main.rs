@@ -1,1 +1,7 @@
+//! hubsync's integration tests: one binary, a real Postgres database per test, the simulator
+//! over real HTTP on loopback.
+
+mod end_to_end;
+mod harness;
 mod simulator;
+mod startup;

@@ -854,7 +854,12 @@ async fn apply_then_drop_stores_the_write_but_the_client_sees_an_error() {
         .await;
     assert!(result.is_err());
     assert!(api.sim.contact("a@b.com").is_some());
-    let writes = api.sim.requests().iter().filter(|r| r.method == "POST").count();
+    let writes = api
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
     assert_eq!(writes, 1);
 }
 

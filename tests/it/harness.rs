@@ -1,0 +1,193 @@
+//! Shared test parts: a real Postgres database per test (`#[sqlx::test]`), the simulator on a
+//! loopback port, a worker wired to both, and helpers to enqueue and drain.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hubsync::config::Config;
+use hubsync::hubspot::{HubSpotClient, Paths};
+use hubsync::simulator::{SimConfig, SimRecord, Simulator};
+use hubsync::worker::{Step, Worker};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The example config, which tests use unless they need their own.
+pub const CONFIG: &str = include_str!("../../hubsync.example.toml");
+
+/// Quiet by default; `TEST_LOG=1` shows the worker's logs.
+pub fn logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        hubsync::telemetry::init("debug");
+    }
+}
+
+pub fn parse_config(text: &str) -> Arc<Config> {
+    Arc::new(Config::parse(Path::new("hubsync.toml"), text).expect("test config is valid"))
+}
+
+/// A database, a simulator and a worker between them.
+pub struct Harness {
+    pub pool: PgPool,
+    pub sim: Simulator,
+    pub config: Arc<Config>,
+    pub worker: Worker,
+}
+
+impl Harness {
+    pub async fn new(pool: PgPool) -> Harness {
+        Harness::with(pool, CONFIG, SimConfig::default()).await
+    }
+
+    pub async fn with(pool: PgPool, config: &str, sim: SimConfig) -> Harness {
+        logs();
+        let sim = Simulator::start(sim).await.expect("simulator starts");
+        let config = parse_config(config);
+        let worker = worker_for(&pool, &sim, &config).await;
+        Harness {
+            pool,
+            sim,
+            config,
+            worker,
+        }
+    }
+
+    /// Another worker on the same database and simulator (its own limiter handle and client).
+    pub async fn another_worker(&self, pool: &PgPool) -> Worker {
+        worker_for(pool, &self.sim, &self.config).await
+    }
+
+    pub fn client(&self) -> HubSpotClient {
+        client_for(&self.sim, &self.config)
+    }
+
+    /// Creates the properties, as `hubsync run` does at start.
+    pub async fn setup(&self) {
+        hubsync::reconcile::ensure(&self.client(), &self.config)
+            .await
+            .expect("start-up reconciliation succeeds");
+    }
+
+    /// Runs the worker until there is nothing left to do now.
+    pub async fn drain(&self) -> Step {
+        self.worker
+            .run_until_idle(&CancellationToken::new())
+            .await
+            .expect("worker drains")
+    }
+
+    pub async fn enqueue(&self, email: &str, props: Value) -> Uuid {
+        enqueue_at(&self.pool, "contact", email, props, Utc::now()).await
+    }
+
+    pub fn contact(&self, email: &str) -> SimRecord {
+        self.sim
+            .contact(email)
+            .unwrap_or_else(|| panic!("{email} is not in the simulator"))
+    }
+
+    pub fn prop(&self, email: &str, name: &str) -> Option<String> {
+        self.sim
+            .contact(email)
+            .and_then(|r| r.properties.get(name).cloned())
+    }
+
+    /// Batch upsert requests the simulator received.
+    pub fn upserts(&self) -> Vec<hubsync::simulator::SimRequest> {
+        self.sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/batch/upsert"))
+            .collect()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        hubsync::db::status::count(&self.pool, table).await.unwrap()
+    }
+
+    pub async fn dlq(&self) -> Vec<(String, String, String, Option<DateTime<Utc>>)> {
+        sqlx::query_as(
+            "SELECT object_key, error_category, error_message, next_retry_at FROM hubsync.dlq ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+pub fn client_for(sim: &Simulator, config: &Config) -> HubSpotClient {
+    HubSpotClient::new(
+        &sim.base_url(),
+        "sim-token",
+        Paths::new(config.hubspot.api_version),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+pub async fn worker_for(pool: &PgPool, sim: &Simulator, config: &Arc<Config>) -> Worker {
+    Worker::new(pool.clone(), config.clone(), client_for(sim, config))
+        .await
+        .unwrap()
+        // Deterministic: retries are due at once, so a drain sees them through.
+        .with_jitter(Arc::new(|| 0.0))
+}
+
+/// Enqueues through the producer interface, as an application would.
+pub async fn enqueue_at(
+    pool: &PgPool,
+    object_type: &str,
+    key: &str,
+    props: Value,
+    at: DateTime<Utc>,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    enqueue_id(pool, id, object_type, key, props, at).await;
+    id
+}
+
+pub async fn enqueue_id(
+    pool: &PgPool,
+    id: Uuid,
+    object_type: &str,
+    key: &str,
+    props: Value,
+    at: DateTime<Utc>,
+) -> bool {
+    sqlx::query_scalar(
+        "SELECT hubsync.enqueue(event_id => $1, object_type => $2, object_key => $3,
+                                properties => $4::jsonb, occurred_at => $5)",
+    )
+    .bind(id)
+    .bind(object_type)
+    .bind(key)
+    .bind(props.to_string())
+    .bind(at)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A URL for a child process to reach this test's database.
+pub fn database_url(pool: &PgPool) -> String {
+    let db = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_string();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
+    let (head, query) = base.split_once('?').unwrap_or((&base, ""));
+    let cut = head
+        .rfind('/')
+        .filter(|i| *i > head.find("://").unwrap() + 2)
+        .unwrap_or(head.len());
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{}/{db}{query}", &head[..cut])
+}

@@ -1,0 +1,215 @@
+//! Start-up refusals, through the real binary: every config mistake exits non-zero with a
+//! message naming the key and the fix, and nothing is consumed.
+
+use std::process::{Command, Output};
+
+use hubsync::simulator::{SimConfig, Simulator};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::{CONFIG, database_url, enqueue_at};
+
+fn hubsync(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Output {
+    let dir = tempdir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubsync"));
+    cmd.args(args).env_remove("HUBSPOT_ACCESS_TOKEN").env("RUST_LOG", "warn");
+    if let Some(text) = config {
+        let path = dir.join("hubsync.toml");
+        std::fs::write(&path, text).unwrap();
+        cmd.env("HUBSYNC_CONFIG", &path);
+    } else {
+        cmd.env("HUBSYNC_CONFIG", dir.join("missing.toml"));
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the hubsync binary runs")
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hubsync-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `check` with a config and a token against nothing reachable: a config refusal must come
+/// before any connection is tried.
+fn refused(config: &str) -> String {
+    let out = hubsync(
+        &["check"],
+        Some(config),
+        &[("HUBSPOT_ACCESS_TOKEN", "t"), ("HUBSPOT_BASE_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn a_missing_config_file_is_refused_with_where_to_put_it() {
+    let out = hubsync(&["check"], None, &[("HUBSPOT_ACCESS_TOKEN", "t")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("missing.toml") && err.contains("HUBSYNC_CONFIG"), "{err}");
+}
+
+#[test]
+fn each_config_mistake_is_refused_naming_the_key_and_the_fix() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "[hubspot]\nrequests_per_10s = 100\nrate_limit = 5\n",
+            "unknown key",
+            &["rate_limit", "line 3"],
+        ),
+        (
+            "[contacts.properties.plan]\ntype = \"enum\"\n",
+            "bad type name",
+            &["\"enum\"", "line 2", "string, number, bool, date, datetime, enumeration"],
+        ),
+        (
+            "[contacts.properties.hs_plan]\ntype = \"string\"\n",
+            "hs_ prefix",
+            &["hs_plan", "line 1", "rename"],
+        ),
+        (
+            "[contacts.properties.Plan]\ntype = \"string\"\n",
+            "upper case",
+            &["\"Plan\"", "lower-case"],
+        ),
+        (
+            "[contacts.properties.plan]\ntype = \"enumeration\"\n",
+            "enumeration without options",
+            &["plan", "options = ["],
+        ),
+        (
+            "[contacts.properties.plan]\ntype = \"string\"\nmerge = \"increment\"\n",
+            "merge does not fit type",
+            &["plan", "line 3", "increment works only on number"],
+        ),
+        (
+            "[contacts.properties.seen]\ntype = \"bool\"\nmerge = \"max\"\n",
+            "max on bool",
+            &["seen", "max and min work only on number, date and datetime"],
+        ),
+        (
+            "[contacts.properties.n]\ntype = \"number\"\nmerge = \"sum\"\n",
+            "unknown merge rule",
+            &["\"sum\"", "set, set_once, increment, max, min"],
+        ),
+        (
+            "[hubspot]\nrequests_per_10s = \"fast\"\n",
+            "wrong value type",
+            &["requests_per_10s", "line 2"],
+        ),
+        (
+            "[hubspot]\napi_version = \"v4\"\n",
+            "unknown api version",
+            &["api_version", "\"2026-03\"", "\"v3\""],
+        ),
+        ("[companies]\n", "companies without id_property", &["id_property"]),
+        (
+            &format!("[contacts.properties.{}]\ntype = \"string\"\n", "x".repeat(100)),
+            "name too long",
+            &["1 to 99 characters"],
+        ),
+        ("[hubspot\n", "malformed TOML", &["line 1"]),
+    ];
+    for (config, what, expected) in cases {
+        let err = refused(config);
+        for e in *expected {
+            assert!(err.contains(e), "{what}: expected {e:?} in: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_token_is_refused_before_anything_runs() {
+    let out = hubsync(&["run"], Some(CONFIG), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("HUBSPOT_ACCESS_TOKEN") && err.contains("private app"), "{err}");
+}
+
+#[sqlx::test]
+async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothing(pool: PgPool) {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    sim.define_property(
+        "contacts",
+        json!({"name": "current_plan", "label": "Plan", "type": "string", "fieldType": "text",
+               "groupName": "contactinformation"}),
+    );
+    enqueue_at(&pool, "contact", "a@acme.com", json!({"total_sessions": 1}), chrono::Utc::now()).await;
+    let url = database_url(&pool);
+    let base = sim.base_url();
+    let envs = [
+        ("HUBSPOT_ACCESS_TOKEN", "sim-token"),
+        ("HUBSPOT_BASE_URL", base.as_str()),
+        ("DATABASE_URL", url.as_str()),
+    ];
+    let run = tokio::task::spawn_blocking({
+        let envs: Vec<(String, String)> =
+            envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move || {
+            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            (
+                hubsync(&["run", "--until-idle"], Some(CONFIG), &envs),
+                hubsync(&["check"], Some(CONFIG), &envs),
+            )
+        }
+    });
+    let (run, check) = run.await.unwrap();
+    assert_ne!(run.status.code(), Some(0));
+    let err = stderr(&run);
+    let line = CONFIG
+        .lines()
+        .position(|l| l.trim() == "[contacts.properties.current_plan]")
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains("\"current_plan\" is \"string\" in HubSpot but \"enumeration\"")
+            && err.contains(&format!("(line {line})")),
+        "{err}"
+    );
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("MISMATCH"));
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1, "nothing is consumed");
+    assert!(sim.requests().iter().all(|r| !r.path.ends_with("/batch/upsert")));
+}
+
+#[sqlx::test]
+async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPool) {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    sim.define_property(
+        "contacts",
+        json!({"name": "current_plan", "label": "Plan", "type": "enumeration", "fieldType": "select",
+               "groupName": "contactinformation",
+               "options": [{"label": "Legacy", "value": "legacy", "displayOrder": 0, "hidden": false},
+                           {"label": "Pro", "value": "pro", "displayOrder": 1, "hidden": false}]}),
+    );
+    let config = crate::harness::parse_config(CONFIG);
+    let client = crate::harness::client_for(&sim, &config);
+    hubsync::reconcile::ensure(&client, &config).await.unwrap();
+    let plan = sim.property("contacts", "current_plan").unwrap();
+    let values: Vec<&str> = plan["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, vec!["legacy", "pro", "free", "enterprise"], "the union, old ones kept");
+    let sessions = sim.property("contacts", "total_sessions").expect("created");
+    assert_eq!(sessions["type"], "number");
+    assert_eq!(sessions["groupName"], "product_signals");
+    assert_eq!(sim.property("contacts", "last_active_at").unwrap()["type"], "datetime");
+    // A second start has nothing left to do.
+    let again = hubsync::reconcile::plan(&client, &config).await.unwrap();
+    assert!(again.create.is_empty() && again.add_options.is_empty() && again.create_groups.is_empty());
+    drop(pool);
+}
