@@ -325,7 +325,21 @@ impl Config {
         })?;
         let src = Source { path, text };
         let hubspot = hubspot_settings(&src, raw.hubspot)?;
+        let lease_span = raw.worker.lease_secs.as_ref().and_then(|l| src.at(l));
         let worker = worker_settings(&src, raw.worker)?;
+        // A batch may only be sent while its lease outlives the reply (see worker::sync).
+        let needed = hubspot.request_timeout + Duration::from_secs(5);
+        if worker.lease <= needed {
+            return Err(src.invalid(
+                lease_span,
+                format!(
+                    "worker.lease_secs = {} must be longer than hubspot.request_timeout_secs ({}) plus 5; raise it to at least {}",
+                    worker.lease.as_secs(),
+                    hubspot.request_timeout.as_secs(),
+                    needed.as_secs() + 1
+                ),
+            ));
+        }
         let contacts = object_config(&src, "contacts", raw.contacts.properties, &["email"])?;
         let companies = match raw.companies {
             None => None,

@@ -23,27 +23,29 @@ pub async fn try_acquire(
     limit: i32,
     window: Duration,
 ) -> Result<Result<(), Duration>, sqlx::Error> {
+    // The checks read the row through `l`, not a snapshot: under READ COMMITTED a concurrent
+    // permit-taker blocks on the row lock and re-evaluates them against the newest slots.
     let (granted, wait_ms): (bool, f64) = sqlx::query_as(
-        "WITH cur AS (
-             SELECT slots, paused_until, clock_timestamp() AS t,
-                    cardinality(slots) AS n
-             FROM hubsync.limiter WHERE name = $1
-         ), upd AS (
+        "WITH upd AS (
              UPDATE hubsync.limiter l
-             SET slots = (CASE WHEN cur.n >= $2 THEN cur.slots[cur.n - $2 + 2 : cur.n]
-                               ELSE cur.slots END) || cur.t
-             FROM cur
+             SET slots = (CASE WHEN cardinality(l.slots) >= $2
+                               THEN l.slots[cardinality(l.slots) - $2 + 2 : cardinality(l.slots)]
+                               ELSE l.slots END) || clock_timestamp()
              WHERE l.name = $1
-               AND (cur.paused_until IS NULL OR cur.paused_until <= cur.t)
-               AND (cur.n < $2 OR cur.slots[cur.n - $2 + 1] <= cur.t - make_interval(secs => $3))
+               AND (l.paused_until IS NULL OR l.paused_until <= clock_timestamp())
+               AND (cardinality(l.slots) < $2
+                    OR l.slots[cardinality(l.slots) - $2 + 1]
+                       <= clock_timestamp() - make_interval(secs => $3))
              RETURNING 1
          )
          SELECT EXISTS (SELECT 1 FROM upd),
                 coalesce((SELECT 1000 * extract(epoch FROM greatest(
-                    coalesce(cur.paused_until - cur.t, interval '0'),
-                    CASE WHEN cur.n >= $2
-                         THEN cur.slots[cur.n - $2 + 1] + make_interval(secs => $3) - cur.t
-                         ELSE interval '0' END))::float8 FROM cur), 0)",
+                    coalesce(c.paused_until - clock_timestamp(), interval '0'),
+                    CASE WHEN cardinality(c.slots) >= $2
+                         THEN c.slots[cardinality(c.slots) - $2 + 1]
+                              + make_interval(secs => $3) - clock_timestamp()
+                         ELSE interval '0' END))::float8
+                  FROM hubsync.limiter c WHERE c.name = $1), 0)",
     )
     .bind(name)
     .bind(limit)

@@ -99,7 +99,36 @@ impl HubSpotClient {
         body: Option<&Value>,
     ) -> anyhow::Result<Option<Value>> {
         let what = format!("{method} {path}");
-        let reply = self.send(method, path, body).await.map_err(|t| {
+        let mut attempt = 0u32;
+        let reply = loop {
+            attempt += 1;
+            let reply = self.send(method.clone(), path, body).await;
+            // Start-up calls wait out a rate limit or a passing failure (several workers may
+            // start at once); anything else is reported as it is.
+            let wait = match &reply {
+                Ok(r) if r.status == 429 => Some(
+                    r.retry_after
+                        .or(r.rate.interval_ms.map(Duration::from_millis))
+                        .unwrap_or(Duration::from_secs(10)),
+                ),
+                Ok(r) if matches!(r.status, 423 | 477 | 500..=599) => {
+                    Some(r.retry_after.unwrap_or(Duration::from_secs(2)))
+                }
+                Err(_) => Some(Duration::from_secs(2)),
+                Ok(_) => None,
+            };
+            match wait {
+                Some(wait) if attempt < 6 => {
+                    tracing::warn!(
+                        attempt,
+                        "{what}: HubSpot is busy or unreachable; trying again in {wait:?}"
+                    );
+                    tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+                }
+                _ => break reply,
+            }
+        };
+        let reply = reply.map_err(|t| {
             anyhow::anyhow!(
                 "{what} at {}: {}; check HUBSPOT_BASE_URL and the network",
                 self.base_url,

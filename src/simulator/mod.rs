@@ -245,6 +245,12 @@ impl Simulator {
         self.shared.lock().set_random_faults(rate, faults, seed);
     }
 
+    /// `true`: any invalid record fails the whole batch with a 400 that names no input (what
+    /// HubSpot does for requests without trace ids), so the client must find it by splitting.
+    pub fn set_whole_batch_errors(&self, on: bool) {
+        self.shared.lock().whole_batch_errors = on;
+    }
+
     /// Adds this delay before every request is handled.
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;

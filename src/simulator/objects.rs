@@ -75,7 +75,8 @@ pub(crate) fn batch_upsert(
 
     // HubSpot isolates bad records only when it can name them: every input needs its own trace id.
     let trace_ids: HashSet<&str> = inputs.iter().filter_map(|input| input.trace_id).collect();
-    let isolate = trace_ids.len() == inputs.len();
+    let isolate = trace_ids.len() == inputs.len() && !state.whole_batch_errors;
+    let anonymous = state.whole_batch_errors;
 
     let checked = check_inputs(state.store(object), &inputs);
     if !isolate
@@ -90,6 +91,9 @@ pub(crate) fn batch_upsert(
         });
         for key in ["message", "errors", "context"] {
             body[key] = error[key].clone();
+        }
+        if anonymous {
+            body["context"] = json!({});
         }
         return Reply::json(400, body);
     }

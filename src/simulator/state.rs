@@ -210,6 +210,9 @@ pub(crate) struct State {
     pub missing_scopes: Vec<String>,
     /// Added before every request is handled.
     pub latency: Duration,
+    /// Answer any invalid record with a 400 for the whole batch that names no input, as HubSpot
+    /// does for requests without trace ids.
+    pub whole_batch_errors: bool,
     /// Scripted faults, consumed in order by object writes.
     pub faults: VecDeque<Fault>,
     /// Random faults, drawn once the script is empty.
@@ -240,6 +243,7 @@ impl State {
             token: config.token.clone(),
             missing_scopes: Vec::new(),
             latency: Duration::ZERO,
+            whole_batch_errors: false,
             faults: VecDeque::new(),
             random_faults: None,
             contacts: ObjectStore::new(ObjectType::Contacts, &now),

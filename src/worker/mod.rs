@@ -53,12 +53,14 @@ pub struct Step {
     pub sync: SyncReport,
     /// Associations made.
     pub associated: usize,
+    /// Dead-letter rows replayed (events folded again, objects queued again).
+    pub replayed: usize,
 }
 
 impl Step {
     /// Nothing was done and nothing is waiting that a step could do now.
     pub fn is_idle(&self) -> bool {
-        self.ingested == 0 && self.sync.leased == 0 && self.associated == 0
+        self.ingested == 0 && self.sync.leased == 0 && self.associated == 0 && self.replayed == 0
     }
 }
 
@@ -111,19 +113,29 @@ impl Worker {
         sync::sync_once(self, kind, cancel).await
     }
 
+    /// Replays due dead-letter rows: events are folded again, objects queued for sync.
+    /// Returns how many rows were replayed.
+    pub async fn replay_once(&self) -> anyhow::Result<usize> {
+        let events = ingest::replay_due_events(&self.pool, &self.config).await?;
+        let objects = db::dlq::requeue_due_objects(&self.pool, 500).await?;
+        Ok(events.accepted + events.refused + usize::try_from(objects).unwrap_or(usize::MAX))
+    }
+
     /// Upkeep: replay due DLQ rows and make pending contact→company associations.
     pub async fn upkeep_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        ingest::replay_due_events(&self.pool, &self.config).await?;
-        db::dlq::requeue_due_objects(&self.pool, 500).await?;
+        self.replay_once().await?;
         self.associate_once(cancel).await
     }
 
-    /// One unit of every kind of work: ingest a chunk, upkeep, sync a batch of each type.
+    /// One unit of every kind of work: replay due DLQ rows, ingest a chunk, sync a batch of
+    /// each type, make pending associations.
     pub async fn run_once(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
+        let replayed = self.replay_once().await?;
         let (ingested, refused) = self.ingest_once().await?;
         let mut step = Step {
             ingested,
             refused,
+            replayed,
             ..Step::default()
         };
         if ingested > 0 && self.backlog.load(Ordering::Relaxed) {
@@ -140,7 +152,7 @@ impl Worker {
             step.sync.requests += r.requests;
             step.sync.halted |= r.halted;
         }
-        step.associated = self.upkeep_once(cancel).await?;
+        step.associated = self.associate_once(cancel).await?;
         Ok(step)
     }
 
@@ -158,6 +170,7 @@ impl Worker {
             total.sync.retrying += step.sync.retrying;
             total.sync.requests += step.sync.requests;
             total.associated += step.associated;
+            total.replayed += step.replayed;
             if step.sync.halted {
                 anyhow::bail!(
                     "syncing halted: HubSpot refused the credentials (see the log above); nothing was consumed"
@@ -165,6 +178,7 @@ impl Worker {
             }
             let only_released = step.ingested == 0
                 && step.associated == 0
+                && step.replayed == 0
                 && step.sync.leased > 0
                 && step.sync.leased == step.sync.released;
             if step.is_idle() || cancel.is_cancelled() || only_released {

@@ -148,6 +148,7 @@ pub async fn sync_once(
         // lease the same objects and an older value could land after a newer one.
         let budget = lease.saturating_sub(leased_at.elapsed() + timeout + Duration::from_secs(5));
         if budget.is_zero() {
+            tracing::warn!("the lease ran short before this batch could be sent; handing it back");
             for i in group {
                 fates.insert(i, Fate::Released);
             }

@@ -55,11 +55,6 @@ impl Harness {
         }
     }
 
-    /// Another worker on the same database and simulator (its own limiter handle and client).
-    pub async fn another_worker(&self, pool: &PgPool) -> Worker {
-        worker_for(pool, &self.sim, &self.config).await
-    }
-
     pub fn client(&self) -> HubSpotClient {
         client_for(&self.sim, &self.config)
     }

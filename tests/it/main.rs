@@ -2,6 +2,8 @@
 //! over real HTTP on loopback.
 
 mod end_to_end;
+mod failures;
 mod harness;
+mod invariants;
 mod simulator;
 mod startup;

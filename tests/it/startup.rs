@@ -12,7 +12,9 @@ use crate::harness::{CONFIG, database_url, enqueue_at};
 fn hubsync(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Output {
     let dir = tempdir();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubsync"));
-    cmd.args(args).env_remove("HUBSPOT_ACCESS_TOKEN").env("RUST_LOG", "warn");
+    cmd.args(args)
+        .env_remove("HUBSPOT_ACCESS_TOKEN")
+        .env("RUST_LOG", "warn");
     if let Some(text) = config {
         let path = dir.join("hubsync.toml");
         std::fs::write(&path, text).unwrap();
@@ -42,7 +44,10 @@ fn refused(config: &str) -> String {
     let out = hubsync(
         &["check"],
         Some(config),
-        &[("HUBSPOT_ACCESS_TOKEN", "t"), ("HUBSPOT_BASE_URL", "http://127.0.0.1:9")],
+        &[
+            ("HUBSPOT_ACCESS_TOKEN", "t"),
+            ("HUBSPOT_BASE_URL", "http://127.0.0.1:9"),
+        ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     stderr(&out)
@@ -53,7 +58,10 @@ fn a_missing_config_file_is_refused_with_where_to_put_it() {
     let out = hubsync(&["check"], None, &[("HUBSPOT_ACCESS_TOKEN", "t")]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("missing.toml") && err.contains("HUBSYNC_CONFIG"), "{err}");
+    assert!(
+        err.contains("missing.toml") && err.contains("HUBSYNC_CONFIG"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -67,7 +75,11 @@ fn each_config_mistake_is_refused_naming_the_key_and_the_fix() {
         (
             "[contacts.properties.plan]\ntype = \"enum\"\n",
             "bad type name",
-            &["\"enum\"", "line 2", "string, number, bool, date, datetime, enumeration"],
+            &[
+                "\"enum\"",
+                "line 2",
+                "string, number, bool, date, datetime, enumeration",
+            ],
         ),
         (
             "[contacts.properties.hs_plan]\ntype = \"string\"\n",
@@ -109,9 +121,16 @@ fn each_config_mistake_is_refused_naming_the_key_and_the_fix() {
             "unknown api version",
             &["api_version", "\"2026-03\"", "\"v3\""],
         ),
-        ("[companies]\n", "companies without id_property", &["id_property"]),
         (
-            &format!("[contacts.properties.{}]\ntype = \"string\"\n", "x".repeat(100)),
+            "[companies]\n",
+            "companies without id_property",
+            &["id_property"],
+        ),
+        (
+            &format!(
+                "[contacts.properties.{}]\ntype = \"string\"\n",
+                "x".repeat(100)
+            ),
             "name too long",
             &["1 to 99 characters"],
         ),
@@ -130,7 +149,10 @@ fn a_missing_token_is_refused_before_anything_runs() {
     let out = hubsync(&["run"], Some(CONFIG), &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("HUBSPOT_ACCESS_TOKEN") && err.contains("private app"), "{err}");
+    assert!(
+        err.contains("HUBSPOT_ACCESS_TOKEN") && err.contains("private app"),
+        "{err}"
+    );
 }
 
 #[sqlx::test]
@@ -141,7 +163,14 @@ async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothin
         json!({"name": "current_plan", "label": "Plan", "type": "string", "fieldType": "text",
                "groupName": "contactinformation"}),
     );
-    enqueue_at(&pool, "contact", "a@acme.com", json!({"total_sessions": 1}), chrono::Utc::now()).await;
+    enqueue_at(
+        &pool,
+        "contact",
+        "a@acme.com",
+        json!({"total_sessions": 1}),
+        chrono::Utc::now(),
+    )
+    .await;
     let url = database_url(&pool);
     let base = sim.base_url();
     let envs = [
@@ -150,10 +179,13 @@ async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothin
         ("DATABASE_URL", url.as_str()),
     ];
     let run = tokio::task::spawn_blocking({
-        let envs: Vec<(String, String)> =
-            envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move || {
-            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let envs: Vec<(&str, &str)> =
+                envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             (
                 hubsync(&["run", "--until-idle"], Some(CONFIG), &envs),
                 hubsync(&["check"], Some(CONFIG), &envs),
@@ -180,7 +212,11 @@ async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothin
         .await
         .unwrap();
     assert_eq!(waiting, 1, "nothing is consumed");
-    assert!(sim.requests().iter().all(|r| !r.path.ends_with("/batch/upsert")));
+    assert!(
+        sim.requests()
+            .iter()
+            .all(|r| !r.path.ends_with("/batch/upsert"))
+    );
 }
 
 #[sqlx::test]
@@ -203,13 +239,22 @@ async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPo
         .iter()
         .map(|o| o["value"].as_str().unwrap())
         .collect();
-    assert_eq!(values, vec!["legacy", "pro", "free", "enterprise"], "the union, old ones kept");
+    assert_eq!(
+        values,
+        vec!["legacy", "pro", "free", "enterprise"],
+        "the union, old ones kept"
+    );
     let sessions = sim.property("contacts", "total_sessions").expect("created");
     assert_eq!(sessions["type"], "number");
     assert_eq!(sessions["groupName"], "product_signals");
-    assert_eq!(sim.property("contacts", "last_active_at").unwrap()["type"], "datetime");
+    assert_eq!(
+        sim.property("contacts", "last_active_at").unwrap()["type"],
+        "datetime"
+    );
     // A second start has nothing left to do.
     let again = hubsync::reconcile::plan(&client, &config).await.unwrap();
-    assert!(again.create.is_empty() && again.add_options.is_empty() && again.create_groups.is_empty());
+    assert!(
+        again.create.is_empty() && again.add_options.is_empty() && again.create_groups.is_empty()
+    );
     drop(pool);
 }

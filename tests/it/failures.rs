@@ -1,0 +1,487 @@
+//! Failure handling against the simulator: one test per outcome class of `classify`, poison
+//! isolation in both 207 and whole-batch-400 forms, lost responses, revoked tokens, and the
+//! dead-letter table's replay and parking, through the operator's own SQL files.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hubsync::hubspot::{HubSpotClient, Paths};
+use hubsync::simulator::{Fault, SimConfig};
+use hubsync::worker::Worker;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{CONFIG, Harness, database_url};
+
+/// HubSpot's `current_plan` without the `enterprise` option: writes of it fail per record.
+fn drop_enterprise_option(h: &Harness) {
+    let mut plan = h.sim.property("contacts", "current_plan").unwrap();
+    plan["options"] = json!([
+        {"label": "free", "value": "free", "displayOrder": 0, "hidden": false},
+        {"label": "pro", "value": "pro", "displayOrder": 1, "hidden": false}
+    ]);
+    h.sim.define_property("contacts", plan);
+}
+
+async fn hundred_with_one_bad(h: &Harness) {
+    for i in 0..100 {
+        let plan = if i == 42 { "enterprise" } else { "pro" };
+        h.enqueue(
+            &format!("u{i:03}@acme.com"),
+            json!({"total_sessions": 1, "current_plan": plan}),
+        )
+        .await;
+    }
+}
+
+fn assert_99_written_and_1_dead_lettered(
+    h: &Harness,
+    dlq: &[(
+        String,
+        String,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )],
+) {
+    let records = h.sim.records("contacts");
+    assert_eq!(records.len(), 99);
+    assert!(h.sim.contact("u042@acme.com").is_none());
+    assert_eq!(dlq.len(), 1);
+    let (key, category, message, next) = &dlq[0];
+    assert_eq!(key, "u042@acme.com");
+    assert_eq!(category, "hubspot_validation");
+    assert!(
+        message.contains("current_plan") && message.contains("INVALID_OPTION"),
+        "{message}"
+    );
+    assert!(next.is_none(), "a permanent refusal is parked at once");
+}
+
+#[sqlx::test]
+async fn one_bad_record_in_a_207_is_dead_lettered_and_the_99_are_written(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    drop_enterprise_option(&h);
+    hundred_with_one_bad(&h).await;
+    h.drain().await;
+    assert_eq!(
+        h.upserts().len(),
+        1,
+        "one request: HubSpot isolates by trace id"
+    );
+    assert_eq!(h.upserts()[0].status, 207);
+    assert_99_written_and_1_dead_lettered(&h, &h.dlq().await);
+}
+
+#[sqlx::test]
+async fn one_bad_record_in_a_whole_batch_400_is_found_and_the_99_are_written(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    drop_enterprise_option(&h);
+    h.sim.set_whole_batch_errors(true);
+    hundred_with_one_bad(&h).await;
+    h.drain().await;
+    let upserts = h.upserts();
+    assert!(
+        upserts.len() <= 16,
+        "isolation took {} requests",
+        upserts.len()
+    );
+    assert_99_written_and_1_dead_lettered(&h, &h.dlq().await);
+}
+
+#[sqlx::test]
+async fn a_write_applied_but_its_response_lost_leaves_counters_exact(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    for fault in [
+        Fault::ApplyThenStatus(500),
+        Fault::ApplyThenDrop,
+        Fault::ApplyThenStatus(524),
+    ] {
+        h.enqueue("lost@acme.com", json!({"total_sessions": 3}))
+            .await;
+        h.sim.script(vec![fault]);
+        h.drain().await;
+    }
+    assert_eq!(
+        h.prop("lost@acme.com", "total_sessions").as_deref(),
+        Some("9")
+    );
+    let statuses: Vec<u16> = h.upserts().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![500, 200, 0, 200, 524, 200],
+        "each lost reply is retried once"
+    );
+    assert_eq!(h.count("dlq").await, 0);
+}
+
+#[sqlx::test]
+async fn transient_statuses_are_retried_until_written(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    h.enqueue("t@acme.com", json!({"total_sessions": 1})).await;
+    h.sim.script(vec![
+        Fault::Status {
+            status: 500,
+            retry_after_secs: None,
+        },
+        Fault::Status {
+            status: 502,
+            retry_after_secs: None,
+        },
+        Fault::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        Fault::Status {
+            status: 504,
+            retry_after_secs: None,
+        },
+        Fault::Drop,
+        Fault::SilentOk,
+    ]);
+    let start = Instant::now();
+    while h.sim.contact("t@acme.com").is_none() {
+        h.drain().await;
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+    assert_eq!(h.prop("t@acme.com", "total_sessions").as_deref(), Some("1"));
+    assert_eq!(h.upserts().len(), 7);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM hubsync.objects")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 0, "success resets the attempt count");
+}
+
+#[sqlx::test]
+async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    h.enqueue("w@acme.com", json!({"total_sessions": 1})).await;
+    h.sim.script(vec![Fault::Status {
+        status: 477,
+        retry_after_secs: Some(30),
+    }]);
+    h.drain().await;
+    let wait: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM hubsync.objects",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(
+        wait > 25.0,
+        "477 Retry-After: 30 is honoured (waits {wait:.1} s)"
+    );
+    assert!(h.sim.contact("w@acme.com").is_none());
+
+    sqlx::query("UPDATE hubsync.objects SET next_attempt_at = now()")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.sim.script(vec![Fault::Status {
+        status: 423,
+        retry_after_secs: None,
+    }]);
+    h.drain().await;
+    let wait: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM hubsync.objects",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(wait > 1.5, "423 waits at least 2 s (waits {wait:.1} s)");
+}
+
+#[sqlx::test]
+async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    let client = HubSpotClient::new(
+        &h.sim.base_url(),
+        "sim-token",
+        Paths::new(h.config.hubspot.api_version),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let worker = Worker::new(h.pool.clone(), h.config.clone(), client)
+        .await
+        .unwrap()
+        .with_jitter(Arc::new(|| 0.0));
+    h.enqueue("slow@acme.com", json!({"total_sessions": 4}))
+        .await;
+    h.sim.script(vec![Fault::Hang(Duration::from_millis(1500))]);
+    let cancel = CancellationToken::new();
+    let start = Instant::now();
+    while h.prop("slow@acme.com", "total_sessions").is_none() {
+        worker.run_until_idle(&cancel).await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The hung request was applied late, the retry applied again: same absolute value.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.prop("slow@acme.com", "total_sessions").as_deref(),
+        Some("4")
+    );
+}
+
+#[sqlx::test]
+async fn a_revoked_token_halts_without_consuming_and_resumes_when_restored(pool: PgPool) {
+    let text = CONFIG.replace("# [worker]", "[worker]\nauth_probe_secs = 1\n# ");
+    let h = Harness::with(pool, &text, SimConfig::default()).await;
+    h.setup().await;
+    h.enqueue("a@acme.com", json!({"total_sessions": 1})).await;
+    h.drain().await;
+    assert_eq!(h.prop("a@acme.com", "total_sessions").as_deref(), Some("1"));
+
+    h.sim.set_token("rotated-token");
+    for i in 0..20 {
+        h.enqueue(&format!("b{i}@acme.com"), json!({"total_sessions": 2}))
+            .await;
+    }
+    h.enqueue("a@acme.com", json!({"total_sessions": 1})).await;
+    let err = h
+        .worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .expect_err("a 401 halts the drain");
+    assert!(err.to_string().contains("credentials"), "{err}");
+    assert_eq!(h.count("dlq").await, 0, "nothing dead-lettered");
+    let (dirty, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE dirty), coalesce(sum(attempts), 0) FROM hubsync.objects",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (dirty, attempts),
+        (21, 0),
+        "every change kept, no attempt counted"
+    );
+    let reason: Option<String> = sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(reason.unwrap().contains("HUBSPOT_ACCESS_TOKEN"));
+
+    h.sim.set_token("sim-token");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.drain().await;
+    assert_eq!(h.prop("a@acme.com", "total_sessions").as_deref(), Some("2"));
+    for i in 0..20 {
+        assert_eq!(
+            h.prop(&format!("b{i}@acme.com"), "total_sessions")
+                .as_deref(),
+            Some("2")
+        );
+    }
+}
+
+#[sqlx::test]
+async fn missing_scopes_are_named_and_nothing_is_consumed(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    h.sim
+        .set_missing_scopes(vec!["crm.objects.contacts.write".into()]);
+    h.enqueue("s@acme.com", json!({"total_sessions": 1})).await;
+    assert!(
+        h.worker
+            .run_until_idle(&CancellationToken::new())
+            .await
+            .is_err()
+    );
+    let reason: Option<String> = sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(reason.unwrap().contains("crm.objects.contacts.write"));
+    assert_eq!(h.count("dlq").await, 0);
+    let dirty: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.objects WHERE dirty")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(dirty, 1);
+}
+
+fn psql(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("psql");
+    cmd.arg(database_url(pool))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f", file]);
+    for (k, v) in vars {
+        cmd.arg("-v").arg(format!("{k}={v}"));
+    }
+    let out = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[sqlx::test]
+async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    h.enqueue(
+        "v@acme.com",
+        json!({"total_sessions": 5, "current_plan": "platinum"}),
+    )
+    .await;
+    h.enqueue("v@acme.com", json!({"total_sessions": 1})).await;
+    let step = h.drain().await;
+    assert_eq!(step.refused, 1);
+    assert_eq!(
+        step.sync.requests, 1,
+        "the valid event still goes; the invalid one costs nothing"
+    );
+    assert_eq!(h.prop("v@acme.com", "total_sessions").as_deref(), Some("1"));
+    let dlq = h.dlq().await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].1, "invalid_value");
+    assert!(
+        dlq[0].2.contains("current_plan") && dlq[0].2.contains("platinum"),
+        "{}",
+        dlq[0].2
+    );
+    assert!(dlq[0].3.is_none(), "parked");
+
+    // The runbook: what fails, then the fix (a new option), then replay by category.
+    assert!(psql(&pool, "sql/dlq_summary.sql", &[]).contains("invalid_value"));
+    assert!(psql(&pool, "sql/dlq_list.sql", &[]).contains("v@acme.com"));
+    let fixed = crate::harness::parse_config(&CONFIG.replace(
+        "options = [\"free\", \"pro\", \"enterprise\"]",
+        "options = [\"free\", \"pro\", \"enterprise\", \"platinum\"]",
+    ));
+    hubsync::reconcile::ensure(&h.client(), &fixed)
+        .await
+        .unwrap();
+    let worker = crate::harness::worker_for(&pool, &h.sim, &fixed).await;
+    psql(
+        &pool,
+        "sql/dlq_retry_category.sql",
+        &[("category", "invalid_value")],
+    );
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        h.prop("v@acme.com", "current_plan").as_deref(),
+        Some("platinum")
+    );
+    assert_eq!(
+        h.prop("v@acme.com", "total_sessions").as_deref(),
+        Some("6"),
+        "applied once"
+    );
+    assert_eq!(h.count("dlq").await, 0);
+    // Replaying again finds nothing: the increment cannot be counted twice.
+    psql(&pool, "sql/dlq_retry_all.sql", &[]);
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(h.prop("v@acme.com", "total_sessions").as_deref(), Some("6"));
+}
+
+#[sqlx::test]
+async fn objects_out_of_attempts_are_parked_and_the_cli_replays_them(pool: PgPool) {
+    let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 3\n# ");
+    let h = Harness::with(pool.clone(), &text, SimConfig::default()).await;
+    h.setup().await;
+    h.enqueue("x@acme.com", json!({"total_sessions": 2})).await;
+    h.sim.script(vec![
+        Fault::Status {
+            status: 503,
+            retry_after_secs: None
+        };
+        3
+    ]);
+    h.drain().await;
+    let dlq = h.dlq().await;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].1, "hubspot_unavailable");
+    assert!(
+        dlq[0].2.contains("gave up after 3 attempts"),
+        "{}",
+        dlq[0].2
+    );
+    assert!(dlq[0].3.is_none(), "parked");
+    assert!(h.sim.contact("x@acme.com").is_none());
+    // Nothing more happens by itself.
+    h.drain().await;
+    assert_eq!(h.upserts().len(), 3);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hubsync"))
+        .args(["dlq", "retry", "--category", "hubspot_unavailable"])
+        .env("DATABASE_URL", database_url(&pool))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("x@acme.com"));
+    h.drain().await;
+    assert_eq!(h.prop("x@acme.com", "total_sessions").as_deref(), Some("2"));
+    assert_eq!(h.count("dlq").await, 0, "a successful sync clears the row");
+}
+
+#[sqlx::test]
+async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    h.enqueue("not-an-email", json!({"total_sessions": 1}))
+        .await;
+    h.enqueue("y@acme.com", json!({"nope": 1})).await;
+    h.drain().await;
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hubsync"))
+            .args(args)
+            .env("DATABASE_URL", database_url(&pool))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, list) = run(&["dlq", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        list.contains("invalid_key") && list.contains("unknown_property"),
+        "{list}"
+    );
+    let id: i64 =
+        sqlx::query_scalar("SELECT id FROM hubsync.dlq WHERE error_category = 'unknown_property'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (code, show) = run(&["dlq", "show", &id.to_string()]);
+    assert_eq!(code, Some(0));
+    assert!(
+        show.contains("\"nope\"") && show.contains("not declared"),
+        "{show}"
+    );
+    let (code, status) = run(&["status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        status.contains("dlq_parked") && status.contains("invalid_key"),
+        "{status}"
+    );
+    assert_eq!(run(&["dlq", "discard", &id.to_string()]).0, Some(0));
+    assert_eq!(run(&["dlq", "show", &id.to_string()]).0, Some(1), "gone");
+    assert_eq!(run(&["dlq", "discard", "--all"]).0, Some(0));
+    assert_eq!(h.count("dlq").await, 0);
+}

@@ -1,0 +1,416 @@
+//! DESIGN.md §2 under concurrency and crashes: several workers at once, workers killed with
+//! SIGKILL mid-batch, SIGTERM finishing the batch in flight, the shared rate limit.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use hubsync::simulator::{Fault, SimConfig};
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{CONFIG, Harness, database_url, enqueue_at};
+
+/// Events for `contacts` contacts: each gets `per` increments of a known delta and `per` plan
+/// changes at scrambled times; returns the expected (sum, latest plan) per email.
+async fn storm(pool: &PgPool, contacts: usize, per: usize) -> BTreeMap<String, (i64, String)> {
+    let plans = ["free", "pro", "enterprise"];
+    let base = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let mut expected = BTreeMap::new();
+    let mut values = Vec::new();
+    for c in 0..contacts {
+        let email = format!("storm{c}@acme.com");
+        let mut sum = 0;
+        let mut latest = (0i64, String::new());
+        for k in 0..per {
+            let delta = ((c * 7 + k * 3) % 5) as i64 + 1;
+            // Occurrence times deliberately out of enqueue order.
+            let minute = ((k * 37 + c * 11) % 997) as i64;
+            let plan = plans[(k + c) % 3];
+            sum += delta;
+            if minute >= latest.0 {
+                latest = (minute, plan.to_string());
+            }
+            values.push((
+                email.clone(),
+                delta,
+                plan,
+                base + chrono::Duration::minutes(minute),
+            ));
+        }
+        expected.insert(email, (sum, latest.1));
+    }
+    // Distinct minutes per contact, so "latest" is unambiguous.
+    for (email, delta, plan, at) in values {
+        enqueue_at(
+            pool,
+            "contact",
+            &email,
+            json!({"total_sessions": delta, "current_plan": plan}),
+            at,
+        )
+        .await;
+    }
+    expected
+}
+
+fn assert_matches(h: &Harness, expected: &BTreeMap<String, (i64, String)>) {
+    for (email, (sum, plan)) in expected {
+        assert_eq!(
+            h.prop(email, "total_sessions"),
+            Some(sum.to_string()),
+            "{email}"
+        );
+        assert_eq!(
+            h.prop(email, "current_plan").as_deref(),
+            Some(plan.as_str()),
+            "{email}"
+        );
+    }
+}
+
+async fn settled(pool: &PgPool) -> bool {
+    let (outbox, dirty): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM hubsync.outbox), (SELECT count(*) FROM hubsync.objects WHERE dirty)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    outbox == 0 && dirty == 0
+}
+
+async fn wait_settled(pool: &PgPool, limit: Duration) {
+    let start = Instant::now();
+    while !settled(pool).await {
+        if start.elapsed() > limit {
+            let rows: Option<String> = sqlx::query_scalar(
+                "SELECT string_agg(format('%s leased_until=%s next=%s attempts=%s error=%s',
+                        object_key, leased_until, next_attempt_at, attempts, last_error), '; ')
+                 FROM (SELECT * FROM hubsync.objects WHERE dirty LIMIT 5) o",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.outbox")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            panic!(
+                "the pipeline did not settle within {limit:?}: outbox {outbox}, dirty: {}",
+                rows.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test]
+async fn three_workers_keep_counters_exact_and_values_order_proof(
+    pool_options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = pool_options
+        .clone()
+        .max_connections(8)
+        .connect_with(connect.clone())
+        .await
+        .unwrap();
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    // Small chunks and batches so the workers interleave on the same objects.
+    let config = crate::harness::parse_config(&CONFIG.replace(
+        "# [worker]",
+        "[worker]\ningest_chunk = 37\nbatch_size = 20\nconcurrency = 2\n# ",
+    ));
+    let cancel = CancellationToken::new();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let p = pool_options
+            .clone()
+            .max_connections(6)
+            .connect_with(connect.clone())
+            .await
+            .unwrap();
+        let w = Arc::new(crate::harness::worker_for(&p, &h.sim, &config).await);
+        handles.push(tokio::spawn(w.run(cancel.clone())));
+    }
+    // Events arrive while the workers run, some contacts re-touched after their first sync.
+    let first = storm(&pool, 60, 6).await;
+    let second = storm(&pool, 60, 6).await;
+    wait_settled(&pool, Duration::from_secs(60)).await;
+    cancel.cancel();
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    let mut expected = first;
+    for (email, (sum, _)) in &second {
+        expected.get_mut(email).unwrap().0 += sum;
+    }
+    assert_matches(&h, &expected);
+    assert_eq!(h.count("dlq").await, 0);
+    assert!(h.upserts().iter().all(|r| r.status == 200));
+}
+
+#[sqlx::test]
+async fn workers_together_stay_within_the_shared_rate_limit(
+    pool_options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // A one-second window keeps the test short; the limiter and simulator agree on it.
+    let sim = SimConfig {
+        requests_per_window: 4,
+        window: Duration::from_secs(1),
+        ..SimConfig::default()
+    };
+    let text = CONFIG
+        .replace(
+            "requests_per_10s = 100",
+            "requests_per_10s = 4\nrate_window_ms = 1000",
+        )
+        .replace(
+            "# [worker]",
+            "[worker]\nbatch_size = 5\nconcurrency = 3\n# ",
+        );
+    let pool = pool_options
+        .clone()
+        .max_connections(8)
+        .connect_with(connect.clone())
+        .await
+        .unwrap();
+    let h = Harness::with(pool.clone(), &text, sim).await;
+    h.setup().await;
+    for c in 0..60 {
+        enqueue_at(
+            &pool,
+            "contact",
+            &format!("r{c}@acme.com"),
+            json!({"total_sessions": 1}),
+            Utc::now(),
+        )
+        .await;
+    }
+    // Start-up's own calls must be out of the simulator's window first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.sim.reset_requests();
+    let cancel = CancellationToken::new();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let p = pool_options
+            .clone()
+            .max_connections(6)
+            .connect_with(connect.clone())
+            .await
+            .unwrap();
+        let w = Arc::new(crate::harness::worker_for(&p, &h.sim, &h.config).await);
+        handles.push(tokio::spawn(w.run(cancel.clone())));
+    }
+    wait_settled(&pool, Duration::from_secs(60)).await;
+    cancel.cancel();
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    let requests = h.sim.requests();
+    assert!(requests.len() >= 12, "60 objects in batches of 5");
+    let statuses: Vec<(u16, String)> = requests
+        .iter()
+        .map(|r| (r.status, r.path.clone()))
+        .collect();
+    assert!(
+        requests.iter().all(|r| r.status != 429),
+        "no 429 across three workers: {statuses:?}"
+    );
+    for (i, r) in requests.iter().enumerate() {
+        let in_window = requests[i..]
+            .iter()
+            .filter(|s| s.at.duration_since(r.at) < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 4, "{in_window} requests within one window");
+    }
+    assert!(h.sim.records("contacts").len() == 60);
+}
+
+#[sqlx::test]
+async fn a_429_pauses_every_worker_instead_of_retrying(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    for c in 0..3 {
+        h.enqueue(&format!("p{c}@acme.com"), json!({"total_sessions": 2}))
+            .await;
+    }
+    h.sim.script(vec![Fault::Status {
+        status: 429,
+        retry_after_secs: Some(1),
+    }]);
+    h.sim.reset_requests();
+    let started = Instant::now();
+    // The first step meets the 429 and pauses; the drain then waits the pause out.
+    let mut written = 0;
+    while written < 3 {
+        written += h.drain().await.sync.written;
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let upserts = h.upserts();
+    assert_eq!(
+        upserts.len(),
+        2,
+        "one 429, then one retry after the pause: no storm"
+    );
+    assert_eq!(upserts[0].status, 429);
+    assert!(upserts[1].at.duration_since(upserts[0].at) >= Duration::from_millis(950));
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(attempts), 0) FROM hubsync.objects")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 0, "a rate-limit wait is not an attempt");
+    assert_eq!(
+        h.prop("p0@acme.com", "total_sessions").as_deref(),
+        Some("2")
+    );
+}
+
+/// A worker process, killed when the test ends however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(url: &str, base: &str, config: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_hubsync"))
+            .arg("run")
+            .env("DATABASE_URL", url)
+            .env("HUBSPOT_BASE_URL", base)
+            .env("HUBSPOT_ACCESS_TOKEN", "sim-token")
+            .env("HUBSYNC_CONFIG", config)
+            .env(
+                "RUST_LOG",
+                std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("worker starts"),
+    )
+}
+
+#[sqlx::test]
+async fn workers_killed_mid_batch_lose_nothing_and_count_nothing_twice(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    let dir = std::env::temp_dir().join(format!("hubsync-kill-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("hubsync.toml");
+    let text = CONFIG
+        .replace("[hubspot]", "[hubspot]\nrequest_timeout_secs = 3")
+        .replace(
+            "# [worker]",
+            "[worker]\nlease_secs = 10\ningest_chunk = 50\nbatch_size = 25\nconcurrency = 2\n# ",
+        );
+    std::fs::write(&config_path, &text).unwrap();
+    // Slow replies keep batches in flight when the kill lands; some writes are applied and
+    // their replies never read.
+    h.sim.set_latency(Duration::from_millis(120));
+    let url = database_url(&pool);
+    let base = h.sim.base_url();
+    let mut expected = storm(&pool, 80, 5).await;
+    for round in 0..4u64 {
+        let sent_before = h.upserts().len();
+        let child = spawn_worker(&url, &base, &config_path);
+        // Kill once batches are flowing, at a different point of a batch each round.
+        let start = Instant::now();
+        while h.upserts().len() == sent_before && start.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(40 + 55 * round)).await;
+        drop(child); // SIGKILL: no chance to finish anything
+        if round == 1 {
+            // More events while nothing runs.
+            for (email, (sum, _)) in storm(&pool, 80, 1).await {
+                expected.get_mut(&email).unwrap().0 += sum;
+            }
+        }
+    }
+    assert!(!h.upserts().is_empty(), "the killed workers were sending");
+    // Leases of the killed workers run out; a fresh worker finishes the job.
+    h.sim.set_latency(Duration::ZERO);
+    let mut child = spawn_worker(&url, &base, &config_path);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "worker exited: {:?}",
+        child.0.try_wait()
+    );
+    wait_settled(&pool, Duration::from_secs(60)).await;
+    drop(child);
+    for (email, (sum, _)) in &expected {
+        assert_eq!(
+            h.prop(email, "total_sessions"),
+            Some(sum.to_string()),
+            "{email}"
+        );
+    }
+    assert_eq!(h.count("dlq").await, 0);
+}
+
+#[cfg(unix)]
+#[sqlx::test]
+async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    let dir = std::env::temp_dir().join(format!("hubsync-term-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("hubsync.toml");
+    std::fs::write(&config_path, CONFIG).unwrap();
+    for c in 0..10 {
+        h.enqueue(&format!("t{c}@acme.com"), json!({"total_sessions": 1}))
+            .await;
+    }
+    // The one batch takes 1.5 s to answer; SIGTERM arrives while it is in flight.
+    h.sim.set_latency(Duration::from_millis(1500));
+    let mut worker = spawn_worker(&database_url(&pool), &h.sim.base_url(), &config_path);
+    let start = Instant::now();
+    while h.upserts().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no batch was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = worker.0.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = worker.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit 0 after SIGTERM");
+    // The batch in flight was finished and recorded: nothing is left dirty or leased.
+    let (dirty, leased): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE dirty), count(*) FILTER (WHERE lease_token IS NOT NULL) FROM hubsync.objects",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((dirty, leased), (0, 0));
+    assert_eq!(h.sim.records("contacts").len(), 10);
+}
