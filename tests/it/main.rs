@@ -7,3 +7,4 @@ mod harness;
 mod invariants;
 mod simulator;
 mod startup;
+mod types;
