@@ -414,3 +414,86 @@ async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     assert_eq!((dirty, leased), (0, 0));
     assert_eq!(h.sim.records("contacts").len(), 10);
 }
+
+#[sqlx::test]
+async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
+    pool_options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use hubsync::schema::ObjectKind;
+    let pool = pool_options
+        .clone()
+        .max_connections(6)
+        .connect_with(connect.clone())
+        .await
+        .unwrap();
+    let h = Arc::new(Harness::new(pool.clone()).await);
+    h.setup().await;
+    let other_pool = pool_options
+        .max_connections(6)
+        .connect_with(connect)
+        .await
+        .unwrap();
+    let other = crate::harness::worker_for(&other_pool, &h.sim, &h.config).await;
+    let t0 = Utc::now();
+    enqueue_at(
+        &pool,
+        "contact",
+        "race@acme.com",
+        json!({"current_plan": "free"}),
+        t0,
+    )
+    .await;
+    h.worker.ingest_once().await.unwrap();
+
+    // Worker A's request is held open by the simulator while the test looks at the rows.
+    h.sim.set_latency(Duration::from_millis(800));
+    let a = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.worker
+                .sync_once(ObjectKind::Contact, &CancellationToken::new())
+                .await
+                .unwrap()
+        })
+    };
+    while h.upserts().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A newer event arrives and is folded while A's older value is on the wire.
+    enqueue_at(
+        &pool,
+        "contact",
+        "race@acme.com",
+        json!({"current_plan": "enterprise"}),
+        t0 + chrono::Duration::seconds(1),
+    )
+    .await;
+    other.ingest_once().await.unwrap();
+    let b = other
+        .sync_once(ObjectKind::Contact, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.leased, 0,
+        "the object is leased by A: B cannot send a second value"
+    );
+    let a = a.await.unwrap();
+    assert_eq!(a.written, 1);
+    let dirty: bool =
+        sqlx::query_scalar("SELECT dirty FROM hubsync.objects WHERE object_key = 'race@acme.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(dirty, "A sent an older version, so the object stays dirty");
+    h.sim.set_latency(Duration::ZERO);
+    let b = other
+        .sync_once(ObjectKind::Contact, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(b.written, 1);
+    assert_eq!(
+        h.prop("race@acme.com", "current_plan").as_deref(),
+        Some("enterprise")
+    );
+}
