@@ -7,6 +7,8 @@ SELECT
   (SELECT count(*) FROM hubsync.objects WHERE dirty AND attempts > 0)      AS objects_backing_off,
   (SELECT count(*) FROM hubsync.dlq)                                       AS dlq_rows,
   (SELECT count(*) FROM hubsync.dlq WHERE next_retry_at IS NULL)           AS dlq_parked,
+  (SELECT count(*) FROM hubsync.limiter l, unnest(l.slots) AS sent
+     WHERE l.name = 'hubspot' AND sent > now() - interval '10 seconds')    AS requests_last_10s,
   (SELECT paused_until FROM hubsync.limiter WHERE name = 'hubspot')        AS paused_until,
   (SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot')        AS pause_reason,
   (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot')     AS daily_remaining;

@@ -72,6 +72,11 @@ impl Limiter {
         db::limiter::pause(&self.pool, LIMITER, wait, reason).await
     }
 
+    /// How long the pause in force still lasts (429 or halted credentials), if any.
+    pub async fn pause_remaining(&self) -> Result<Option<Duration>, sqlx::Error> {
+        db::limiter::pause_remaining(&self.pool, LIMITER).await
+    }
+
     /// Clears an expired pause after a success, so `status` stops reporting it.
     pub async fn clear(&self) -> Result<(), sqlx::Error> {
         db::limiter::clear_pause(&self.pool, LIMITER).await

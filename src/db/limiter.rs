@@ -113,3 +113,16 @@ pub async fn observe_daily(
     .await?;
     Ok(())
 }
+
+/// How long the current pause still lasts, if one is in force. Locks nothing.
+pub async fn pause_remaining(pool: &PgPool, name: &str) -> Result<Option<Duration>, sqlx::Error> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM paused_until - clock_timestamp())::float8
+         FROM hubsync.limiter WHERE name = $1 AND paused_until > clock_timestamp()",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    Ok(secs.filter(|s| *s > 0.0).map(Duration::from_secs_f64))
+}

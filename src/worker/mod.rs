@@ -269,6 +269,16 @@ impl Worker {
                         }
                     }
                     held_since = None;
+                    // During a pause (429, bad credentials) leasing would only hand batches
+                    // back; wait it out, waking now and then so a cleared pause is noticed.
+                    match w.limiter.pause_remaining().await {
+                        Ok(Some(wait)) => {
+                            nap(&cancel, wait.min(Duration::from_secs(2))).await;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!("cannot read the shared limiter: {e}"),
+                    }
                     let mut busy = false;
                     // Alternate which type goes first so neither starves the other.
                     let kinds = if n % 2 == 0 {
