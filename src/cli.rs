@@ -211,7 +211,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool =
                 db::connect(&env.database_url, 2 + config.worker.concurrency as u32 * 2).await?;
             require_schema(&pool).await?;
-            crate::reconcile::ensure(&client, &config).await?;
+            let limiter = crate::ratelimit::Limiter::new(
+                pool.clone(),
+                config.hubspot.requests_per_10s,
+                config.hubspot.rate_window,
+            )
+            .await?;
+            crate::reconcile::ensure(&client.clone().with_limiter(limiter), &config).await?;
             let worker = Arc::new(Worker::new(pool, config, client).await?);
             let cancel = CancellationToken::new();
             spawn_signal_handler(cancel.clone());

@@ -7,8 +7,11 @@ use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::Value;
 
+use tokio_util::sync::CancellationToken;
+
 use super::classify::{RateHeaders, Reply, Transport};
 use super::paths::Paths;
+use crate::ratelimit::Limiter;
 use crate::schema::ObjectKind;
 
 /// A HubSpot API client bound to one base URL and token.
@@ -19,6 +22,8 @@ pub struct HubSpotClient {
     token: String,
     /// Paths for the configured API edition.
     pub paths: Paths,
+    /// When set, setup calls take permits from the shared limiter like batches do.
+    limiter: Option<Limiter>,
 }
 
 impl HubSpotClient {
@@ -43,7 +48,14 @@ impl HubSpotClient {
             base_url: base_url.trim_end_matches('/').to_string(),
             token: token.to_string(),
             paths,
+            limiter: None,
         })
+    }
+
+    /// Makes setup calls (properties, groups) count against the shared rate limit.
+    pub fn with_limiter(mut self, limiter: Limiter) -> HubSpotClient {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// The base URL requests go to.
@@ -102,6 +114,13 @@ impl HubSpotClient {
         let mut attempt = 0u32;
         let reply = loop {
             attempt += 1;
+            if let Some(limiter) = &self.limiter {
+                limiter
+                    .acquire(&CancellationToken::new(), Duration::from_secs(120))
+                    .await
+                    .context("cannot take a permit from the shared rate limiter")?
+                    .map_err(|_| anyhow::anyhow!("{what}: sending is paused by the shared rate limiter (see `hubsync status`); try again later"))?;
+            }
             let reply = self.send(method.clone(), path, body).await;
             // Start-up calls wait out a rate limit or a passing failure (several workers may
             // start at once); anything else is reported as it is.

@@ -61,7 +61,14 @@ impl Harness {
 
     /// Creates the properties, as `hubsync run` does at start.
     pub async fn setup(&self) {
-        hubsync::reconcile::ensure(&self.client(), &self.config)
+        let limiter = hubsync::ratelimit::Limiter::new(
+            self.pool.clone(),
+            self.config.hubspot.requests_per_10s,
+            self.config.hubspot.rate_window,
+        )
+        .await
+        .unwrap();
+        hubsync::reconcile::ensure(&self.client().with_limiter(limiter), &self.config)
             .await
             .expect("start-up reconciliation succeeds");
     }
