@@ -119,25 +119,46 @@ pub async fn delete_rows(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx:
 
 /// Marks the objects of due DLQ object rows dirty again so the next sync resends their
 /// current state; the row stays (pushed an hour ahead) until a sync succeeds or fails again.
-/// Locks: the due DLQ rows (`SKIP LOCKED`) and their object rows, briefly.
+/// Locks: the due DLQ rows (`SKIP LOCKED`), then their object rows in key order, briefly.
 pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let due: Vec<(String, String)> = sqlx::query_as(
         "WITH due AS MATERIALIZED (
-             SELECT id, object_type, object_key FROM hubsync.dlq
+             SELECT id FROM hubsync.dlq
              WHERE kind = 'object' AND next_retry_at <= now()
              ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
-         ), pushed AS (
-             UPDATE hubsync.dlq d SET next_retry_at = now() + interval '1 hour'
-             FROM due WHERE d.id = due.id
          )
-         UPDATE hubsync.objects o SET dirty = true, next_attempt_at = NULL, attempts = 0
-         FROM due
-         WHERE o.object_type = due.object_type AND o.object_key = due.object_key",
+         UPDATE hubsync.dlq d SET next_retry_at = now() + interval '1 hour'
+         FROM due WHERE d.id = due.id
+         RETURNING d.object_type, d.object_key",
     )
     .bind(limit)
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(done.rows_affected())
+    let mut requeued = 0;
+    for object_type in ["contact", "company"] {
+        let mut keys: Vec<String> = due
+            .iter()
+            .filter(|(t, _)| t == object_type)
+            .map(|(_, k)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        keys.sort();
+        super::objects::lock_in_key_order(&mut tx, object_type, &keys).await?;
+        requeued += sqlx::query(
+            "UPDATE hubsync.objects SET dirty = true, next_attempt_at = NULL, attempts = 0
+             WHERE object_type = $1 AND object_key = ANY($2)",
+        )
+        .bind(object_type)
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(requeued)
 }
 
 /// An operator statement from `sql/`, with psql's `:name` / `:'name'` variables.

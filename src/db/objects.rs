@@ -3,8 +3,26 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
+
+/// Locks object rows in key order, the order ingest locks them in, so that recording a
+/// batch's outcome and folding events into the same objects can never deadlock.
+pub async fn lock_in_key_order(
+    tx: &mut PgConnection,
+    object_type: &str,
+    keys: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT 1 FROM hubsync.objects WHERE object_type = $1 AND object_key = ANY($2)
+         ORDER BY object_key FOR UPDATE",
+    )
+    .bind(object_type)
+    .bind(keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(())
+}
 
 /// A dirty object leased for one batch.
 #[derive(Debug, Clone)]
@@ -81,6 +99,7 @@ pub async fn record_written(
     hubspot_ids: &[Option<String>],
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    lock_in_key_order(&mut tx, object_type, keys).await?;
     let done: Vec<(String,)> = sqlx::query_as(
         "UPDATE hubsync.objects o
          SET dirty = (o.version <> u.version), synced_version = u.version,
@@ -119,6 +138,8 @@ pub async fn release(
     token: Uuid,
     keys: &[String],
 ) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_in_key_order(&mut tx, object_type, keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects SET leased_until = NULL, lease_token = NULL
          WHERE object_type = $1 AND object_key = ANY($2) AND lease_token = $3",
@@ -126,9 +147,9 @@ pub async fn release(
     .bind(object_type)
     .bind(keys)
     .bind(token)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Counts a transient failure against each object and schedules its next attempt after the
@@ -141,7 +162,9 @@ pub async fn record_transient(
     delays: &[f64],
     error: &str,
 ) -> Result<Vec<(String, i32)>, sqlx::Error> {
-    sqlx::query_as(
+    let mut tx = pool.begin().await?;
+    lock_in_key_order(&mut tx, object_type, keys).await?;
+    let rows = sqlx::query_as(
         "UPDATE hubsync.objects o
          SET attempts = o.attempts + 1,
              next_attempt_at = clock_timestamp() + make_interval(secs => u.delay),
@@ -155,8 +178,10 @@ pub async fn record_transient(
     .bind(delays)
     .bind(token)
     .bind(error)
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// One object failure bound for the DLQ.
@@ -193,6 +218,7 @@ pub async fn dead_letter(
     let versions: Vec<i64> = failures.iter().map(|f| f.version).collect();
     let messages: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
     let mut tx = pool.begin().await?;
+    lock_in_key_order(&mut tx, object_type, &keys).await?;
     let owned: Vec<(String,)> = sqlx::query_as(
         "UPDATE hubsync.objects o
          SET dirty = (o.version <> u.version), leased_until = NULL, lease_token = NULL,
@@ -268,6 +294,8 @@ pub async fn record_associated(
     contact_keys: &[String],
     company_keys: &[String],
 ) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lock_in_key_order(&mut tx, "contact", contact_keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects o SET associated_company_key = u.company
          FROM unnest($1::text[], $2::text[]) AS u(contact, company)
@@ -275,9 +303,9 @@ pub async fn record_associated(
     )
     .bind(contact_keys)
     .bind(company_keys)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Counts rows of a query result (used by status and tests).
