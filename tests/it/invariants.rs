@@ -212,7 +212,10 @@ async fn workers_together_stay_within_the_shared_rate_limit(
         handle.await.unwrap().unwrap();
     }
     let requests = h.sim.requests();
-    assert!(requests.len() >= 12 + 5, "start-up, then 60 objects in batches of 5");
+    assert!(
+        requests.len() >= 12 + 5,
+        "start-up, then 60 objects in batches of 5"
+    );
     let statuses: Vec<(u16, String)> = requests
         .iter()
         .map(|r| (r.status, r.path.clone()))
