@@ -49,12 +49,13 @@ fn refuse(category: &'static str, message: String, detail: Value) -> Refusal {
     }
 }
 
-/// Drops events whose id was already processed or appears earlier in the same chunk.
-pub fn dedupe(events: Vec<OutboxEvent>, known: &HashSet<Uuid>) -> Vec<OutboxEvent> {
+/// Keeps the first occurrence of each event whose id is in `fresh` (newly recorded in the
+/// ledger); drops repeats of processed events and duplicates within the chunk.
+pub fn dedupe(events: Vec<OutboxEvent>, fresh: &HashSet<Uuid>) -> Vec<OutboxEvent> {
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(events.len());
     events
         .into_iter()
-        .filter(|e| !known.contains(&e.event_id) && seen.insert(e.event_id))
+        .filter(|e| fresh.contains(&e.event_id) && seen.insert(e.event_id))
         .collect()
 }
 

@@ -61,28 +61,21 @@ pub async fn claim_outbox(
     Ok(events)
 }
 
-/// Which of `ids` were already processed. Locks nothing.
-pub async fn known_events(
+/// Records event ids as processed and returns those that were not already: the rest are
+/// repeats of delivered events, to be dropped. Locks: the new ledger rows until commit (a
+/// concurrent ingest of the same id waits here, then sees it as a repeat).
+pub async fn record_new_events(
     tx: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> =
-        sqlx::query_as("SELECT event_id FROM hubsync.ledger WHERE event_id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
-}
-
-/// Records processed event ids. Locks: the new ledger rows until commit.
-pub async fn record_events(tx: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO hubsync.ledger (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO hubsync.ledger (event_id) SELECT unnest($1::uuid[])
+         ON CONFLICT DO NOTHING RETURNING event_id",
     )
     .bind(ids)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Forgets ledger entries older than `retention`. Locks: the deleted rows, briefly.

@@ -148,15 +148,11 @@ pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result
     }
     let claimed = events.len();
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let known = db::ingest::known_events(&mut tx, &ids)
+    let fresh_ids = db::ingest::record_new_events(&mut tx, &ids)
         .await
-        .context("failed to read the delivered ledger")?;
-    let fresh = crate::event::dedupe(events, &known);
+        .context("failed to record events in the delivered ledger")?;
+    let fresh = crate::event::dedupe(events, &fresh_ids);
     let (folded, _) = fold(&mut tx, config, &fresh).await?;
-    let fresh_ids: Vec<Uuid> = fresh.iter().map(|e| e.event_id).collect();
-    db::ingest::record_events(&mut tx, &fresh_ids)
-        .await
-        .context("failed to record events in the ledger")?;
     tx.commit().await.context("failed to commit ingest")?;
     Ok((claimed, folded))
 }

@@ -299,7 +299,12 @@ fn fold_batches(batches: &[Vec<OutboxEvent>], config: &hubsync::config::Config) 
     let mut state = ObjectState::default();
     let mut ledger: HashSet<Uuid> = HashSet::new();
     for batch in batches {
-        let fresh = dedupe(batch.clone(), &ledger);
+        let new_ids: HashSet<Uuid> = batch
+            .iter()
+            .map(|e| e.event_id)
+            .filter(|id| !ledger.contains(id))
+            .collect();
+        let fresh = dedupe(batch.clone(), &new_ids);
         for e in &fresh {
             let p = prepare(e, config).expect("valid");
             for (name, c) in &p.contributions {
