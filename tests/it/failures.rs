@@ -485,3 +485,61 @@ async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
     assert_eq!(run(&["dlq", "discard", "--all"]).0, Some(0));
     assert_eq!(h.count("dlq").await, 0);
 }
+
+#[sqlx::test]
+async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: PgPool) {
+    use hubsync::db::objects::{ObjectFailure, dead_letter, lease};
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    h.enqueue("r@acme.com", json!({"total_sessions": 1})).await;
+    h.worker.ingest_once().await.unwrap();
+    let max_attempts = 4;
+    let mut delays = Vec::new();
+    for attempt in 1..=max_attempts {
+        // The object is due again (the DLQ row came due and re-queued it), then fails again.
+        sqlx::query("UPDATE hubsync.objects SET dirty = true")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let token = uuid::Uuid::new_v4();
+        let leased = lease(&pool, "contact", 100, Duration::from_secs(60), token)
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        let failure = ObjectFailure {
+            key: leased[0].key.clone(),
+            version: leased[0].version,
+            payload: "{}".into(),
+            category: "hubspot_error".into(),
+            message: format!("HubSpot refused the record: something odd ({attempt})"),
+            error: "{}".into(),
+            permanent: false,
+        };
+        dead_letter(&pool, "contact", token, &[failure], max_attempts)
+            .await
+            .unwrap();
+        let (attempts, delay): (i32, Option<f64>) = sqlx::query_as(
+            "SELECT attempts, extract(epoch FROM next_retry_at - now())::float8 FROM hubsync.dlq",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(attempts, attempt);
+        delays.push(delay);
+    }
+    assert!(delays[..3].iter().all(Option::is_some), "{delays:?}");
+    assert!(
+        delays[0] < delays[1] && delays[1] < delays[2],
+        "growing: {delays:?}"
+    );
+    assert_eq!(delays[3], None, "parked after max_attempts");
+
+    // An operator replays it; this time HubSpot takes it and the row goes away.
+    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    h.drain().await;
+    assert_eq!(h.prop("r@acme.com", "total_sessions").as_deref(), Some("1"));
+    assert_eq!(h.count("dlq").await, 0);
+}
