@@ -127,6 +127,10 @@ pub struct SimulatorArgs {
     /// Added latency per request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Faults for the next write requests, in order, comma-separated: STATUS (e.g. 500),
+    /// STATUS:RETRY_AFTER_SECS (e.g. 477:30), apply-STATUS, apply-drop, drop, silent, hang-MILLIS.
+    #[arg(long, value_delimiter = ',')]
+    pub script: Vec<Fault>,
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -390,6 +394,9 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     }
     if args.latency_ms > 0 {
         sim.set_latency(Duration::from_millis(args.latency_ms));
+    }
+    if !args.script.is_empty() {
+        sim.script(args.script.clone());
     }
     eprintln!(
         "HubSpot simulator listening on {} (token \"{}\", {} requests per {} ms); Ctrl-C stops it",

@@ -121,6 +121,51 @@ pub enum Fault {
     Hang(Duration),
 }
 
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    /// Parses the command line's fault names: `500`, `477:30` (status, Retry-After seconds),
+    /// `apply-500`, `apply-drop`, `drop`, `silent`, `hang-2000` (milliseconds).
+    fn from_str(text: &str) -> Result<Fault, String> {
+        let text = text.trim();
+        let bad = || {
+            format!(
+                "fault \"{text}\" is not one of STATUS, STATUS:RETRY_AFTER_SECS, apply-STATUS, apply-drop, drop, silent, hang-MILLIS"
+            )
+        };
+        match text {
+            "drop" => return Ok(Fault::Drop),
+            "silent" => return Ok(Fault::SilentOk),
+            "apply-drop" => return Ok(Fault::ApplyThenDrop),
+            _ => {}
+        }
+        if let Some(status) = text.strip_prefix("apply-") {
+            return status
+                .parse()
+                .map(Fault::ApplyThenStatus)
+                .map_err(|_| bad());
+        }
+        if let Some(ms) = text.strip_prefix("hang-") {
+            return ms
+                .parse()
+                .map(|ms| Fault::Hang(Duration::from_millis(ms)))
+                .map_err(|_| bad());
+        }
+        let (status, retry_after) = match text.split_once(':') {
+            Some((s, r)) => (s, Some(r.parse::<u64>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let status: u16 = status.parse().map_err(|_| bad())?;
+        if !(100..=599).contains(&status) {
+            return Err(bad());
+        }
+        Ok(Fault::Status {
+            status,
+            retry_after_secs: retry_after,
+        })
+    }
+}
+
 /// What every connection task shares: the fixed config and the mutable state.
 pub(crate) struct Shared {
     config: SimConfig,
@@ -350,5 +395,40 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watc
         // Dropping the connection future closes the socket with no response written.
         () = drop_connection.notified() => {}
         _ = stop.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod fault_names {
+    use super::Fault;
+    use std::time::Duration;
+
+    #[test]
+    fn command_line_fault_names_parse() {
+        let parsed: Vec<Fault> = "500,477:30,apply-502,apply-drop,drop,silent,hang-250"
+            .split(',')
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                Fault::Status {
+                    status: 500,
+                    retry_after_secs: None
+                },
+                Fault::Status {
+                    status: 477,
+                    retry_after_secs: Some(30)
+                },
+                Fault::ApplyThenStatus(502),
+                Fault::ApplyThenDrop,
+                Fault::Drop,
+                Fault::SilentOk,
+                Fault::Hang(Duration::from_millis(250)),
+            ]
+        );
+        for bad in ["", "boom", "99", "apply-x", "477:soon"] {
+            assert!(bad.parse::<Fault>().is_err(), "{bad}");
+        }
     }
 }

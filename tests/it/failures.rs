@@ -543,3 +543,50 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
     assert_eq!(h.prop("r@acme.com", "total_sessions").as_deref(), Some("1"));
     assert_eq!(h.count("dlq").await, 0);
 }
+
+#[sqlx::test]
+async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(pool: PgPool) {
+    let sim = SimConfig {
+        daily_limit: Some(14),
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
+    h.setup().await;
+    let setup_calls = h.sim.requests().len();
+    assert!(setup_calls < 14);
+    for i in 0..(14 - setup_calls) {
+        // One contact per request: drain each on its own.
+        h.enqueue(&format!("d{i}@acme.com"), json!({"total_sessions": 1}))
+            .await;
+        h.drain().await;
+    }
+    h.enqueue("over@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.drain().await;
+    let last = h.upserts().last().cloned().unwrap();
+    assert_eq!(last.status, 429);
+    let (until_midnight, reason): (f64, String) = sqlx::query_as(
+        "SELECT extract(epoch FROM paused_until - date_trunc('day', now() AT TIME ZONE 'UTC' + interval '1 day') AT TIME ZONE 'UTC')::float8,
+                pause_reason FROM hubsync.limiter",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(
+        until_midnight.abs() < 5.0,
+        "paused until the next UTC midnight ({until_midnight} s off)"
+    );
+    assert!(reason.contains("DAILY"), "{reason}");
+    // Nothing more is sent while paused, and the object has spent no attempt.
+    h.drain().await;
+    assert_eq!(h.upserts().last().unwrap().status, 429);
+    assert_eq!(h.upserts().len(), 14 - setup_calls + 1);
+    let attempts: i32 = sqlx::query_scalar(
+        "SELECT attempts FROM hubsync.objects WHERE object_key = 'over@acme.com'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 0);
+    assert_eq!(h.count("dlq").await, 0);
+}

@@ -258,3 +258,40 @@ async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPo
     );
     drop(pool);
 }
+
+#[sqlx::test]
+async fn migrating_twice_is_harmless(pool: PgPool) {
+    let url = database_url(&pool);
+    for _ in 0..2 {
+        let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'hubsync'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 5, "outbox, ledger, objects, dlq, limiter");
+}
+
+#[sqlx::test]
+async fn the_v3_api_edition_uses_the_older_paths(pool: PgPool) {
+    let text = CONFIG.replace("[hubspot]", "[hubspot]\napi_version = \"v3\"");
+    let h = crate::harness::Harness::with(pool, &text, SimConfig::default()).await;
+    h.setup().await;
+    h.enqueue("v3@acme.com", json!({"total_sessions": 1})).await;
+    h.drain().await;
+    assert_eq!(
+        h.prop("v3@acme.com", "total_sessions").as_deref(),
+        Some("1")
+    );
+    let paths: Vec<String> = h.sim.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.starts_with("/crm/v3/") || p.starts_with("/crm/v4/")),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"/crm/v3/objects/contacts/batch/upsert".to_string()));
+}
