@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{CONFIG, Harness, database_url};
+use crate::harness::{CONFIG, Harness, database_url, next_attempt_in};
 
 /// HubSpot's `current_plan` without the `enterprise` option: writes of it fail per record.
 fn drop_enterprise_option(h: &Harness) {
@@ -168,12 +168,7 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
         retry_after_secs: Some(30),
     }]);
     h.drain().await;
-    let wait: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM hubsync.objects",
-    )
-    .fetch_one(&h.pool)
-    .await
-    .unwrap();
+    let wait = next_attempt_in(&h.pool).await;
     assert!(
         wait > 25.0,
         "477 Retry-After: 30 is honoured (waits {wait:.1} s)"
@@ -189,12 +184,7 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
         retry_after_secs: None,
     }]);
     h.drain().await;
-    let wait: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM hubsync.objects",
-    )
-    .fetch_one(&h.pool)
-    .await
-    .unwrap();
+    let wait = next_attempt_in(&h.pool).await;
     assert!(wait > 1.5, "423 waits at least 2 s (waits {wait:.1} s)");
 }
 

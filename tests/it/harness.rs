@@ -193,3 +193,27 @@ pub fn database_url(pool: &PgPool) -> String {
     };
     format!("{}/{db}{query}", &head[..cut])
 }
+
+/// Another pool on the test's database (each worker gets its own, as on separate machines).
+pub async fn connect_pool(
+    options: &sqlx::postgres::PgPoolOptions,
+    connect: &sqlx::postgres::PgConnectOptions,
+    max: u32,
+) -> PgPool {
+    options
+        .clone()
+        .max_connections(max)
+        .connect_with(connect.clone())
+        .await
+        .expect("test database reachable")
+}
+
+/// Seconds until the (single) object's next attempt.
+pub async fn next_attempt_in(pool: &PgPool) -> f64 {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM hubsync.objects",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{CONFIG, Harness, database_url, enqueue_at};
+use crate::harness::{CONFIG, Harness, connect_pool, database_url, enqueue_at};
 
 /// Events for `contacts` contacts: each gets `per` increments of a known delta and `per` plan
 /// changes at scrambled times; returns the expected (sum, latest plan) per email.
@@ -113,12 +113,7 @@ async fn three_workers_keep_counters_exact_and_values_order_proof(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let pool = pool_options
-        .clone()
-        .max_connections(8)
-        .connect_with(connect.clone())
-        .await
-        .unwrap();
+    let pool = connect_pool(&pool_options, &connect, 8).await;
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
     // Small chunks and batches so the workers interleave on the same objects.
@@ -129,12 +124,7 @@ async fn three_workers_keep_counters_exact_and_values_order_proof(
     let cancel = CancellationToken::new();
     let mut handles = Vec::new();
     for _ in 0..3 {
-        let p = pool_options
-            .clone()
-            .max_connections(6)
-            .connect_with(connect.clone())
-            .await
-            .unwrap();
+        let p = connect_pool(&pool_options, &connect, 6).await;
         let w = Arc::new(crate::harness::worker_for(&p, &h.sim, &config).await);
         handles.push(tokio::spawn(w.run(cancel.clone())));
     }
@@ -175,12 +165,7 @@ async fn workers_together_stay_within_the_shared_rate_limit(
             "# [worker]",
             "[worker]\nbatch_size = 5\nconcurrency = 3\n# ",
         );
-    let pool = pool_options
-        .clone()
-        .max_connections(8)
-        .connect_with(connect.clone())
-        .await
-        .unwrap();
+    let pool = connect_pool(&pool_options, &connect, 8).await;
     let h = Harness::with(pool.clone(), &text, sim).await;
     h.setup().await;
     for c in 0..60 {
@@ -197,12 +182,7 @@ async fn workers_together_stay_within_the_shared_rate_limit(
     let cancel = CancellationToken::new();
     let mut handles = Vec::new();
     for _ in 0..3 {
-        let p = pool_options
-            .clone()
-            .max_connections(6)
-            .connect_with(connect.clone())
-            .await
-            .unwrap();
+        let p = connect_pool(&pool_options, &connect, 6).await;
         let w = Arc::new(crate::harness::worker_for(&p, &h.sim, &h.config).await);
         handles.push(tokio::spawn(w.run(cancel.clone())));
     }
@@ -422,19 +402,10 @@ async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
     connect: PgConnectOptions,
 ) {
     use hubsync::schema::ObjectKind;
-    let pool = pool_options
-        .clone()
-        .max_connections(6)
-        .connect_with(connect.clone())
-        .await
-        .unwrap();
+    let pool = connect_pool(&pool_options, &connect, 6).await;
     let h = Arc::new(Harness::new(pool.clone()).await);
     h.setup().await;
-    let other_pool = pool_options
-        .max_connections(6)
-        .connect_with(connect)
-        .await
-        .unwrap();
+    let other_pool = connect_pool(&pool_options, &connect, 6).await;
     let other = crate::harness::worker_for(&other_pool, &h.sim, &h.config).await;
     let t0 = Utc::now();
     enqueue_at(
