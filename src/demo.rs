@@ -89,13 +89,11 @@ async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
             db::redact(url)
         )
     })?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .context("cannot drop the previous demo database")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DEMO_DB}")))
+    sqlx::query(&(format!("DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await
+        .context("cannot drop the previous demo database")?;
+    sqlx::query(&(format!("CREATE DATABASE {DEMO_DB}")))
         .execute(&mut conn)
         .await
         .context("cannot create the demo database; the DATABASE_URL user needs CREATEDB")?;

@@ -12,9 +12,9 @@ use crate::hubspot::RateHeaders;
 /// The limiter row's name.
 pub const LIMITER: &str = "hubspot";
 
-/// Margin added to the window so that requests taken at the edge of our window do not land
-/// inside HubSpot's, whose clock starts when each request arrives.
-const EDGE_MARGIN: Duration = Duration::from_millis(250);
+/// Share of the window added as a margin, so that requests taken at the edge of our window do
+/// not land inside HubSpot's, whose clock starts when each request arrives (250 ms of 10 s).
+const EDGE_MARGIN_DIVISOR: u32 = 40;
 
 /// A handle on the shared limiter.
 #[derive(Clone)]
@@ -40,7 +40,7 @@ impl Limiter {
         Ok(Limiter {
             pool,
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
-            window: window + EDGE_MARGIN,
+            window: window + window / EDGE_MARGIN_DIVISOR,
         })
     }
 

@@ -281,7 +281,7 @@ pub async fn run_operator(
          ORDER BY n.rn, e.ord"
     );
     // The statement is one of our own sql/ files; values travel as bind parameters.
-    let mut q = sqlx::query_as::<_, (i64, String, Option<String>)>(sqlx::AssertSqlSafe(final_sql));
+    let mut q = sqlx::query_as::<_, (i64, String, Option<String>)>(&(final_sql));
     for p in params {
         q = match p {
             Var::Int(i) => q.bind(i),
