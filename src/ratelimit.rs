@@ -13,8 +13,10 @@ use crate::hubspot::RateHeaders;
 pub const LIMITER: &str = "hubspot";
 
 /// Share of the window added as a margin, so that requests taken at the edge of our window do
-/// not land inside HubSpot's, whose clock starts when each request arrives (250 ms of 10 s).
+/// not land inside HubSpot's, whose clock starts when each request arrives (250 ms of 10 s)...
 const EDGE_MARGIN_DIVISOR: u32 = 40;
+/// ...and never less than this: the spread of send-to-arrival delays between two requests.
+const EDGE_MARGIN_FLOOR: Duration = Duration::from_millis(50);
 
 /// A handle on the shared limiter.
 #[derive(Clone)]
@@ -40,7 +42,7 @@ impl Limiter {
         Ok(Limiter {
             pool,
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
-            window: window + window / EDGE_MARGIN_DIVISOR,
+            window: window + (window / EDGE_MARGIN_DIVISOR).max(EDGE_MARGIN_FLOOR),
         })
     }
 

@@ -154,6 +154,10 @@ pub async fn sync_once(
             }
             continue;
         }
+        // Everything is ready before the permit is taken, so the request leaves right after it
+        // and arrives at HubSpot as close as possible to the time the limiter recorded.
+        let group_sent: Vec<SentInput> = group.iter().map(|&i| sent[i].clone()).collect();
+        let request = body(&key_property, &inputs, &group);
         match w.limiter.acquire(cancel, budget).await? {
             Ok(()) => {}
             Err(why) => {
@@ -169,11 +173,7 @@ pub async fn sync_once(
                 break;
             }
         }
-        let group_sent: Vec<SentInput> = group.iter().map(|&i| sent[i].clone()).collect();
-        let reply = w
-            .client
-            .batch_upsert(kind, &body(&key_property, &inputs, &group))
-            .await;
+        let reply = w.client.batch_upsert(kind, &request).await;
         report.requests += 1;
         if let Ok(r) = &reply {
             w.limiter.observe(&r.rate).await?;
