@@ -219,6 +219,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 pool.clone(),
                 config.hubspot.requests_per_10s,
                 config.hubspot.rate_window,
+                config.hubspot.rate_margin,
             )
             .await?;
             crate::reconcile::ensure(&client.clone().with_limiter(limiter), &config).await?;

@@ -76,6 +76,9 @@ pub struct HubSpotSettings {
     pub requests_per_10s: u32,
     /// The rolling window HubSpot counts in (10 s; shorter only against the simulator).
     pub rate_window: Duration,
+    /// Added to the window by the limiter: the spread between taking a permit and HubSpot
+    /// seeing the request arrive (default 2.5 % of the window, at least 50 ms).
+    pub rate_margin: Duration,
     /// The property group hubsync creates its properties in.
     pub property_group: String,
     /// The label of that group.
@@ -195,6 +198,7 @@ struct RawConfig {
 struct RawHubSpot {
     requests_per_10s: Option<Spanned<u32>>,
     rate_window_ms: Option<Spanned<u64>>,
+    rate_margin_ms: Option<Spanned<u64>>,
     property_group: Option<Spanned<String>>,
     property_group_label: Option<String>,
     api_version: Option<Spanned<String>>,
@@ -443,6 +447,17 @@ fn hubspot_settings(src: &Source, raw: RawHubSpot) -> Result<HubSpotSettings, Co
     Ok(HubSpotSettings {
         requests_per_10s,
         rate_window: Duration::from_millis(window_ms),
+        rate_margin: match &raw.rate_margin_ms {
+            Some(_) => Duration::from_millis(bounded(
+                src,
+                "hubspot.rate_margin_ms",
+                &raw.rate_margin_ms,
+                0,
+                0,
+                60_000,
+            )?),
+            None => (Duration::from_millis(window_ms) / 40).max(Duration::from_millis(50)),
+        },
         property_group_label: raw
             .property_group_label
             .unwrap_or_else(|| "Product signals".into()),

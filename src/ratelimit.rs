@@ -12,12 +12,6 @@ use crate::hubspot::RateHeaders;
 /// The limiter row's name.
 pub const LIMITER: &str = "hubspot";
 
-/// Share of the window added as a margin, so that requests taken at the edge of our window do
-/// not land inside HubSpot's, whose clock starts when each request arrives (250 ms of 10 s)...
-const EDGE_MARGIN_DIVISOR: u32 = 40;
-/// ...and never less than this: the spread of send-to-arrival delays between two requests.
-const EDGE_MARGIN_FLOOR: Duration = Duration::from_millis(50);
-
 /// A handle on the shared limiter.
 #[derive(Clone)]
 pub struct Limiter {
@@ -36,13 +30,20 @@ pub enum NoPermit {
 }
 
 impl Limiter {
-    /// A limiter of `limit` requests per `window`, shared through `pool`.
-    pub async fn new(pool: PgPool, limit: u32, window: Duration) -> Result<Limiter, sqlx::Error> {
+    /// A limiter of `limit` requests per `window`, shared through `pool`. `margin` is added to
+    /// the window so that requests taken at the edge of ours do not land inside HubSpot's, whose
+    /// clock starts when each request arrives.
+    pub async fn new(
+        pool: PgPool,
+        limit: u32,
+        window: Duration,
+        margin: Duration,
+    ) -> Result<Limiter, sqlx::Error> {
         db::limiter::ensure(&pool, LIMITER).await?;
         Ok(Limiter {
             pool,
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
-            window: window + (window / EDGE_MARGIN_DIVISOR).max(EDGE_MARGIN_FLOOR),
+            window: window + margin,
         })
     }
 

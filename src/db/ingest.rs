@@ -39,43 +39,41 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<OutboxEvent, sqlx::Erro
     })
 }
 
-/// Claims and deletes up to `limit` outbox rows, oldest first. Locks: the claimed rows
-/// (`SKIP LOCKED`, so concurrent ingesters take disjoint chunks); a rollback restores them.
+/// Claims and deletes up to `limit` outbox rows, oldest first, and records their event ids in
+/// the ledger in the same statement. Returns each claimed event with `true` when its id was new,
+/// `false` when it repeats an event already processed (to be dropped). Locks: the claimed rows
+/// (`SKIP LOCKED`, so concurrent ingesters take disjoint chunks) and the new ledger rows; a
+/// rollback restores both. A concurrent ingest of the same id waits on the ledger row, then
+/// sees it as a repeat.
 pub async fn claim_outbox(
     tx: &mut PgConnection,
     limit: i64,
-) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+) -> Result<Vec<(OutboxEvent, bool)>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH picked AS MATERIALIZED (
              SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+             DELETE FROM hubsync.outbox o USING picked WHERE o.id = picked.id
+             RETURNING o.id, o.event_id, o.object_type, o.object_key, o.properties,
+                       o.occurred_at, o.company_key
+         ), fresh AS (
+             INSERT INTO hubsync.ledger (event_id) SELECT event_id FROM claimed
+             ON CONFLICT DO NOTHING RETURNING event_id
          )
-         DELETE FROM hubsync.outbox o USING picked WHERE o.id = picked.id
-         RETURNING o.id AS seq, o.event_id, o.object_type, o.object_key,
-                   o.properties::text AS properties, o.occurred_at, o.company_key",
+         SELECT c.id AS seq, c.event_id, c.object_type, c.object_key,
+                c.properties::text AS properties, c.occurred_at, c.company_key,
+                (f.event_id IS NOT NULL) AS fresh
+         FROM claimed c LEFT JOIN fresh f ON f.event_id = c.event_id",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    let mut events: Vec<OutboxEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-    events.sort_by_key(|e| e.seq);
+    let mut events: Vec<(OutboxEvent, bool)> = rows
+        .iter()
+        .map(|r| Ok((event_from_row(r)?, r.try_get("fresh")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    events.sort_by_key(|(e, _)| e.seq);
     Ok(events)
-}
-
-/// Records event ids as processed and returns those that were not already: the rest are
-/// repeats of delivered events, to be dropped. Locks: the new ledger rows until commit (a
-/// concurrent ingest of the same id waits here, then sees it as a repeat).
-pub async fn record_new_events(
-    tx: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "INSERT INTO hubsync.ledger (event_id) SELECT unnest($1::uuid[])
-         ON CONFLICT DO NOTHING RETURNING event_id",
-    )
-    .bind(ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Forgets ledger entries older than `retention`. Locks: the deleted rows, briefly.
@@ -100,22 +98,56 @@ pub struct LockedObject {
     pub version: i64,
 }
 
-/// Creates missing object rows and locks all of `keys` (which must be sorted). Locks: the
-/// object rows, taken in key order so two ingesting workers never deadlock.
+/// Locks all of `keys` (which must be sorted), creating the missing rows. Locks: existing rows
+/// first, in key order (the order every other statement locks them in, so ingesting workers and
+/// sync never deadlock), then the rows this call inserts, which nobody else can see yet.
 pub async fn lock_objects(
     tx: &mut PgConnection,
     object_type: &str,
     keys: &[String],
 ) -> Result<Vec<LockedObject>, sqlx::Error> {
-    sqlx::query(
+    let mut locked = select_for_update(tx, object_type, keys).await?;
+    if locked.len() == keys.len() {
+        return Ok(locked);
+    }
+    let found: HashSet<&str> = locked.iter().map(|l| l.key.as_str()).collect();
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !found.contains(k.as_str()))
+        .cloned()
+        .collect();
+    let inserted: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO hubsync.objects (object_type, object_key)
          SELECT $1, k FROM unnest($2::text[]) AS k ORDER BY k
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING RETURNING object_key",
     )
     .bind(object_type)
-    .bind(keys)
-    .execute(&mut *tx)
+    .bind(&missing)
+    .fetch_all(&mut *tx)
     .await?;
+    let inserted: HashSet<String> = inserted.into_iter().map(|(k,)| k).collect();
+    // Rows another ingest created meanwhile (it has committed, or we would still be waiting).
+    let raced: Vec<String> = missing
+        .iter()
+        .filter(|k| !inserted.contains(*k))
+        .cloned()
+        .collect();
+    if !raced.is_empty() {
+        locked.extend(select_for_update(tx, object_type, &raced).await?);
+    }
+    locked.extend(inserted.into_iter().map(|key| LockedObject {
+        key,
+        state: "{}".into(),
+        version: 0,
+    }));
+    Ok(locked)
+}
+
+async fn select_for_update(
+    tx: &mut PgConnection,
+    object_type: &str,
+    keys: &[String],
+) -> Result<Vec<LockedObject>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT object_key, state::text AS state, version FROM hubsync.objects
          WHERE object_type = $1 AND object_key = ANY($2)

@@ -147,10 +147,12 @@ pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result
         return Ok((0, Folded::default()));
     }
     let claimed = events.len();
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let fresh_ids = db::ingest::record_new_events(&mut tx, &ids)
-        .await
-        .context("failed to record events in the delivered ledger")?;
+    let fresh_ids: HashSet<Uuid> = events
+        .iter()
+        .filter(|(_, fresh)| *fresh)
+        .map(|(e, _)| e.event_id)
+        .collect();
+    let events: Vec<OutboxEvent> = events.into_iter().map(|(e, _)| e).collect();
     let fresh = crate::event::dedupe(events, &fresh_ids);
     let (folded, _) = fold(&mut tx, config, &fresh).await?;
     tx.commit().await.context("failed to commit ingest")?;

@@ -75,6 +75,7 @@ impl Worker {
             pool.clone(),
             config.hubspot.requests_per_10s,
             config.hubspot.rate_window,
+            config.hubspot.rate_margin,
         )
         .await
         .context("failed to set up the shared rate limiter")?;

