@@ -648,18 +648,8 @@ async fn p1_run(
 const P2_EVENTS: usize = 10_000;
 const P2_CONTACTS: usize = 1_000;
 
-/// A tiny deterministic generator, so every run enqueues the same events in the same order.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((self.0 >> 33) % n.max(1) as u64) as usize
-    }
-}
+/// The demo's deterministic generator: every run enqueues the same events in the same order.
+use hubsync::demo::Lcg;
 
 async fn p2(base_url: &str) -> anyhow::Result<()> {
     println!(

@@ -24,11 +24,12 @@ use crate::worker::Worker;
 const DEMO_DB: &str = "hubsync_demo";
 const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
 
-/// A tiny deterministic generator, so every demo run prints the same story.
-struct Lcg(u64);
+/// A tiny deterministic generator, so every demo (and benchmark) run uses the same events.
+pub struct Lcg(pub u64);
 
 impl Lcg {
-    fn next(&mut self, n: usize) -> usize {
+    /// The next number in `0..n`.
+    pub fn next(&mut self, n: usize) -> usize {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)

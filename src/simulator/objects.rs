@@ -47,27 +47,10 @@ pub(crate) fn batch_upsert(
     shuffle: bool,
 ) -> Reply {
     let started_at = timestamp();
-    let body = match body {
-        Ok(body) => body,
-        Err(err) => {
-            return Reply::validation(&format!("Invalid input JSON: {err}"), json!({}));
-        }
+    let raw_inputs = match batch_inputs(body) {
+        Ok(inputs) => inputs,
+        Err(reply) => return reply,
     };
-    let Some(raw_inputs) = body.get("inputs").and_then(Value::as_array) else {
-        return Reply::validation(
-            "Invalid input JSON: the body must be an object with an \"inputs\" array",
-            json!({}),
-        );
-    };
-    if raw_inputs.len() > MAX_BATCH_INPUTS {
-        return Reply::validation(
-            &format!(
-                "Batch input size {} exceeds the limit of {MAX_BATCH_INPUTS}",
-                raw_inputs.len()
-            ),
-            json!({"inputs": [raw_inputs.len().to_string()]}),
-        );
-    }
     let inputs = match parse_inputs(state.store(object), raw_inputs) {
         Ok(inputs) => inputs,
         Err(reply) => return reply,
@@ -465,27 +448,34 @@ pub(crate) fn read_one(
 }
 
 /// `POST .../associations/contacts/companies/batch/associate/default`.
-pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply {
-    let started_at = timestamp();
-    let body = match body {
-        Ok(body) => body,
-        Err(err) => return Reply::validation(&format!("Invalid input JSON: {err}"), json!({})),
-    };
+/// The `inputs` array of a batch body, or the whole-request 400 HubSpot answers instead.
+fn batch_inputs<'a>(body: Result<&'a Value, &str>) -> Result<&'a Vec<Value>, Reply> {
+    let body =
+        body.map_err(|err| Reply::validation(&format!("Invalid input JSON: {err}"), json!({})))?;
     let Some(inputs) = body.get("inputs").and_then(Value::as_array) else {
-        return Reply::validation(
+        return Err(Reply::validation(
             "Invalid input JSON: the body must be an object with an \"inputs\" array",
             json!({}),
-        );
+        ));
     };
     if inputs.len() > MAX_BATCH_INPUTS {
-        return Reply::validation(
+        return Err(Reply::validation(
             &format!(
                 "Batch input size {} exceeds the limit of {MAX_BATCH_INPUTS}",
                 inputs.len()
             ),
             json!({"inputs": [inputs.len().to_string()]}),
-        );
+        ));
     }
+    Ok(inputs)
+}
+
+pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply {
+    let started_at = timestamp();
+    let inputs = match batch_inputs(body) {
+        Ok(inputs) => inputs,
+        Err(reply) => return reply,
+    };
     let mut pairs = Vec::with_capacity(inputs.len());
     for (position, input) in inputs.iter().enumerate() {
         let id = |side: &str| {
