@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
 COPY sql sql
+COPY benches benches
 COPY hubsync.example.toml ./
 RUN cargo build --release --locked --bin hubsync
 

@@ -307,11 +307,3 @@ pub async fn record_associated(
     .await?;
     tx.commit().await
 }
-
-/// Counts rows of a query result (used by status and tests).
-pub async fn dirty_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query("SELECT count(*) AS n FROM hubsync.objects WHERE dirty")
-        .fetch_one(pool)
-        .await?;
-    row.try_get("n")
-}
