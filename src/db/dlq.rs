@@ -148,7 +148,9 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
         keys.sort();
         super::objects::lock_in_key_order(&mut tx, object_type, &keys).await?;
         requeued += sqlx::query(
-            "UPDATE hubsync.objects SET dirty = true, next_attempt_at = NULL, attempts = 0
+            "UPDATE hubsync.objects
+             SET dirty = true, next_attempt_at = NULL, attempts = 0,
+                 dirty_since = CASE WHEN dirty THEN dirty_since ELSE now() END
              WHERE object_type = $1 AND object_key = ANY($2)",
         )
         .bind(object_type)

@@ -180,7 +180,8 @@ pub async fn store_objects(
     sqlx::query(
         "UPDATE hubsync.objects o
          SET state = u.state::jsonb, company_key = u.company_key, version = o.version + 1,
-             dirty = true, updated_at = now()
+             dirty = true, dirty_since = CASE WHEN o.dirty THEN o.dirty_since ELSE now() END,
+             updated_at = now()
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, company_key)
          WHERE o.object_type = $1 AND o.object_key = u.key",
     )

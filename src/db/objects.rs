@@ -57,7 +57,7 @@ pub async fn lease(
              WHERE object_type = $1 AND dirty
                AND (next_attempt_at IS NULL OR next_attempt_at <= now())
                AND (leased_until IS NULL OR leased_until < now())
-             ORDER BY next_attempt_at NULLS FIRST, updated_at
+             ORDER BY next_attempt_at NULLS FIRST, dirty_since
              LIMIT $2 FOR UPDATE SKIP LOCKED
          )
          UPDATE hubsync.objects o
