@@ -92,17 +92,7 @@ pub(crate) fn batch_upsert(
     if shuffle {
         results.shuffle(&mut state.rng);
     }
-    let mut body = json!({"status": "COMPLETE", "results": results});
-    let status = if errors.is_empty() {
-        200
-    } else {
-        body["numErrors"] = Value::from(errors.len());
-        body["errors"] = Value::Array(errors);
-        207
-    };
-    body["startedAt"] = Value::from(started_at);
-    body["completedAt"] = Value::from(timestamp());
-    Reply::json(status, body)
+    batch_reply(results, errors, started_at)
 }
 
 /// Whole-request checks of every input: shape, string values, usable idProperty, no duplicates.
@@ -448,6 +438,21 @@ pub(crate) fn read_one(
 }
 
 /// `POST .../associations/contacts/companies/batch/associate/default`.
+/// A batch reply: 200 when every input went through, 207 listing the failed ones otherwise.
+fn batch_reply(results: Vec<Value>, errors: Vec<Value>, started_at: String) -> Reply {
+    let mut body = json!({"status": "COMPLETE", "results": results});
+    let status = if errors.is_empty() {
+        200
+    } else {
+        body["numErrors"] = Value::from(errors.len());
+        body["errors"] = Value::Array(errors);
+        207
+    };
+    body["startedAt"] = Value::from(started_at);
+    body["completedAt"] = Value::from(timestamp());
+    Reply::json(status, body)
+}
+
 /// The `inputs` array of a batch body, or the whole-request 400 HubSpot answers instead.
 fn batch_inputs<'a>(body: Result<&'a Value, &str>) -> Result<&'a Vec<Value>, Reply> {
     let body =
@@ -518,17 +523,7 @@ pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply 
             (_, None) => errors.push(not_found_error("company", "toObjectId", &to)),
         }
     }
-    let mut body = json!({"status": "COMPLETE", "results": results});
-    let status = if errors.is_empty() {
-        200
-    } else {
-        body["numErrors"] = Value::from(errors.len());
-        body["errors"] = Value::Array(errors);
-        207
-    };
-    body["startedAt"] = Value::from(started_at);
-    body["completedAt"] = Value::from(timestamp());
-    Reply::json(status, body)
+    batch_reply(results, errors, started_at)
 }
 
 fn not_found_error(kind: &str, field: &str, id: &str) -> Value {

@@ -58,6 +58,15 @@ pub struct Step {
 }
 
 impl Step {
+    /// Adds another step's counts to this one.
+    pub fn add(&mut self, other: &Step) {
+        self.ingested += other.ingested;
+        self.refused += other.refused;
+        self.sync.add(&other.sync);
+        self.associated += other.associated;
+        self.replayed += other.replayed;
+    }
+
     /// Nothing was done and nothing is waiting that a step could do now.
     pub fn is_idle(&self) -> bool {
         self.ingested == 0 && self.sync.leased == 0 && self.associated == 0 && self.replayed == 0
@@ -145,13 +154,7 @@ impl Worker {
         }
         for kind in [ObjectKind::Company, ObjectKind::Contact] {
             let r = self.sync_once(kind, cancel).await?;
-            step.sync.leased += r.leased;
-            step.sync.written += r.written;
-            step.sync.dead_lettered += r.dead_lettered;
-            step.sync.retrying += r.retrying;
-            step.sync.released += r.released;
-            step.sync.requests += r.requests;
-            step.sync.halted |= r.halted;
+            step.sync.add(&r);
         }
         step.associated = self.associate_once(cancel).await?;
         Ok(step)
@@ -163,15 +166,7 @@ impl Worker {
         let mut total = Step::default();
         loop {
             let step = self.run_once(cancel).await?;
-            total.ingested += step.ingested;
-            total.refused += step.refused;
-            total.sync.leased += step.sync.leased;
-            total.sync.written += step.sync.written;
-            total.sync.dead_lettered += step.sync.dead_lettered;
-            total.sync.retrying += step.sync.retrying;
-            total.sync.requests += step.sync.requests;
-            total.associated += step.associated;
-            total.replayed += step.replayed;
+            total.add(&step);
             if step.sync.halted {
                 anyhow::bail!(
                     "syncing halted: HubSpot refused the credentials (see the log above); nothing was consumed"

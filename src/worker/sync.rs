@@ -44,6 +44,19 @@ pub struct SyncReport {
     pub halted: bool,
 }
 
+impl SyncReport {
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, other: &SyncReport) {
+        self.leased += other.leased;
+        self.written += other.written;
+        self.dead_lettered += other.dead_lettered;
+        self.retrying += other.retrying;
+        self.released += other.released;
+        self.requests += other.requests;
+        self.halted |= other.halted;
+    }
+}
+
 struct Input {
     leased: Leased,
     trace_id: String,
