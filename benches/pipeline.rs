@@ -555,7 +555,7 @@ async fn p1_run(
     setup_portal(&sim, &config).await?;
     load_outbox(&db.pool, contacts, contacts).await?;
     let folder = worker(db.pool.clone(), &sim, &config).await?;
-    while folder.ingest_once().await?.0 > 0 {}
+    while folder.ingest_once().await?.claimed > 0 {}
     let dirty = db
         .count("SELECT count(*) FROM hubsync.objects WHERE dirty")
         .await?;
@@ -844,12 +844,12 @@ async fn p3(args: &Args, base_url: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut ingested, mut refused) = (0usize, 0usize);
     loop {
-        let (n, r) = w.ingest_once().await?;
-        if n == 0 {
+        let done = w.ingest_once().await?;
+        if done.claimed == 0 {
             break;
         }
-        ingested += n;
-        refused += r;
+        ingested += done.claimed;
+        refused += done.refused;
     }
     let ingest = started.elapsed();
     let dirty = db

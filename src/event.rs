@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::db::ingest::OutboxEvent;
-use crate::schema::{Contribution, ObjectKind, normalize_email, parse_properties, serialize_value};
+use crate::schema::{
+    Contribution, ObjectKind, normalize_email, parse_properties, serialize_value, shown,
+};
 
 /// An accepted event: what it contributes to which object.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +43,26 @@ pub struct Refusal {
     pub detail: Value,
 }
 
+/// Longest company key: HubSpot's unique property values are short text, and the key is
+/// indexed in `hubsync.objects`.
+pub const MAX_COMPANY_KEY_CHARS: usize = 255;
+
+/// A company key, trimmed and within bounds; the reason otherwise.
+fn company_key(raw: &str) -> Result<String, String> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err("is empty; companies are keyed by their unique id".into());
+    }
+    let chars = key.chars().count();
+    if chars > MAX_COMPANY_KEY_CHARS {
+        return Err(format!(
+            "\"{}\" is {chars} characters long; a company key has at most {MAX_COMPANY_KEY_CHARS}",
+            shown(key)
+        ));
+    }
+    Ok(key.to_string())
+}
+
 fn refuse(category: &'static str, message: String, detail: Value) -> Refusal {
     Refusal {
         category,
@@ -66,10 +88,23 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
             "invalid_event",
             format!(
                 "object_type \"{}\" is not known; use 'contact' or 'company'",
-                event.object_type
+                shown(&event.object_type)
             ),
-            json!({"field": "object_type", "value": event.object_type}),
+            json!({"field": "object_type", "value": shown(&event.object_type)}),
         ));
+    };
+    let occurred_at = match &event.occurred_at {
+        Ok(t) => *t,
+        Err(text) => {
+            return Err(refuse(
+                "invalid_event",
+                format!(
+                    "occurred_at {} is not a time between 1970-01-01 and 9999-12-31; enqueue the event with the time it happened (or leave occurred_at out for now())",
+                    shown(text)
+                ),
+                json!({"field": "occurred_at", "value": shown(text)}),
+            ));
+        }
     };
     let (objects, key) = match kind {
         ObjectKind::Contact => {
@@ -77,7 +112,7 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
                 refuse(
                     "invalid_key",
                     format!("object_key: {reason}; contacts are keyed by email"),
-                    json!({"field": "object_key", "value": event.object_key, "reason": reason}),
+                    json!({"field": "object_key", "value": shown(&event.object_key), "reason": reason}),
                 )
             })?;
             (&config.contacts, key)
@@ -90,14 +125,13 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
                     json!({"field": "object_type", "value": "company"}),
                 ));
             };
-            let key = event.object_key.trim().to_string();
-            if key.is_empty() {
-                return Err(refuse(
+            let key = company_key(&event.object_key).map_err(|reason| {
+                refuse(
                     "invalid_key",
-                    "object_key is empty; companies are keyed by their unique id".into(),
-                    json!({"field": "object_key", "value": event.object_key}),
-                ));
-            }
+                    format!("object_key {reason}"),
+                    json!({"field": "object_key", "value": shown(&event.object_key), "reason": reason}),
+                )
+            })?;
             (&companies.objects, key)
         }
     };
@@ -108,7 +142,7 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
             json!({"field": "properties", "reason": reason}),
         )
     })?;
-    let at = event.occurred_at.timestamp_micros();
+    let at = occurred_at.timestamp_micros();
     let mut contributions = Vec::with_capacity(props.len());
     let mut unknown: Vec<String> = Vec::new();
     let mut invalid: Vec<String> = Vec::new();
@@ -175,12 +209,19 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
                 return Err(refuse(
                     "invalid_event",
                     format!(
-                        "company_key \"{c}\" given but hubsync.toml has no [companies] table; add one with id_property, or stop sending company_key"
+                        "company_key \"{}\" given but hubsync.toml has no [companies] table; add one with id_property, or stop sending company_key",
+                        shown(c)
                     ),
-                    json!({"field": "company_key", "value": c}),
+                    json!({"field": "company_key", "value": shown(c)}),
                 ));
             }
-            Some(c.trim().to_string())
+            Some(company_key(c).map_err(|reason| {
+                refuse(
+                    "invalid_key",
+                    format!("company_key {reason}"),
+                    json!({"field": "company_key", "value": shown(c), "reason": reason}),
+                )
+            })?)
         }
         _ => None,
     };
@@ -204,7 +245,13 @@ pub fn payload(event: &OutboxEvent) -> String {
     map.insert("event_id", json!(event.event_id));
     map.insert("object_type", json!(event.object_type));
     map.insert("object_key", json!(event.object_key));
-    map.insert("occurred_at", json!(event.occurred_at.to_rfc3339()));
+    map.insert(
+        "occurred_at",
+        match &event.occurred_at {
+            Ok(t) => json!(t.to_rfc3339()),
+            Err(text) => json!(text),
+        },
+    );
     map.insert("company_key", json!(event.company_key));
     map.insert("seq", json!(event.seq));
     let mut text = serde_json::to_string(&map).unwrap_or_else(|_| "{}".into());

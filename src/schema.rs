@@ -9,10 +9,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use bigdecimal::BigDecimal;
-use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
+use bigdecimal::{BigDecimal, Zero};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+/// Longest email address (RFC 5321's path limit), the longest contact key.
+pub const MAX_EMAIL_CHARS: usize = 254;
 
 /// Longest text HubSpot stores in a property.
 pub const MAX_STRING_CHARS: usize = 65_536;
@@ -292,17 +295,66 @@ pub fn parse_properties(json: &str) -> Result<Vec<(String, JsonIn)>, String> {
         .collect()
 }
 
-/// Parses a decimal number exactly; refuses NaN, infinities and anything that is not a number.
-pub fn parse_decimal(text: &str) -> Option<BigDecimal> {
+/// Most digits a number may have before its decimal point: HubSpot stores numbers far beyond
+/// any count or amount a product sends, but not without end (`1e400` is refused).
+pub const MAX_INTEGER_DIGITS: i64 = 32;
+
+/// Most digits a number may have after its decimal point (trailing zeros aside).
+pub const MAX_FRACTION_DIGITS: i64 = 32;
+
+/// Longest number text looked at; anything longer cannot be within the bounds anyway.
+const MAX_NUMBER_TEXT: usize = 200;
+
+/// Parses a decimal number exactly, within the bounds HubSpot can store: finite, at most
+/// [`MAX_INTEGER_DIGITS`] digits before the point and [`MAX_FRACTION_DIGITS`] after it.
+/// The reason says what is wrong, for a person.
+pub fn parse_number(text: &str) -> Result<BigDecimal, String> {
     let text = text.trim();
-    let valid = !text.is_empty()
+    let plain = !text.is_empty()
         && text
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E'));
-    if !valid {
-        return None;
+    if !plain {
+        return Err("is not a finite decimal number".into());
     }
-    BigDecimal::from_str(text).ok()
+    if text.len() > MAX_NUMBER_TEXT {
+        return Err(format!(
+            "is {} characters long; a number has at most {MAX_INTEGER_DIGITS} digits before the point and {MAX_FRACTION_DIGITS} after it",
+            text.len()
+        ));
+    }
+    let value = BigDecimal::from_str(text).map_err(|_| "is not a finite decimal number")?;
+    check_number_bounds(&value)?;
+    Ok(value)
+}
+
+/// Checks a number against the bounds without ever writing out its digits (an exponent such
+/// as `1e999999999` stays cheap).
+pub fn check_number_bounds(value: &BigDecimal) -> Result<(), String> {
+    if value.is_zero() {
+        return Ok(());
+    }
+    let normal = value.normalized();
+    let (_, scale) = normal.as_bigint_and_exponent();
+    let digits = i64::try_from(normal.digits()).unwrap_or(i64::MAX);
+    // digits × 10^-scale: the integer part has (digits - scale) digits.
+    let integer_digits = digits.saturating_sub(scale);
+    if integer_digits > MAX_INTEGER_DIGITS {
+        return Err(format!(
+            "is too large: at most {MAX_INTEGER_DIGITS} digits before the decimal point can be stored"
+        ));
+    }
+    if scale > MAX_FRACTION_DIGITS {
+        return Err(format!(
+            "has too many decimal places: at most {MAX_FRACTION_DIGITS} digits after the point can be stored"
+        ));
+    }
+    Ok(())
+}
+
+/// [`parse_number`] without the reason.
+pub fn parse_decimal(text: &str) -> Option<BigDecimal> {
+    parse_number(text).ok()
 }
 
 /// A decimal as HubSpot wants it: plain digits, no exponent, no trailing zeros after the point.
@@ -325,6 +377,14 @@ fn epoch_ms(text: &str) -> Option<i64> {
 }
 
 fn parse_instant(value: &JsonIn) -> Result<DateTime<Utc>, String> {
+    let instant = parse_any_instant(value)?;
+    if !(1..=9999).contains(&instant.year()) {
+        return Err("is outside the years 0001 to 9999 that HubSpot stores".into());
+    }
+    Ok(instant)
+}
+
+fn parse_any_instant(value: &JsonIn) -> Result<DateTime<Utc>, String> {
     match value {
         JsonIn::String(s) => {
             if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
@@ -390,9 +450,7 @@ pub fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, Valu
             ))),
         },
         PropertyType::Number => match value {
-            JsonIn::Number(n) => parse_decimal(n)
-                .map(|d| format_decimal(&d))
-                .ok_or_else(|| refuse("is not a finite decimal number".into())),
+            JsonIn::Number(n) => parse_number(n).map(|d| format_decimal(&d)).map_err(refuse),
             other => Err(refuse(format!(
                 "is {}, but the property is a number; send a JSON number such as 47 or -3.25",
                 other.kind()
@@ -473,14 +531,31 @@ pub fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, Valu
     }
 }
 
+/// A producer's value as shown in a message: whole when short, else its start.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.chars().count() <= MAX {
+        return value.to_string();
+    }
+    let mut s: String = value.chars().take(MAX).collect();
+    s.push_str(&format!("… ({} characters)", value.chars().count()));
+    s
+}
+
 /// Normalises a contact key: trims and lower-cases an email, refusing what is not one.
 pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let shown = shown(raw);
     let email = raw.trim().to_lowercase();
+    if email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(format!(
+            "\"{shown}\" is {} characters long; an email address has at most {MAX_EMAIL_CHARS}",
+            email.chars().count()
+        ));
+    }
     let Some((local, domain)) = email.split_once('@') else {
-        return Err(format!("\"{raw}\" is not an email address (no @)"));
+        return Err(format!("\"{shown}\" is not an email address (no @)"));
     };
     let ok = !local.is_empty()
-        && email.len() <= 254
         && !domain.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -490,7 +565,7 @@ pub fn normalize_email(raw: &str) -> Result<String, String> {
     if ok {
         Ok(email)
     } else {
-        Err(format!("\"{raw}\" is not a valid email address"))
+        Err(format!("\"{shown}\" is not a valid email address"))
     }
 }
 
@@ -543,18 +618,24 @@ fn compare_values(ptype: &PropertyType, a: &str, b: &str) -> Ordering {
 }
 
 /// Folds one contribution into a property's state under the property's merge rule.
-/// The result is the same whatever order contributions arrive in.
-pub fn merge(def: &PropertyDef, current: Option<&PropState>, c: &Contribution) -> PropState {
+/// The result is the same whatever order contributions arrive in. Refused (with the reason)
+/// only when an `increment` would take the sum out of the bounds a number can have; the
+/// state is then left as it was.
+pub fn merge(
+    def: &PropertyDef,
+    current: Option<&PropState>,
+    c: &Contribution,
+) -> Result<PropState, String> {
     let incoming = PropState {
         v: c.v.clone(),
         at: c.at,
         seq: c.seq,
     };
     let Some(cur) = current else {
-        return incoming;
+        return Ok(incoming);
     };
     let newer = later((c.at, c.seq), (cur.at, cur.seq));
-    match def.merge {
+    Ok(match def.merge {
         MergeRule::Set => {
             if newer {
                 incoming
@@ -571,7 +652,16 @@ pub fn merge(def: &PropertyDef, current: Option<&PropState>, c: &Contribution) -
         }
         MergeRule::Increment => {
             let sum = match (parse_decimal(&cur.v), parse_decimal(&c.v)) {
-                (Some(a), Some(b)) => format_decimal(&(a + b)),
+                (Some(a), Some(b)) => {
+                    let sum = a + b;
+                    check_number_bounds(&sum).map_err(|reason| {
+                        format!(
+                            "property \"{}\": adding {} to {} {reason}",
+                            def.name, c.v, cur.v
+                        )
+                    })?;
+                    format_decimal(&sum)
+                }
                 // An empty current value (never set) counts as zero.
                 (None, Some(b)) => format_decimal(&b),
                 (Some(a), None) => format_decimal(&a),
@@ -597,7 +687,7 @@ pub fn merge(def: &PropertyDef, current: Option<&PropState>, c: &Contribution) -
                 Ordering::Equal => cur.clone(),
             }
         }
-    }
+    })
 }
 
 /// Folds a company key into the state like a `set` property.
@@ -803,6 +893,47 @@ mod tests {
         assert!(parse_properties("[1,2]").is_err());
     }
 
+    #[test]
+    fn numbers_are_bounded_to_what_hubspot_stores() {
+        let d = def(PropertyType::Number, MergeRule::Set);
+        let ok = |t: &str| serialize_value(&d, &json(t));
+        assert_eq!(ok("12345678901234567890").unwrap(), "12345678901234567890");
+        assert_eq!(ok("0.000001").unwrap(), "0.000001");
+        assert_eq!(ok("1e31").unwrap(), format!("1{}", "0".repeat(31)));
+        assert_eq!(ok("0").unwrap(), "0");
+        assert_eq!(ok("-0.0").unwrap(), "0");
+        for bad in [
+            "1e400",
+            "-1e400",
+            "1e32",
+            "1e-400",
+            "1e999999999999",
+            "1e-33",
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert!(
+                e.reason.contains("too large") || e.reason.contains("decimal places"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(ok(&"9".repeat(500)).is_err());
+        // A time far outside what HubSpot stores is refused, not sent.
+        let t = def(PropertyType::Datetime, MergeRule::Set);
+        assert!(serialize_value(&t, &json("253402300800000")).is_err());
+        assert!(serialize_value(&t, &json("253402300799000")).is_ok());
+    }
+
+    #[test]
+    fn an_increment_that_would_leave_the_bounds_is_refused() {
+        let d = def(PropertyType::Number, MergeRule::Increment);
+        let big = format!("9{}", "0".repeat(31));
+        let cur = merge(&d, None, &c(&big, 1, 1)).unwrap();
+        let err = merge(&d, Some(&cur), &c(&big, 2, 2)).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        let down = merge(&d, Some(&cur), &c(&format!("-{big}"), 2, 2)).unwrap();
+        assert_eq!(down.v, "0");
+    }
+
     fn c(v: &str, at: i64, seq: i64) -> Contribution {
         Contribution {
             v: v.into(),
@@ -814,7 +945,7 @@ mod tests {
     fn fold(d: &PropertyDef, items: &[Contribution]) -> PropState {
         let mut state: Option<PropState> = None;
         for item in items {
-            state = Some(merge(d, state.as_ref(), item));
+            state = Some(merge(d, state.as_ref(), item).unwrap());
         }
         state.unwrap()
     }

@@ -62,6 +62,51 @@ pub async fn insert_event_failures(
     Ok(())
 }
 
+/// An object whose stored state cannot be read.
+#[derive(Debug, Clone)]
+pub struct UnreadableObject {
+    /// Normalised key.
+    pub key: String,
+    /// The state as stored, kept in the DLQ payload for the person who fixes it.
+    pub state: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Parks objects whose state cannot be read (kind `object`, category `invalid_state`), leaving
+/// the object rows as they are. Locks: those DLQ rows, inside the caller's transaction, which
+/// already holds the object rows (objects before DLQ rows, the order `db` states).
+pub async fn park_unreadable_objects(
+    tx: &mut PgConnection,
+    object_type: &str,
+    objects: &[UnreadableObject],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hubsync.dlq AS d (kind, object_type, object_key, payload, error_category,
+                                      error_message, error, next_retry_at)
+         SELECT 'object', $1, u.key, jsonb_build_object('id', u.key, 'state', u.state),
+                'invalid_state', u.message,
+                jsonb_build_object('source', 'hubsync', 'message', u.message), NULL
+         FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, message)
+         ON CONFLICT (object_type, object_key) WHERE kind = 'object' DO UPDATE
+         SET payload = EXCLUDED.payload, error_category = EXCLUDED.error_category,
+             error_message = EXCLUDED.error_message, error = EXCLUDED.error,
+             attempts = d.attempts + 1, last_failed_at = now(), next_retry_at = NULL",
+    )
+    .bind(object_type)
+    .bind(objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>())
+    .bind(objects.iter().map(|o| o.state.clone()).collect::<Vec<_>>())
+    .bind(
+        objects
+            .iter()
+            .map(|o| o.message.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Claims dead-lettered events that are due for replay, rebuilt as outbox events.
 /// Locks: the claimed DLQ rows until the caller's transaction ends (`SKIP LOCKED`).
 pub async fn claim_due_events(
@@ -79,7 +124,7 @@ pub async fn claim_due_events(
                 d.payload->>'object_type' AS object_type,
                 d.payload->>'object_key' AS object_key,
                 coalesce(d.payload->'properties', 'null'::jsonb)::text AS properties,
-                coalesce((d.payload->>'occurred_at')::timestamptz, d.first_failed_at) AS occurred_at,
+                d.payload->>'occurred_at' AS occurred_at_text, d.first_failed_at,
                 d.payload->>'company_key' AS company_key
          FROM hubsync.dlq d JOIN due USING (id)",
     )
@@ -100,12 +145,29 @@ pub async fn claim_due_events(
                         .try_get::<Option<String>, _>("object_key")?
                         .unwrap_or_default(),
                     properties: r.try_get("properties")?,
-                    occurred_at: r.try_get("occurred_at")?,
+                    // Read as text and parsed here: whatever an operator left in the payload
+                    // is refused again at validation instead of failing this statement.
+                    occurred_at: match r.try_get::<Option<String>, _>("occurred_at_text")? {
+                        Some(text) => parse_occurred_at(&text),
+                        None => Ok(r.try_get("first_failed_at")?),
+                    },
                     company_key: r.try_get("company_key")?,
+                    enqueued_at: None,
                 },
             ))
         })
         .collect()
+}
+
+/// An `occurred_at` kept in a DLQ payload (RFC 3339 as hubsync wrote it), within the bounds
+/// the outbox claim applies; anything else comes back as its text.
+fn parse_occurred_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::Datelike;
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .filter(|t| (1970..=9999).contains(&t.year()))
+        .ok_or_else(|| text.to_string())
 }
 
 /// Deletes DLQ rows that were replayed successfully. Locks: those rows.

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-/// One outbox row, as claimed.
+/// One outbox row, as claimed. Every column is read in a form that cannot fail to decode, so
+/// whatever a producer wrote reaches validation, where it is folded or dead-lettered.
 #[derive(Debug, Clone)]
 pub struct OutboxEvent {
     /// Outbox sequence (`id`): the tie-breaker for equal `occurred_at`.
@@ -21,21 +22,35 @@ pub struct OutboxEvent {
     pub object_key: String,
     /// The properties object as JSON text (numbers exact).
     pub properties: String,
-    /// When it happened.
-    pub occurred_at: DateTime<Utc>,
+    /// When it happened, or the time as Postgres wrote it when it is outside 1970-01-01 to
+    /// 9999-12-31 (`infinity`, a year past what a timestamp here can hold): refused at
+    /// validation.
+    pub occurred_at: Result<DateTime<Utc>, String>,
     /// Company to associate a contact with.
     pub company_key: Option<String>,
+    /// When the row entered the outbox (none for an event replayed from the DLQ).
+    pub enqueued_at: Option<DateTime<Utc>>,
 }
 
+/// `occurred_at` as a time only when it is within bounds; always as text too. Shared by the
+/// claim and by the statements that read events back.
+const OCCURRED_AT_COLUMNS: &str = "CASE WHEN c.occurred_at >= '1970-01-01 00:00:00+00'::timestamptz
+                   AND c.occurred_at < '10000-01-01 00:00:00+00'::timestamptz
+              THEN c.occurred_at END AS occurred_at,
+         c.occurred_at::text AS occurred_at_text";
+
 fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<OutboxEvent, sqlx::Error> {
+    let occurred_at: Option<DateTime<Utc>> = row.try_get("occurred_at")?;
+    let text: Option<String> = row.try_get("occurred_at_text")?;
     Ok(OutboxEvent {
         seq: row.try_get("seq")?,
         event_id: row.try_get("event_id")?,
         object_type: row.try_get("object_type")?,
         object_key: row.try_get("object_key")?,
         properties: row.try_get("properties")?,
-        occurred_at: row.try_get("occurred_at")?,
+        occurred_at: occurred_at.ok_or_else(|| text.unwrap_or_else(|| "null".into())),
         company_key: row.try_get("company_key")?,
+        enqueued_at: row.try_get("enqueued_at")?,
     })
 }
 
@@ -49,25 +64,23 @@ pub async fn claim_outbox(
     tx: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<(OutboxEvent, bool)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let sql = format!(
         "WITH picked AS MATERIALIZED (
              SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
          ), claimed AS (
              DELETE FROM hubsync.outbox o USING picked WHERE o.id = picked.id
              RETURNING o.id, o.event_id, o.object_type, o.object_key, o.properties,
-                       o.occurred_at, o.company_key
+                       o.occurred_at, o.company_key, o.enqueued_at
          ), fresh AS (
              INSERT INTO hubsync.ledger (event_id) SELECT event_id FROM claimed
              ON CONFLICT DO NOTHING RETURNING event_id
          )
          SELECT c.id AS seq, c.event_id, c.object_type, c.object_key,
-                c.properties::text AS properties, c.occurred_at, c.company_key,
-                (f.event_id IS NOT NULL) AS fresh
-         FROM claimed c LEFT JOIN fresh f ON f.event_id = c.event_id",
-    )
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
+                c.properties::text AS properties, {OCCURRED_AT_COLUMNS}, c.company_key,
+                c.enqueued_at, (f.event_id IS NOT NULL) AS fresh
+         FROM claimed c LEFT JOIN fresh f ON f.event_id = c.event_id"
+    );
+    let rows = sqlx::query(&sql).bind(limit).fetch_all(&mut *tx).await?;
     let mut events: Vec<(OutboxEvent, bool)> = rows
         .iter()
         .map(|r| Ok((event_from_row(r)?, r.try_get("fresh")?)))
@@ -98,19 +111,33 @@ pub struct LockedObject {
     pub version: i64,
 }
 
-/// Locks all of `keys` (which must be sorted), creating the missing rows. Locks: existing rows
-/// first, in key order (the order every other statement locks them in, so ingesting workers and
-/// sync never deadlock), then the rows this call inserts, which nobody else can see yet.
+/// The object rows an ingest holds, and the keys it could not take.
+#[derive(Debug, Default)]
+pub struct Locked {
+    /// Rows locked by this transaction (created here when missing).
+    pub objects: Vec<LockedObject>,
+    /// Keys whose row another session holds: their events wait for a later ingest.
+    pub busy: Vec<String>,
+}
+
+/// Locks the rows of `keys` (sorted), creating the missing ones, without ever waiting for a
+/// row another session holds: those come back as `busy`. Locks: existing rows in key order
+/// (`SKIP LOCKED`), then the rows this call inserts, which nobody else can see yet. An insert
+/// racing another ingest's insert of the same key waits for that transaction to end; nothing
+/// else waits, so ingest cannot deadlock with sync, an operator, or an outside session.
 pub async fn lock_objects(
     tx: &mut PgConnection,
     object_type: &str,
     keys: &[String],
-) -> Result<Vec<LockedObject>, sqlx::Error> {
-    let mut locked = select_for_update(tx, object_type, keys).await?;
-    if locked.len() == keys.len() {
-        return Ok(locked);
+) -> Result<Locked, sqlx::Error> {
+    let mut objects = select_for_update(tx, object_type, keys).await?;
+    if objects.len() == keys.len() {
+        return Ok(Locked {
+            objects,
+            busy: Vec::new(),
+        });
     }
-    let found: HashSet<&str> = locked.iter().map(|l| l.key.as_str()).collect();
+    let found: HashSet<&str> = objects.iter().map(|l| l.key.as_str()).collect();
     let missing: Vec<String> = keys
         .iter()
         .filter(|k| !found.contains(k.as_str()))
@@ -126,21 +153,30 @@ pub async fn lock_objects(
     .fetch_all(&mut *tx)
     .await?;
     let inserted: HashSet<String> = inserted.into_iter().map(|(k,)| k).collect();
-    // Rows another ingest created meanwhile (it has committed, or we would still be waiting).
-    let raced: Vec<String> = missing
+    // Rows that exist but were not ours: held by another session, or created by another
+    // ingest that has committed meanwhile (then they are free now).
+    let taken: Vec<String> = missing
         .iter()
         .filter(|k| !inserted.contains(*k))
         .cloned()
         .collect();
-    if !raced.is_empty() {
-        locked.extend(select_for_update(tx, object_type, &raced).await?);
+    let mut busy = Vec::new();
+    if !taken.is_empty() {
+        let now_free = select_for_update(tx, object_type, &taken).await?;
+        let free: HashSet<&str> = now_free.iter().map(|l| l.key.as_str()).collect();
+        busy = taken
+            .iter()
+            .filter(|k| !free.contains(k.as_str()))
+            .cloned()
+            .collect();
+        objects.extend(now_free);
     }
-    locked.extend(inserted.into_iter().map(|key| LockedObject {
+    objects.extend(inserted.into_iter().map(|key| LockedObject {
         key,
         state: "{}".into(),
         version: 0,
     }));
-    Ok(locked)
+    Ok(Locked { objects, busy })
 }
 
 async fn select_for_update(
@@ -151,7 +187,7 @@ async fn select_for_update(
     let rows = sqlx::query(
         "SELECT object_key, state::text AS state, version FROM hubsync.objects
          WHERE object_type = $1 AND object_key = ANY($2)
-         ORDER BY object_key FOR UPDATE",
+         ORDER BY object_key FOR UPDATE SKIP LOCKED",
     )
     .bind(object_type)
     .bind(keys)
@@ -166,6 +202,84 @@ async fn select_for_update(
             })
         })
         .collect()
+}
+
+/// Puts claimed events back into the outbox with their sequence, and forgets their ledger
+/// entries, in the claiming transaction: as if they had never been claimed. Locks: those
+/// ledger rows and the re-inserted outbox rows.
+pub async fn put_back(tx: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    sqlx::query("DELETE FROM hubsync.ledger WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    // Deferred events passed validation, so their time is within bounds.
+    let times: Vec<Option<DateTime<Utc>>> =
+        events.iter().map(|e| e.occurred_at.clone().ok()).collect();
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (id, event_id, object_type, object_key, properties,
+                                     occurred_at, company_key, enqueued_at)
+         SELECT u.id, u.event_id, u.object_type, u.object_key, u.properties::jsonb,
+                coalesce(u.occurred_at, now()), u.company_key, coalesce(u.enqueued_at, now())
+         FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::text[], $8::timestamptz[])
+              AS u(id, event_id, object_type, object_key, properties, occurred_at,
+                   company_key, enqueued_at)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(&ids)
+    .bind(
+        events
+            .iter()
+            .map(|e| e.object_type.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.object_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.properties.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(times)
+    .bind(
+        events
+            .iter()
+            .map(|e| e.company_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.enqueued_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks a point the ingest transaction can return to. Locks nothing.
+pub async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SAVEPOINT fold").execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Keeps what was done since the savepoint. Locks nothing.
+pub async fn release_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("RELEASE SAVEPOINT fold")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Undoes what was done since the savepoint (and the locks it took), then drops it.
+pub async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("ROLLBACK TO SAVEPOINT fold")
+        .execute(&mut *tx)
+        .await?;
+    release_savepoint(tx).await
 }
 
 /// Writes new merged states, bumps versions and marks the objects dirty. Locks: those rows

@@ -1,6 +1,12 @@
 //! Ingest: the first short transaction. Claim outbox rows, drop known event ids, validate,
 //! fold accepted events into `hubsync.objects`, park refused ones in the DLQ, record every id
 //! in the ledger, commit. Also replays dead-lettered events an operator marked due.
+//!
+//! Whatever one row holds, it ends folded or in `hubsync.dlq`, and it never holds back the rows
+//! around it: validation refuses what is out of bounds before anything is written, and if
+//! Postgres still refuses a statement for a reason tied to the data, the chunk is split under
+//! savepoints until the offending rows are found and dead-lettered. Events for an object
+//! another session holds locked go back to the outbox (same sequence) instead of waiting.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -17,24 +23,58 @@ use crate::event::{Prepared, payload, prepare};
 use crate::schema::{ObjectKind, ObjectState, merge, merge_company};
 
 /// What one fold did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct Folded {
     /// Events applied to objects.
     pub accepted: usize,
     /// Events dead-lettered.
     pub refused: usize,
+    /// Ids of the events dead-lettered.
+    pub refused_ids: HashSet<Uuid>,
+    /// Events not folded because another session holds their object's row: they go back to
+    /// where they came from and are tried again.
+    pub deferred: Vec<OutboxEvent>,
 }
 
-/// Validates and folds `events` inside `tx`; returns the ids that were refused.
+impl Folded {
+    fn add(&mut self, other: Folded) {
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.refused_ids.extend(other.refused_ids);
+        self.deferred.extend(other.deferred);
+    }
+}
+
+fn event_failure(
+    event: &OutboxEvent,
+    category: &str,
+    message: String,
+    detail: serde_json::Value,
+) -> EventFailure {
+    EventFailure {
+        event_id: event.event_id,
+        object_type: event.object_type.clone(),
+        object_key: event.object_key.clone(),
+        payload: payload(event),
+        category: category.to_string(),
+        error: json!({"source": "hubsync", "category": category, "detail": detail}).to_string(),
+        message,
+    }
+}
+
+/// Validates and folds `events` inside `tx`. Locks object rows without waiting (events for a
+/// row someone else holds come back in `deferred`), then DLQ rows: the order `db` states.
 pub async fn fold(
     tx: &mut PgConnection,
     config: &Config,
     events: &[OutboxEvent],
-) -> anyhow::Result<(Folded, HashSet<Uuid>)> {
+) -> anyhow::Result<Folded> {
     let mut failures: Vec<EventFailure> = Vec::new();
-    let mut by_object: BTreeMap<(ObjectKind, String), Vec<Prepared>> = BTreeMap::new();
+    let mut deferred: Vec<OutboxEvent> = Vec::new();
+    // (kind, key) → the events for it, by index into `events`.
+    let mut by_object: BTreeMap<(ObjectKind, String), Vec<(usize, Prepared)>> = BTreeMap::new();
     let mut referenced_companies: BTreeSet<String> = BTreeSet::new();
-    for event in events {
+    for (i, event) in events.iter().enumerate() {
         match prepare(event, config) {
             Ok(p) => {
                 if let Some(c) = &p.company_key {
@@ -43,25 +83,15 @@ pub async fn fold(
                 by_object
                     .entry((p.kind, p.key.clone()))
                     .or_default()
-                    .push(p);
+                    .push((i, p));
             }
-            Err(r) => failures.push(EventFailure {
-                event_id: event.event_id,
-                object_type: event.object_type.clone(),
-                object_key: event.object_key.clone(),
-                payload: payload(event),
-                category: r.category.to_string(),
-                message: r.message,
-                error: json!({"source": "hubsync", "category": r.category, "detail": r.detail})
-                    .to_string(),
-            }),
+            Err(r) => failures.push(event_failure(event, r.category, r.message, r.detail)),
         }
     }
     // A company a contact points at is created (by its key alone) if no event names it.
     for c in referenced_companies {
         by_object.entry((ObjectKind::Company, c)).or_default();
     }
-    let accepted = events.len() - failures.len();
     for kind in [ObjectKind::Contact, ObjectKind::Company] {
         // BTreeMap order: keys sorted, so rows are locked in key order.
         let keys: Vec<String> = by_object
@@ -82,23 +112,71 @@ pub async fn fold(
         let locked = db::ingest::lock_objects(tx, kind.as_str(), &keys)
             .await
             .context("failed to lock object rows")?;
+        for key in &locked.busy {
+            if let Some(prepared) = by_object.get(&(kind, key.clone())) {
+                deferred.extend(prepared.iter().map(|(i, _)| events[*i].clone()));
+            }
+        }
         let mut out_keys = Vec::new();
         let mut out_states = Vec::new();
         let mut out_companies = Vec::new();
-        for row in locked {
+        let mut unreadable = Vec::new();
+        for row in locked.objects {
             let Some(prepared) = by_object.get(&(kind, row.key.clone())) else {
                 continue;
             };
-            let mut state: ObjectState = serde_json::from_str(&row.state).unwrap_or_default();
+            // A state that does not parse is never overwritten: the object is parked with it,
+            // and its events wait in the DLQ for the fix.
+            let mut state: ObjectState = match serde_json::from_str(&row.state) {
+                Ok(s) => s,
+                Err(e) => {
+                    let problem = format!(
+                        "the stored state of {} \"{}\" in hubsync.objects cannot be read ({e})",
+                        kind.as_str(),
+                        row.key
+                    );
+                    for (i, _) in prepared {
+                        failures.push(event_failure(
+                            &events[*i],
+                            "invalid_state",
+                            format!(
+                                "not folded: {problem}; fix or reset that state (see the object's row in hubsync.dlq), then replay this event"
+                            ),
+                            json!({"object_key": row.key, "reason": e.to_string()}),
+                        ));
+                    }
+                    unreadable.push(db::dlq::UnreadableObject {
+                        key: row.key.clone(),
+                        state: row.state.clone(),
+                        message: format!(
+                            "{problem}; its events are parked beside it. Fix the state (or reset it: UPDATE hubsync.objects SET state = '{{}}'), then replay this row and its events"
+                        ),
+                    });
+                    continue;
+                }
+            };
             let before = state.clone();
-            for p in prepared {
+            'events: for (i, p) in prepared {
+                // An event is applied whole or not at all: merge every property first.
+                let mut merged = Vec::with_capacity(p.contributions.len());
                 for (name, contribution) in &p.contributions {
                     let Some(def) = objects.properties.get(name) else {
                         continue;
                     };
-                    let merged = merge(def, state.props.get(name), contribution);
-                    state.props.insert(name.clone(), merged);
+                    match merge(def, state.props.get(name), contribution) {
+                        Ok(m) => merged.push((name.clone(), m)),
+                        Err(reason) => {
+                            failures.push(event_failure(
+                                &events[*i],
+                                "invalid_value",
+                                format!("{reason}; the sum is left as it was"),
+                                json!({"problems": [{"property": name, "value": contribution.v, "reason": reason}]}),
+                            ));
+                            continue 'events;
+                        }
+                    }
                 }
+                state.props.extend(merged);
                 if let Some(c) = &p.company_key {
                     merge_company(&mut state, c, p.at, p.seq);
                 }
@@ -114,26 +192,121 @@ pub async fn fold(
                 .await
                 .context("failed to store merged object state")?;
         }
+        if !unreadable.is_empty() {
+            for u in &unreadable {
+                tracing::error!(object = kind.as_str(), key = %u.key, "object parked: {}", u.message);
+            }
+            db::dlq::park_unreadable_objects(tx, kind.as_str(), &unreadable)
+                .await
+                .context("failed to park objects whose state cannot be read")?;
+        }
     }
-    let refused: HashSet<Uuid> = failures.iter().map(|f| f.event_id).collect();
+    let refused_ids: HashSet<Uuid> = failures.iter().map(|f| f.event_id).collect();
     for f in &failures {
         tracing::warn!(event_id = %f.event_id, category = %f.category, "event dead-lettered: {}", f.message);
     }
     db::dlq::insert_event_failures(tx, &failures)
         .await
         .context("failed to write refused events to hubsync.dlq")?;
-    Ok((
-        Folded {
-            accepted,
-            refused: failures.len(),
-        },
-        refused,
-    ))
+    Ok(Folded {
+        accepted: events.len() - failures.len() - deferred.len(),
+        refused: failures.len(),
+        refused_ids,
+        deferred,
+    })
 }
 
-/// Claims one chunk of the outbox and folds it, in one transaction. Returns the number of
-/// outbox rows consumed (0: the outbox is empty).
-pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<(usize, Folded)> {
+/// The SQLSTATE classes that blame the data of a statement rather than the database or the
+/// connection: data exceptions (22), integrity constraints (23), program limits such as an
+/// index row too large (54).
+const ROW_TIED_CLASSES: [&str; 3] = ["22", "23", "54"];
+
+/// Postgres's message when `e` is a refusal tied to the data being written.
+fn row_tied(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db))
+                if db
+                    .code()
+                    .is_some_and(|c| ROW_TIED_CLASSES.iter().any(|class| c.starts_with(class))) =>
+            {
+                Some(format!(
+                    "{} (SQLSTATE {})",
+                    db.message(),
+                    db.code().unwrap_or_default()
+                ))
+            }
+            _ => None,
+        })
+}
+
+/// Folds `events`, each try under a savepoint. When Postgres refuses a statement for a reason
+/// tied to the data, the events are split in halves until the ones at fault are alone; those
+/// are dead-lettered with Postgres's reason and the rest are folded. Any other failure (the
+/// database is gone, a timeout) fails the whole call, and the caller's transaction with it.
+pub async fn fold_isolating(
+    tx: &mut PgConnection,
+    config: &Config,
+    events: &[OutboxEvent],
+) -> anyhow::Result<Folded> {
+    let mut total = Folded::default();
+    let mut stack: Vec<&[OutboxEvent]> = vec![events];
+    while let Some(part) = stack.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        db::ingest::savepoint(tx).await?;
+        let err = match fold(tx, config, part).await {
+            Ok(folded) => {
+                db::ingest::release_savepoint(tx).await?;
+                total.add(folded);
+                continue;
+            }
+            Err(e) => e,
+        };
+        let Some(reason) = row_tied(&err) else {
+            return Err(err);
+        };
+        db::ingest::rollback_to_savepoint(tx).await?;
+        if let [event] = part {
+            tracing::warn!(event_id = %event.event_id, "Postgres refused to store an event: {reason}");
+            let failure = event_failure(
+                event,
+                "invalid_event",
+                format!(
+                    "Postgres refused to store this event: {reason}; fix the producer's data, then replay or discard this row"
+                ),
+                json!({"database_error": reason}),
+            );
+            db::dlq::insert_event_failures(tx, std::slice::from_ref(&failure))
+                .await
+                .context("failed to dead-letter an event Postgres refused")?;
+            total.refused += 1;
+            total.refused_ids.insert(event.event_id);
+        } else {
+            let (a, b) = part.split_at(part.len() / 2);
+            stack.push(b);
+            stack.push(a);
+        }
+    }
+    Ok(total)
+}
+
+/// What one ingest transaction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// Outbox rows claimed (0: the outbox is empty).
+    pub claimed: usize,
+    /// Events folded.
+    pub accepted: usize,
+    /// Events dead-lettered.
+    pub refused: usize,
+    /// Events put back because their object was locked by another session.
+    pub deferred: usize,
+}
+
+/// Claims one chunk of the outbox and folds it, in one transaction.
+pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<Ingested> {
     let mut tx = pool
         .begin()
         .await
@@ -144,7 +317,7 @@ pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result
         .context("failed to claim outbox rows")?;
     if events.is_empty() {
         tx.commit().await?;
-        return Ok((0, Folded::default()));
+        return Ok(Ingested::default());
     }
     let claimed = events.len();
     let fresh_ids: HashSet<Uuid> = events
@@ -154,13 +327,24 @@ pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result
         .collect();
     let events: Vec<OutboxEvent> = events.into_iter().map(|(e, _)| e).collect();
     let fresh = crate::event::dedupe(events, &fresh_ids);
-    let (folded, _) = fold(&mut tx, config, &fresh).await?;
+    let folded = fold_isolating(&mut tx, config, &fresh).await?;
+    if !folded.deferred.is_empty() {
+        db::ingest::put_back(&mut tx, &folded.deferred)
+            .await
+            .context("failed to put events for locked objects back into the outbox")?;
+    }
     tx.commit().await.context("failed to commit ingest")?;
-    Ok((claimed, folded))
+    Ok(Ingested {
+        claimed,
+        accepted: folded.accepted,
+        refused: folded.refused,
+        deferred: folded.deferred.len(),
+    })
 }
 
 /// Replays dead-lettered events that are due (an operator set `next_retry_at`): folds those
-/// that are now valid and deletes their rows; the rest are parked again with the new reason.
+/// that are now valid and deletes their rows; the rest are parked again with the new reason,
+/// and those whose object is locked stay due for the next round.
 pub async fn replay_due_events(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<Folded> {
     let mut tx = pool.begin().await?;
     let due = db::dlq::claim_due_events(&mut tx, 500)
@@ -171,10 +355,13 @@ pub async fn replay_due_events(pool: &sqlx::PgPool, config: &Config) -> anyhow::
         return Ok(Folded::default());
     }
     let events: Vec<OutboxEvent> = due.iter().map(|(_, e)| e.clone()).collect();
-    let (folded, refused) = fold(&mut tx, config, &events).await?;
+    let folded = fold_isolating(&mut tx, config, &events).await?;
+    let waiting: HashSet<Uuid> = folded.deferred.iter().map(|e| e.event_id).collect();
     let done: Vec<i64> = due
         .iter()
-        .filter(|(_, e)| !refused.contains(&e.event_id))
+        .filter(|(_, e)| {
+            !folded.refused_ids.contains(&e.event_id) && !waiting.contains(&e.event_id)
+        })
         .map(|(id, _)| *id)
         .collect();
     db::dlq::delete_rows(&mut tx, &done).await?;

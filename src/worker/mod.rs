@@ -105,13 +105,13 @@ impl Worker {
     }
 
     /// Ingests one chunk of the outbox.
-    pub async fn ingest_once(&self) -> anyhow::Result<(usize, usize)> {
-        let (claimed, folded) = ingest::ingest_once(&self.pool, &self.config).await?;
+    pub async fn ingest_once(&self) -> anyhow::Result<ingest::Ingested> {
+        let done = ingest::ingest_once(&self.pool, &self.config).await?;
         self.backlog.store(
-            claimed >= self.config.worker.ingest_chunk,
+            done.claimed >= self.config.worker.ingest_chunk,
             Ordering::Relaxed,
         );
-        Ok((claimed, folded.refused))
+        Ok(done)
     }
 
     /// Syncs one batch of `kind`.
@@ -141,10 +141,12 @@ impl Worker {
     /// each type, make pending associations.
     pub async fn run_once(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
         let replayed = self.replay_once().await?;
-        let (ingested, refused) = self.ingest_once().await?;
+        let done = self.ingest_once().await?;
+        // Events put back for a locked object are not consumed: they count once folded.
+        let ingested = done.claimed - done.deferred;
         let mut step = Step {
             ingested,
-            refused,
+            refused: done.refused,
             replayed,
             ..Step::default()
         };
@@ -164,8 +166,25 @@ impl Worker {
     /// waiting for a retry delay or a pause count as not doable now.
     pub async fn run_until_idle(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
         let mut total = Step::default();
+        let mut outage = Streak::new("draining");
         loop {
-            let step = self.run_once(cancel).await?;
+            let step = match self.run_once(cancel).await {
+                Ok(step) => {
+                    outage.succeeded();
+                    step
+                }
+                // The database restarting or a connection dropping costs a retry; a cron run
+                // gives up only when the failures go on (about two and a half minutes).
+                Err(e) if outage.failures < UNTIL_IDLE_RETRIES => {
+                    let wait = outage.failed(&e);
+                    nap(cancel, wait).await;
+                    if cancel.is_cancelled() {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             total.add(&step);
             if step.sync.halted {
                 anyhow::bail!(
@@ -236,13 +255,28 @@ impl Worker {
             let w = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
+                let mut outage = Streak::new("ingest");
+                let mut locked = Streak::new("ingest");
                 while !cancel.is_cancelled() {
                     match w.ingest_once().await {
-                        Ok((0, _)) => nap(&cancel, poll).await,
-                        Ok(_) => {}
+                        Ok(done) => {
+                            outage.succeeded();
+                            if done.deferred > 0 {
+                                locked.note(format_args!(
+                                    "{} events wait in the outbox: another session holds their objects' rows locked",
+                                    done.deferred
+                                ));
+                            } else {
+                                locked.succeeded();
+                            }
+                            // Nothing consumed (empty, or only events for locked objects).
+                            if done.claimed == done.deferred {
+                                nap(&cancel, poll).await;
+                            }
+                        }
                         Err(e) => {
-                            tracing::error!("ingest failed: {e:#}; retrying");
-                            nap(&cancel, Duration::from_secs(1)).await;
+                            let wait = outage.failed(&e);
+                            nap(&cancel, wait).await;
                         }
                     }
                 }
@@ -254,6 +288,7 @@ impl Worker {
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 let mut held_since: Option<Instant> = None;
+                let mut outage = Streak::new("sync");
                 while !cancel.is_cancelled() {
                     // While a deep backlog is being folded, hold syncing briefly so that many
                     // events per object collapse into one input (never more than a second).
@@ -273,9 +308,14 @@ impl Worker {
                             continue;
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::error!("cannot read the shared limiter: {e}"),
+                        Err(e) => {
+                            let e = anyhow::Error::new(e).context("cannot read the shared limiter");
+                            nap(&cancel, outage.failed(&e)).await;
+                            continue;
+                        }
                     }
                     let mut busy = false;
+                    let mut failed = None;
                     // Alternate which type goes first so neither starves the other.
                     let kinds = if n % 2 == 0 {
                         [ObjectKind::Contact, ObjectKind::Company]
@@ -285,11 +325,17 @@ impl Worker {
                     for kind in kinds {
                         match w.sync_once(kind, &cancel).await {
                             Ok(r) => busy |= r.leased > 0 && r.released < r.leased,
-                            Err(e) => tracing::error!("sync failed: {e:#}; retrying"),
+                            Err(e) => failed = Some(e),
                         }
                     }
-                    if !busy {
-                        nap(&cancel, poll).await;
+                    match failed {
+                        Some(e) => nap(&cancel, outage.failed(&e)).await,
+                        None => {
+                            outage.succeeded();
+                            if !busy {
+                                nap(&cancel, poll).await;
+                            }
+                        }
                     }
                 }
                 Ok(())
@@ -300,9 +346,14 @@ impl Worker {
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 let mut last_prune = Instant::now() - Duration::from_secs(3600);
+                let mut outage = Streak::new("upkeep");
                 while !cancel.is_cancelled() {
-                    if let Err(e) = w.upkeep_once(&cancel).await {
-                        tracing::error!("upkeep failed: {e:#}; retrying");
+                    match w.upkeep_once(&cancel).await {
+                        Ok(_) => outage.succeeded(),
+                        Err(e) => {
+                            nap(&cancel, outage.failed(&e)).await;
+                            continue;
+                        }
                     }
                     if last_prune.elapsed() > Duration::from_secs(600) {
                         last_prune = Instant::now();
@@ -325,6 +376,60 @@ impl Worker {
             done.context("a worker task panicked")??;
         }
         Ok(())
+    }
+}
+
+/// How many failed steps in a row `run_until_idle` rides out before it gives up.
+const UNTIL_IDLE_RETRIES: u32 = 10;
+
+/// Failures in a row of one loop: the first is logged as an error, the rest only counted, and
+/// the recovery once; the wait before the next try grows with the streak.
+struct Streak {
+    what: &'static str,
+    failures: u32,
+}
+
+impl Streak {
+    fn new(what: &'static str) -> Streak {
+        Streak { what, failures: 0 }
+    }
+
+    /// Records a failure; returns how long to wait before trying again.
+    fn failed(&mut self, e: &anyhow::Error) -> Duration {
+        if self.failures == 0 {
+            tracing::error!(
+                "{} failed: {e:#}; retrying with growing delays (logged again when it works)",
+                self.what
+            );
+        } else {
+            tracing::debug!(
+                failures = self.failures + 1,
+                "{} failed again: {e:#}",
+                self.what
+            );
+        }
+        self.failures += 1;
+        retry::outage_delay(self.failures)
+    }
+
+    /// Records a condition worth one warning per streak (not a failure: no wait).
+    fn note(&mut self, what: std::fmt::Arguments<'_>) {
+        if self.failures == 0 {
+            tracing::warn!("{}: {what} (logged again when it clears)", self.what);
+        }
+        self.failures += 1;
+    }
+
+    /// Records a success, logging the end of a streak.
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                "{} works again after {} failed tries",
+                self.what,
+                self.failures
+            );
+            self.failures = 0;
+        }
     }
 }
 

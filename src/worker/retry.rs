@@ -24,9 +24,26 @@ pub fn retry_delay(
         .max(retry_after.unwrap_or(Duration::ZERO))
 }
 
+/// The wait before the `failures`-th retry of a loop whose database went away: half a second,
+/// doubling, at most 30 s. No jitter: reconnecting workers do not contend with each other.
+pub fn outage_delay(failures: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(6))
+        .min(Duration::from_secs(30))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outage_delays_double_then_cap() {
+        assert_eq!(outage_delay(1), Duration::from_millis(500));
+        assert_eq!(outage_delay(2), Duration::from_secs(1));
+        assert_eq!(outage_delay(6), Duration::from_secs(16));
+        assert_eq!(outage_delay(7), Duration::from_secs(30));
+        assert_eq!(outage_delay(100), Duration::from_secs(30));
+    }
 
     #[test]
     fn backoff_grows_then_caps() {

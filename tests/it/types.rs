@@ -289,8 +289,9 @@ fn event(n: usize, minute: i64, plan: &str, delta: &str, seen: i64) -> OutboxEve
             (base + Duration::minutes(seen)).to_rfc3339(),
             (base + Duration::minutes(seen)).to_rfc3339(),
         ),
-        occurred_at: base + Duration::minutes(minute),
+        occurred_at: Ok(base + Duration::minutes(minute)),
         company_key: None,
+        enqueued_at: None,
     }
 }
 
@@ -309,7 +310,7 @@ fn fold_batches(batches: &[Vec<OutboxEvent>], config: &hubsync::config::Config) 
             let p = prepare(e, config).expect("valid");
             for (name, c) in &p.contributions {
                 let def = &config.contacts.properties[name];
-                let merged = merge(def, state.props.get(name), c);
+                let merged = merge(def, state.props.get(name), c).expect("within bounds");
                 state.props.insert(name.clone(), merged);
             }
             ledger.insert(e.event_id);
