@@ -212,8 +212,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { until_idle } => {
             let config = Arc::new(load_config(&cli.config, &env)?);
             let client = client_for(&config, &env)?;
-            let pool =
-                db::connect(&env.database_url, 2 + config.worker.concurrency as u32 * 2).await?;
+            let pool = db::connect_worker(
+                &env.database_url,
+                2 + config.worker.concurrency as u32 * 2,
+                &config.worker,
+            )
+            .await?;
             require_schema(&pool).await?;
             let limiter = crate::ratelimit::Limiter::new(
                 pool.clone(),

@@ -108,6 +108,15 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How often a worker halted by bad credentials probes HubSpot again.
     pub auth_probe_interval: Duration,
+    /// Postgres `statement_timeout` on worker sessions: far above any statement hubsync runs,
+    /// so it only ends one that hangs.
+    pub statement_timeout: Duration,
+    /// Postgres `lock_timeout` on worker sessions: a row held by another session delays a
+    /// worker this long at most, then the worker goes on with other rows.
+    pub lock_timeout: Duration,
+    /// Postgres `idle_in_transaction_session_timeout` on worker sessions: a worker cut off
+    /// mid-transaction releases its locks after this long instead of when TCP gives up.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 /// One object type's declared properties.
@@ -216,6 +225,9 @@ struct RawWorker {
     ledger_retention_days: Option<Spanned<u64>>,
     lease_secs: Option<Spanned<u64>>,
     auth_probe_secs: Option<Spanned<u64>>,
+    statement_timeout_secs: Option<Spanned<u64>>,
+    lock_timeout_ms: Option<Spanned<u64>>,
+    idle_in_transaction_timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -508,6 +520,30 @@ fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, Confi
             60,
             1,
             3600,
+        )?),
+        statement_timeout: Duration::from_secs(bounded(
+            src,
+            "worker.statement_timeout_secs",
+            &raw.statement_timeout_secs,
+            300,
+            5,
+            86_400,
+        )?),
+        lock_timeout: Duration::from_millis(bounded(
+            src,
+            "worker.lock_timeout_ms",
+            &raw.lock_timeout_ms,
+            5000,
+            10,
+            600_000,
+        )?),
+        idle_in_transaction_timeout: Duration::from_secs(bounded(
+            src,
+            "worker.idle_in_transaction_timeout_secs",
+            &raw.idle_in_transaction_timeout_secs,
+            60,
+            1,
+            86_400,
         )?),
     })
 }

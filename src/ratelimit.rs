@@ -1,7 +1,7 @@
 //! The limiter every worker shares, through one Postgres row: permits within the portal's
 //! burst limit, and pauses (429, bad credentials) that hold every worker back at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -47,17 +47,24 @@ impl Limiter {
         })
     }
 
-    /// Waits for a permit. Gives up when cancelled, or when the wait would exceed `max_wait`
-    /// (so a caller holding leases can hand them back during a long pause).
+    /// Waits for a permit, at most `max_wait` in all. Gives up when cancelled, when a pause
+    /// or the queue for permits would outlast `max_wait`, or when the permit arrives too late
+    /// (a caller holding leases must not send once they could run out before the reply).
     pub async fn acquire(
         &self,
         cancel: &CancellationToken,
         max_wait: Duration,
     ) -> Result<Result<(), NoPermit>, sqlx::Error> {
+        let deadline = Instant::now() + max_wait;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
             match db::limiter::try_acquire(&self.pool, LIMITER, self.limit, self.window).await? {
+                // Taking the permit can itself wait on other workers taking theirs.
+                Ok(()) if Instant::now() > deadline => {
+                    return Ok(Err(NoPermit::Paused(Duration::ZERO)));
+                }
                 Ok(()) => return Ok(Ok(())),
-                Err(wait) if wait > max_wait => return Ok(Err(NoPermit::Paused(wait))),
+                Err(wait) if wait > left => return Ok(Err(NoPermit::Paused(wait))),
                 Err(wait) => {
                     // Re-check at least every second: another worker may clear a pause.
                     let nap = wait.min(Duration::from_secs(1));

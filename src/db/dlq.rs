@@ -179,23 +179,18 @@ pub async fn delete_rows(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx:
     Ok(())
 }
 
-/// Marks the objects of due DLQ object rows dirty again so the next sync resends their
-/// current state; the row stays (pushed an hour ahead) until a sync succeeds or fails again.
-/// Locks: the due DLQ rows (`SKIP LOCKED`), then their object rows in key order, briefly.
+/// Marks the objects of due DLQ object rows dirty again, with nothing held back, so the next
+/// sync resends their whole current state; the row stays (pushed an hour ahead) until a sync
+/// succeeds or fails again. Locks, in the order `db` states: the objects in key order, then
+/// their DLQ rows (the due rows are found without locking first, and re-checked once locked).
 pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let due: Vec<(String, String)> = sqlx::query_as(
-        "WITH due AS MATERIALIZED (
-             SELECT id FROM hubsync.dlq
-             WHERE kind = 'object' AND next_retry_at <= now()
-             ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
-         )
-         UPDATE hubsync.dlq d SET next_retry_at = now() + interval '1 hour'
-         FROM due WHERE d.id = due.id
-         RETURNING d.object_type, d.object_key",
+        "SELECT object_type, object_key FROM hubsync.dlq
+         WHERE kind = 'object' AND next_retry_at <= now()
+         ORDER BY next_retry_at, id LIMIT $1",
     )
     .bind(limit)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
     let mut requeued = 0;
     for object_type in ["contact", "company"] {
@@ -208,20 +203,32 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
             continue;
         }
         keys.sort();
-        super::objects::lock_in_key_order(&mut tx, object_type, &keys).await?;
+        let (mut tx, locked) = super::objects::begin_locked(pool, object_type, &keys).await?;
+        let still_due: Vec<String> = sqlx::query_scalar(
+            "UPDATE hubsync.dlq SET next_retry_at = now() + interval '1 hour'
+             WHERE kind = 'object' AND object_type = $1 AND object_key = ANY($2)
+               AND next_retry_at <= now()
+             RETURNING object_key",
+        )
+        .bind(object_type)
+        .bind(&locked)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The version moves, so a batch in flight cannot record the holds it saw as current.
         requeued += sqlx::query(
             "UPDATE hubsync.objects
-             SET dirty = true, next_attempt_at = NULL, attempts = 0,
+             SET dirty = true, next_attempt_at = NULL, attempts = 0, held = NULL,
+                 version = version + 1,
                  dirty_since = CASE WHEN dirty THEN dirty_since ELSE now() END
              WHERE object_type = $1 AND object_key = ANY($2)",
         )
         .bind(object_type)
-        .bind(&keys)
+        .bind(&still_due)
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
     }
-    tx.commit().await?;
     Ok(requeued)
 }
 

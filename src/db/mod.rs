@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -22,6 +22,44 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
         .connect(url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Postgres at {}; check DATABASE_URL and that the server is running",
+                redact(url)
+            )
+        })
+}
+
+/// The name worker sessions carry in `pg_stat_activity`, so an operator can tell them apart.
+pub const APPLICATION_NAME: &str = "hubsync";
+
+/// Connects the worker's pool: every session carries the worker's timeouts, so a statement
+/// that hangs, a lock held elsewhere, or a transaction left open by a worker that was cut off
+/// holds nothing for long. A connection that dies is replaced at the next use.
+pub async fn connect_worker(
+    url: &str,
+    max_connections: u32,
+    worker: &crate::config::WorkerSettings,
+) -> anyhow::Result<PgPool> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let options: PgConnectOptions = url.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "DATABASE_URL is not a valid Postgres URL; write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    })?;
+    let options = options.application_name(APPLICATION_NAME).options([
+        ("statement_timeout", ms(worker.statement_timeout)),
+        ("lock_timeout", ms(worker.lock_timeout)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(worker.idle_in_transaction_timeout),
+        ),
+    ]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
         .await
         .with_context(|| {
             format!(

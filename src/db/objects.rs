@@ -3,25 +3,54 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-/// Locks object rows in key order, the order ingest locks them in, so that recording a
-/// batch's outcome and folding events into the same objects can never deadlock.
-pub async fn lock_in_key_order(
+/// Starts a transaction holding the object rows of `keys`, locked in key order (the one lock
+/// order `db` states). A row held by another session for longer than the session's
+/// `lock_timeout` is left out rather than waited on: the returned keys are those held. A
+/// leased object left out keeps its lease; when the lease runs out, it is sent again.
+pub async fn begin_locked(
+    pool: &PgPool,
+    object_type: &str,
+    keys: &[String],
+) -> Result<(Transaction<'static, Postgres>, Vec<String>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    match lock_rows(&mut tx, object_type, keys, "").await {
+        Ok(held) => return Ok((tx, held)),
+        Err(e) if is_lock_timeout(&e) => {}
+        Err(e) => return Err(e),
+    }
+    drop(tx);
+    let mut tx = pool.begin().await?;
+    let held = lock_rows(&mut tx, object_type, keys, " SKIP LOCKED").await?;
+    tracing::warn!(
+        object = object_type,
+        locked = keys.len() - held.len(),
+        "object rows held by another session; their outcome is recorded once they are free"
+    );
+    Ok((tx, held))
+}
+
+async fn lock_rows(
     tx: &mut PgConnection,
     object_type: &str,
     keys: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT 1 FROM hubsync.objects WHERE object_type = $1 AND object_key = ANY($2)
-         ORDER BY object_key FOR UPDATE",
-    )
+    wait: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT object_key FROM hubsync.objects WHERE object_type = $1 AND object_key = ANY($2)
+         ORDER BY object_key FOR UPDATE{wait}"
+    ))
     .bind(object_type)
     .bind(keys)
     .fetch_all(&mut *tx)
-    .await?;
-    Ok(())
+    .await
+}
+
+/// A lock wait ended by the session's `lock_timeout` (SQLSTATE 55P03).
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
 /// A dirty object leased for one batch.
@@ -39,9 +68,12 @@ pub struct Leased {
     pub hubspot_id: Option<String>,
     /// Consecutive transient failures so far.
     pub attempts: i32,
+    /// Properties held back after HubSpot refused them (`{"name": "refused value"}`), if any.
+    pub held: Option<String>,
 }
 
-/// Leases up to `limit` dirty objects that are due. Locks: the chosen rows for the length of
+/// Leases up to `limit` dirty objects that are due, in the order they became due: a fresh
+/// object from when it became dirty, one backing off from when its retry fell due. Locks: the chosen rows for the length of
 /// this statement only (`SKIP LOCKED`); the lease columns then keep others away until the
 /// batch is recorded or the lease expires. No transaction stays open across the HTTP call.
 pub async fn lease(
@@ -55,9 +87,9 @@ pub async fn lease(
         "WITH picked AS MATERIALIZED (
              SELECT object_type, object_key FROM hubsync.objects
              WHERE object_type = $1 AND dirty
-               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+               AND coalesce(next_attempt_at, dirty_since, '-infinity'::timestamptz) <= now()
                AND (leased_until IS NULL OR leased_until < now())
-             ORDER BY next_attempt_at NULLS FIRST, dirty_since
+             ORDER BY coalesce(next_attempt_at, dirty_since, '-infinity'::timestamptz)
              LIMIT $2 FOR UPDATE SKIP LOCKED
          )
          UPDATE hubsync.objects o
@@ -65,7 +97,7 @@ pub async fn lease(
          FROM picked
          WHERE o.object_type = picked.object_type AND o.object_key = picked.object_key
          RETURNING o.object_key, o.state::text AS state, o.version, o.company_key,
-                   o.hubspot_id, o.attempts",
+                   o.hubspot_id, o.attempts, o.held::text AS held",
     )
     .bind(object_type)
     .bind(limit)
@@ -82,45 +114,59 @@ pub async fn lease(
                 company_key: r.try_get("company_key")?,
                 hubspot_id: r.try_get("hubspot_id")?,
                 attempts: r.try_get("attempts")?,
+                held: r.try_get("held")?,
             })
         })
         .collect()
 }
 
-/// Marks written objects clean unless their version moved, stores HubSpot ids, and removes
-/// their dead-letter rows. Fenced by `token`. Locks: those object and DLQ rows, briefly.
-/// Returns the keys actually recorded (a lost lease records nothing).
+/// Marks written objects clean unless their version moved, stores HubSpot ids and what stays
+/// held back, and removes the dead-letter rows of objects that hold nothing back any more.
+/// Fenced by `token`. Locks: those object rows in key order, then their DLQ rows. Returns the
+/// keys actually recorded (a lost lease, or a row another session holds, records nothing).
 pub async fn record_written(
     pool: &PgPool,
     object_type: &str,
     token: Uuid,
-    keys: &[String],
-    versions: &[i64],
-    hubspot_ids: &[Option<String>],
+    written: &[Written],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    lock_in_key_order(&mut tx, object_type, keys).await?;
+    let keys: Vec<String> = written.iter().map(|w| w.key.clone()).collect();
+    let (mut tx, locked) = begin_locked(pool, object_type, &keys).await?;
+    // A version that moved meanwhile may come from a replay that cleared the holds: keep
+    // the row's own holds then, and let the next batch work them out again.
     let done: Vec<(String,)> = sqlx::query_as(
         "UPDATE hubsync.objects o
          SET dirty = (o.version <> u.version), synced_version = u.version,
              hubspot_id = coalesce(u.hubspot_id, o.hubspot_id),
+             held = CASE WHEN o.version = u.version THEN u.held::jsonb ELSE o.held END,
              leased_until = NULL, lease_token = NULL, attempts = 0, next_attempt_at = NULL,
              last_error = NULL, synced_at = now()
-         FROM unnest($2::text[], $3::int8[], $4::text[]) AS u(key, version, hubspot_id)
-         WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $5
+         FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[])
+              AS u(key, version, hubspot_id, held)
+         WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $6
+           AND o.object_key = ANY($7)
          RETURNING o.object_key",
     )
     .bind(object_type)
-    .bind(keys)
-    .bind(versions)
-    .bind(hubspot_ids)
+    .bind(&keys)
+    .bind(written.iter().map(|w| w.version).collect::<Vec<_>>())
+    .bind(
+        written
+            .iter()
+            .map(|w| w.hubspot_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(written.iter().map(|w| w.held.clone()).collect::<Vec<_>>())
     .bind(token)
+    .bind(&locked)
     .fetch_all(&mut *tx)
     .await?;
     let done: Vec<String> = done.into_iter().map(|(k,)| k).collect();
     sqlx::query(
-        "DELETE FROM hubsync.dlq
-         WHERE kind = 'object' AND object_type = $1 AND object_key = ANY($2)",
+        "DELETE FROM hubsync.dlq d USING hubsync.objects o
+         WHERE d.kind = 'object' AND d.object_type = $1 AND d.object_key = ANY($2)
+           AND o.object_type = d.object_type AND o.object_key = d.object_key
+           AND o.held IS NULL",
     )
     .bind(object_type)
     .bind(&done)
@@ -128,6 +174,19 @@ pub async fn record_written(
     .await?;
     tx.commit().await?;
     Ok(done)
+}
+
+/// One object HubSpot wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Normalised key.
+    pub key: String,
+    /// Version at lease time: the object stays dirty if it moved meanwhile.
+    pub version: i64,
+    /// The record id HubSpot gave, when the reply said.
+    pub hubspot_id: Option<String>,
+    /// What stays held back after this write (`{"name": "value"}` text), or none.
+    pub held: Option<String>,
 }
 
 /// Gives leased objects back untouched (rate limit, halted credentials, shutdown): not an
@@ -138,14 +197,13 @@ pub async fn release(
     token: Uuid,
     keys: &[String],
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    lock_in_key_order(&mut tx, object_type, keys).await?;
+    let (mut tx, locked) = begin_locked(pool, object_type, keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects SET leased_until = NULL, lease_token = NULL
          WHERE object_type = $1 AND object_key = ANY($2) AND lease_token = $3",
     )
     .bind(object_type)
-    .bind(keys)
+    .bind(&locked)
     .bind(token)
     .execute(&mut *tx)
     .await?;
@@ -162,8 +220,7 @@ pub async fn record_transient(
     delays: &[f64],
     error: &str,
 ) -> Result<Vec<(String, i32)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    lock_in_key_order(&mut tx, object_type, keys).await?;
+    let (mut tx, locked) = begin_locked(pool, object_type, keys).await?;
     let rows = sqlx::query_as(
         "UPDATE hubsync.objects o
          SET attempts = o.attempts + 1,
@@ -171,6 +228,7 @@ pub async fn record_transient(
              leased_until = NULL, lease_token = NULL, last_error = $5
          FROM unnest($2::text[], $3::float8[]) AS u(key, delay)
          WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $4
+           AND o.object_key = ANY($6)
          RETURNING o.object_key, o.attempts",
     )
     .bind(object_type)
@@ -178,6 +236,7 @@ pub async fn record_transient(
     .bind(delays)
     .bind(token)
     .bind(error)
+    .bind(&locked)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -201,12 +260,16 @@ pub struct ObjectFailure {
     pub error: String,
     /// Parked at once (no automatic retry).
     pub permanent: bool,
+    /// Properties HubSpot refused (`{"name": "value"}` text): these are held back and the
+    /// object's other properties go on syncing, instead of the whole object failing.
+    pub hold: Option<String>,
 }
 
 /// Moves failed objects to the DLQ (one row per object, updated on repeat failures) and
 /// releases them; an object whose version moved meanwhile stays dirty so its newer state is
 /// tried. Retryable rows are due again after a delay growing with attempts, and parked after
-/// `max_attempts`. Fenced by `token`. Locks: those object and DLQ rows, briefly.
+/// `max_attempts`. Fenced by `token`. Locks: those object rows in key order, then their DLQ
+/// rows, briefly.
 pub async fn dead_letter(
     pool: &PgPool,
     object_type: &str,
@@ -217,14 +280,21 @@ pub async fn dead_letter(
     let keys: Vec<String> = failures.iter().map(|f| f.key.clone()).collect();
     let versions: Vec<i64> = failures.iter().map(|f| f.version).collect();
     let messages: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
-    let mut tx = pool.begin().await?;
-    lock_in_key_order(&mut tx, object_type, &keys).await?;
+    let holds: Vec<Option<String>> = failures.iter().map(|f| f.hold.clone()).collect();
+    let (mut tx, locked) = begin_locked(pool, object_type, &keys).await?;
+    // An object holding properties back stays dirty and due: its other properties are sent
+    // by the next batch.
     let owned: Vec<(String,)> = sqlx::query_as(
         "UPDATE hubsync.objects o
-         SET dirty = (o.version <> u.version), leased_until = NULL, lease_token = NULL,
+         SET dirty = (u.hold IS NOT NULL OR o.version <> u.version),
+             held = CASE WHEN u.hold IS NULL THEN o.held
+                         ELSE coalesce(o.held, '{}'::jsonb) || u.hold::jsonb END,
+             leased_until = NULL, lease_token = NULL,
              attempts = 0, next_attempt_at = NULL, last_error = u.message
-         FROM unnest($2::text[], $3::int8[], $4::text[]) AS u(key, version, message)
+         FROM unnest($2::text[], $3::int8[], $4::text[], $6::text[])
+              AS u(key, version, message, hold)
          WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $5
+           AND o.object_key = ANY($7)
          RETURNING o.object_key",
     )
     .bind(object_type)
@@ -232,6 +302,8 @@ pub async fn dead_letter(
     .bind(&versions)
     .bind(&messages)
     .bind(token)
+    .bind(&holds)
+    .bind(&locked)
     .fetch_all(&mut *tx)
     .await?;
     let owned: std::collections::HashSet<String> = owned.into_iter().map(|(k,)| k).collect();
@@ -294,15 +366,16 @@ pub async fn record_associated(
     contact_keys: &[String],
     company_keys: &[String],
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    lock_in_key_order(&mut tx, "contact", contact_keys).await?;
+    let (mut tx, locked) = begin_locked(pool, "contact", contact_keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects o SET associated_company_key = u.company
          FROM unnest($1::text[], $2::text[]) AS u(contact, company)
-         WHERE o.object_type = 'contact' AND o.object_key = u.contact",
+         WHERE o.object_type = 'contact' AND o.object_key = u.contact
+           AND o.object_key = ANY($3)",
     )
     .bind(contact_keys)
     .bind(company_keys)
+    .bind(&locked)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

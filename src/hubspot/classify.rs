@@ -104,6 +104,9 @@ pub struct RecordError {
     pub raw: Value,
     /// Whether retrying without a change can ever succeed.
     pub permanent: bool,
+    /// The properties HubSpot named as the cause, when every problem it listed names one:
+    /// those can be held back while the record's other properties are sent again.
+    pub properties: Vec<String>,
 }
 
 /// What one request's reply means.
@@ -233,6 +236,10 @@ fn record_error(err: &Value, default_category: &'static str) -> RecordError {
             .collect();
         format!("HubSpot refused the record: {}", parts.join("; "))
     };
+    let named: Option<Vec<String>> = problems.iter().map(|(_, p, _)| p.clone()).collect();
+    let mut properties = named.unwrap_or_default();
+    properties.sort();
+    properties.dedup();
     RecordError {
         category: if permanent {
             "hubspot_validation"
@@ -243,6 +250,7 @@ fn record_error(err: &Value, default_category: &'static str) -> RecordError {
         message,
         raw: err.clone(),
         permanent,
+        properties,
     }
 }
 
@@ -490,6 +498,7 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
                     message: "HubSpot answered success but its reply does not mention this record, so it was not written".into(),
                     raw: Value::Null,
                     permanent: false,
+                    properties: Vec::new(),
                 },
             )),
         }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::Worker;
 use super::retry::retry_delay;
 use crate::db;
-use crate::db::objects::{Leased, ObjectFailure};
+use crate::db::objects::{Leased, ObjectFailure, Written};
 use crate::hubspot::{Outcome, RecordError, SentInput, classify};
 use crate::ratelimit::NoPermit;
 use crate::schema::{ObjectKind, ObjectState};
@@ -61,9 +61,20 @@ struct Input {
     leased: Leased,
     trace_id: String,
     properties: Map<String, Value>,
+    /// Holds that stay in force after this send: properties left out because HubSpot refused
+    /// exactly their current value.
+    held: BTreeMap<String, String>,
 }
 
-fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> (String, Vec<Input>) {
+/// The batch's inputs, and the leased objects whose stored state cannot be read (never sent:
+/// sending what could be read of them would mark them synced).
+struct Built {
+    key_property: String,
+    inputs: Vec<Input>,
+    unreadable: Vec<(Leased, String)>,
+}
+
+fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> Built {
     let (key_property, objects) = match kind {
         ObjectKind::Contact => ("email".to_string(), &w.config.contacts),
         ObjectKind::Company => match &w.config.companies {
@@ -71,28 +82,52 @@ fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> (String, V
             None => ("".to_string(), &w.config.contacts),
         },
     };
-    let inputs = leased
-        .into_iter()
-        .map(|l| {
-            let state: ObjectState = serde_json::from_str(&l.state).unwrap_or_default();
-            let mut properties = Map::new();
-            for (name, prop) in &state.props {
-                // Only declared properties are sent: removing one from hubsync.toml stops it.
-                if objects.properties.contains_key(name) {
-                    properties.insert(name.clone(), Value::String(prop.v.clone()));
-                }
+    let mut inputs = Vec::with_capacity(leased.len());
+    let mut unreadable = Vec::new();
+    for l in leased {
+        let state: ObjectState = match serde_json::from_str(&l.state) {
+            Ok(state) => state,
+            Err(e) => {
+                unreadable.push((l, e.to_string()));
+                continue;
             }
-            // The key is always sent too: HubSpot may not set it from `id` on create.
-            properties.insert(key_property.clone(), Value::String(l.key.clone()));
-            Input {
-                leased: l,
-                // Unique per input and never reused: a fresh UUID each time it is sent.
-                trace_id: Uuid::new_v4().simple().to_string(),
-                properties,
+        };
+        // Holds are hubsync's own notes; one that cannot be read holds nothing back (HubSpot
+        // refuses the value again, and it is held again).
+        let holds: BTreeMap<String, String> = l
+            .held
+            .as_deref()
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_default();
+        let mut properties = Map::new();
+        let mut held = BTreeMap::new();
+        for (name, prop) in &state.props {
+            // Only declared properties are sent: removing one from hubsync.toml stops it.
+            if !objects.properties.contains_key(name) {
+                continue;
             }
-        })
-        .collect();
-    (key_property, inputs)
+            // A refused value stays back until it changes or the DLQ row is replayed.
+            if holds.get(name) == Some(&prop.v) {
+                held.insert(name.clone(), prop.v.clone());
+                continue;
+            }
+            properties.insert(name.clone(), Value::String(prop.v.clone()));
+        }
+        // The key is always sent too: HubSpot may not set it from `id` on create.
+        properties.insert(key_property.clone(), Value::String(l.key.clone()));
+        inputs.push(Input {
+            leased: l,
+            // Unique per input and never reused: a fresh UUID each time it is sent.
+            trace_id: Uuid::new_v4().simple().to_string(),
+            properties,
+            held,
+        });
+    }
+    Built {
+        key_property,
+        inputs,
+        unreadable,
+    }
 }
 
 fn body(key_property: &str, inputs: &[Input], group: &[usize]) -> Value {
@@ -143,7 +178,14 @@ pub async fn sync_once(
     if leased.is_empty() {
         return Ok(report);
     }
-    let (key_property, inputs) = build_inputs(w, kind, leased);
+    let Built {
+        key_property,
+        inputs,
+        unreadable,
+    } = build_inputs(w, kind, leased);
+    if !unreadable.is_empty() {
+        park_unreadable(w, kind, token, unreadable, &mut report).await?;
+    }
     let sent: Vec<SentInput> = inputs
         .iter()
         .map(|i| SentInput {
@@ -296,7 +338,7 @@ pub async fn sync_once(
             }
         }
     }
-    record(w, kind, token, &inputs, fates, &mut report).await?;
+    record(w, kind, token, &key_property, &inputs, fates, &mut report).await?;
     Ok(report)
 }
 
@@ -304,14 +346,13 @@ async fn record(
     w: &Worker,
     kind: ObjectKind,
     token: Uuid,
+    key_property: &str,
     inputs: &[Input],
     fates: BTreeMap<usize, Fate>,
     report: &mut SyncReport,
 ) -> anyhow::Result<()> {
     let object_type = kind.as_str();
-    let mut written_keys = Vec::new();
-    let mut written_versions = Vec::new();
-    let mut written_ids = Vec::new();
+    let mut written: Vec<Written> = Vec::new();
     let mut failures: Vec<ObjectFailure> = Vec::new();
     let mut released = Vec::new();
     let max_attempts = w.config.worker.max_attempts;
@@ -320,14 +361,20 @@ async fn record(
         let input = &inputs[i];
         let key = input.leased.key.clone();
         match fate {
-            Fate::Written(id) => {
-                written_keys.push(key);
-                written_versions.push(input.leased.version);
-                written_ids.push(id);
-            }
-            Fate::Failed(e) => {
-                failures.push(failure(input, e.category, &e.message, &e.raw, e.permanent))
-            }
+            Fate::Written(id) => written.push(Written {
+                key,
+                version: input.leased.version,
+                hubspot_id: id,
+                held: if input.held.is_empty() {
+                    None
+                } else {
+                    Some(json!(input.held).to_string())
+                },
+            }),
+            Fate::Failed(e) => failures.push(match refused_properties(input, &e, key_property) {
+                Some(hold) => held_back(input, &e, hold),
+                None => failure(input, e.category, &e.message, &e.raw, e.permanent),
+            }),
             Fate::Transient(_, reason, category) if input.leased.attempts + 1 >= max_attempts => {
                 // Out of attempts: parked in the DLQ with the last reason.
                 let message = format!(
@@ -344,17 +391,10 @@ async fn record(
             Fate::Released => released.push(key),
         }
     }
-    if !written_keys.is_empty() {
-        let done = db::objects::record_written(
-            &w.pool,
-            object_type,
-            token,
-            &written_keys,
-            &written_versions,
-            &written_ids,
-        )
-        .await
-        .context("failed to record written objects")?;
+    if !written.is_empty() {
+        let done = db::objects::record_written(&w.pool, object_type, token, &written)
+            .await
+            .context("failed to record written objects")?;
         report.written += done.len();
     }
     if !released.is_empty() {
@@ -380,6 +420,86 @@ async fn record(
     Ok(())
 }
 
+/// The properties of `input` HubSpot refused for good, with the values sent, when the error
+/// names them all and none is the key: those can be held back and the rest sent again.
+fn refused_properties(
+    input: &Input,
+    e: &RecordError,
+    key_property: &str,
+) -> Option<BTreeMap<String, String>> {
+    if !e.permanent || e.properties.is_empty() {
+        return None;
+    }
+    e.properties
+        .iter()
+        .map(|name| match input.properties.get(name) {
+            Some(Value::String(v)) if name != key_property => Some((name.clone(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn held_back(input: &Input, e: &RecordError, hold: BTreeMap<String, String>) -> ObjectFailure {
+    let names: Vec<String> = hold.keys().map(|n| format!("\"{n}\"")).collect();
+    let message = format!(
+        "{}; held back: {} (the object's other properties keep syncing). Fix the value or the property, then replay this row to send it again",
+        e.message,
+        names.join(", ")
+    );
+    ObjectFailure {
+        key: input.leased.key.clone(),
+        version: input.leased.version,
+        payload: json!({"id": input.leased.key, "properties": hold, "held": true}).to_string(),
+        category: e.category.to_string(),
+        message,
+        error: e.raw.to_string(),
+        permanent: true,
+        hold: Some(json!(hold).to_string()),
+    }
+}
+
+/// Parks leased objects whose stored state cannot be read, leaving the state as it is.
+async fn park_unreadable(
+    w: &Worker,
+    kind: ObjectKind,
+    token: Uuid,
+    unreadable: Vec<(Leased, String)>,
+    report: &mut SyncReport,
+) -> anyhow::Result<()> {
+    let failures: Vec<ObjectFailure> = unreadable
+        .into_iter()
+        .map(|(l, reason)| {
+            let message = format!(
+                "the stored state of {} \"{}\" in hubsync.objects cannot be read ({reason}); nothing was sent. Fix the state (or reset it: UPDATE hubsync.objects SET state = '{{}}'), then replay this row",
+                kind.as_str(),
+                l.key
+            );
+            tracing::error!(object = kind.as_str(), key = %l.key, "object parked: {message}");
+            ObjectFailure {
+                payload: json!({"id": l.key, "state": l.state}).to_string(),
+                key: l.key,
+                version: l.version,
+                category: "invalid_state".into(),
+                error: json!({"source": "hubsync", "message": message}).to_string(),
+                message,
+                permanent: true,
+                hold: None,
+            }
+        })
+        .collect();
+    db::objects::dead_letter(
+        &w.pool,
+        kind.as_str(),
+        token,
+        &failures,
+        w.config.worker.max_attempts,
+    )
+    .await
+    .context("failed to park objects whose state cannot be read")?;
+    report.dead_lettered += failures.len();
+    Ok(())
+}
+
 fn failure(
     input: &Input,
     category: &str,
@@ -399,5 +519,6 @@ fn failure(
             raw.to_string()
         },
         permanent,
+        hold: None,
     }
 }

@@ -36,7 +36,9 @@ async fn hundred_with_one_bad(h: &Harness) {
     }
 }
 
-fn assert_99_written_and_1_dead_lettered(
+/// The 99 good records written whole; the bad one written without its refused property,
+/// which waits in the DLQ, parked.
+fn assert_99_written_and_1_held_back(
     h: &Harness,
     dlq: &[(
         String,
@@ -46,14 +48,28 @@ fn assert_99_written_and_1_dead_lettered(
     )],
 ) {
     let records = h.sim.records("contacts");
-    assert_eq!(records.len(), 99);
-    assert!(h.sim.contact("u042@acme.com").is_none());
+    assert_eq!(records.len(), 100);
+    for i in (0..100).filter(|i| *i != 42) {
+        assert_eq!(
+            h.prop(&format!("u{i:03}@acme.com"), "current_plan")
+                .as_deref(),
+            Some("pro")
+        );
+    }
+    let bad = h.contact("u042@acme.com");
+    assert_eq!(
+        bad.properties.get("total_sessions").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(bad.properties.get("current_plan"), None);
     assert_eq!(dlq.len(), 1);
     let (key, category, message, next) = &dlq[0];
     assert_eq!(key, "u042@acme.com");
     assert_eq!(category, "hubspot_validation");
     assert!(
-        message.contains("current_plan") && message.contains("INVALID_OPTION"),
+        message.contains("current_plan")
+            && message.contains("INVALID_OPTION")
+            && message.contains("held back"),
         "{message}"
     );
     assert!(next.is_none(), "a permanent refusal is parked at once");
@@ -68,11 +84,39 @@ async fn one_bad_record_in_a_207_is_dead_lettered_and_the_99_are_written(pool: P
     h.drain().await;
     assert_eq!(
         h.upserts().len(),
-        1,
-        "one request: HubSpot isolates by trace id"
+        2,
+        "one request (HubSpot isolates by trace id), then the refused record without its bad property"
     );
     assert_eq!(h.upserts()[0].status, 207);
-    assert_99_written_and_1_dead_lettered(&h, &h.dlq().await);
+    assert_99_written_and_1_held_back(&h, &h.dlq().await);
+
+    // A later event still reaches HubSpot for the other properties; the held value stays back.
+    h.enqueue("u042@acme.com", json!({"total_sessions": 2}))
+        .await;
+    h.drain().await;
+    assert_eq!(
+        h.prop("u042@acme.com", "total_sessions").as_deref(),
+        Some("3")
+    );
+    assert_eq!(h.prop("u042@acme.com", "current_plan"), None);
+    assert_eq!(h.dlq().await.len(), 1);
+
+    // Once HubSpot has the option again, a replay sends the held value and clears the row.
+    let mut plan = h.sim.property("contacts", "current_plan").unwrap();
+    plan["options"].as_array_mut().unwrap().push(
+        json!({"label": "enterprise", "value": "enterprise", "displayOrder": 2, "hidden": false}),
+    );
+    h.sim.define_property("contacts", plan);
+    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now()")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.drain().await;
+    assert_eq!(
+        h.prop("u042@acme.com", "current_plan").as_deref(),
+        Some("enterprise")
+    );
+    assert!(h.dlq().await.is_empty());
 }
 
 #[sqlx::test]
@@ -85,11 +129,11 @@ async fn one_bad_record_in_a_whole_batch_400_is_found_and_the_99_are_written(poo
     h.drain().await;
     let upserts = h.upserts();
     assert!(
-        upserts.len() <= 16,
+        upserts.len() <= 17,
         "isolation took {} requests",
         upserts.len()
     );
-    assert_99_written_and_1_dead_lettered(&h, &h.dlq().await);
+    assert_99_written_and_1_held_back(&h, &h.dlq().await);
 }
 
 #[sqlx::test]
@@ -504,6 +548,7 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
             message: format!("HubSpot refused the record: something odd ({attempt})"),
             error: "{}".into(),
             permanent: false,
+            hold: None,
         };
         dead_letter(&pool, "contact", token, &[failure], max_attempts)
             .await
