@@ -186,6 +186,9 @@ pub async fn sync_once(
     if !unreadable.is_empty() {
         park_unreadable(w, kind, token, unreadable, &mut report).await?;
     }
+    if inputs.is_empty() {
+        return Ok(report);
+    }
     let sent: Vec<SentInput> = inputs
         .iter()
         .map(|i| SentInput {

@@ -1,0 +1,404 @@
+//! Nothing in the outbox can stop the pipeline: rows any buggy producer can write with a plain
+//! INSERT, states an operator broke by hand, rows Postgres itself refuses, rows another
+//! session holds locked. Each ends folded or in the DLQ, and the rows around it move on.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::harness::{CONFIG, Harness, database_url, worker_for};
+
+/// Writes one outbox row as a producer's plain INSERT would, every column as text so any value
+/// Postgres accepts can be written.
+pub async fn insert_raw(
+    pool: &PgPool,
+    object_type: &str,
+    key: &str,
+    properties: &str,
+    occurred_at: &str,
+    company_key: Option<&str>,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties, occurred_at,
+                                     company_key)
+         VALUES ($1, $2, $3, $4::jsonb, $5::timestamptz, $6)",
+    )
+    .bind(id)
+    .bind(object_type)
+    .bind(key)
+    .bind(properties)
+    .bind(occurred_at)
+    .bind(company_key)
+    .execute(pool)
+    .await
+    .unwrap_or_else(|e| panic!("plain INSERT of {properties} at {occurred_at}: {e}"));
+    id
+}
+
+/// DLQ event rows: event id → category.
+async fn dead_events(pool: &PgPool) -> BTreeMap<Uuid, String> {
+    sqlx::query_as::<_, (Uuid, String)>(
+        "SELECT event_id, error_category FROM hubsync.dlq WHERE kind = 'event'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+const NOW: &str = "2026-11-26 10:00:00+00";
+
+/// The rows the pipeline used to stop on, each with the category it must end in.
+fn bad_rows() -> Vec<(
+    &'static str,
+    String,
+    String,
+    String,
+    Option<String>,
+    &'static str,
+)> {
+    let long = "x".repeat(4000);
+    let sessions = r#"{"total_sessions": 1}"#.to_string();
+    vec![
+        (
+            "contact",
+            "inf@acme.com".into(),
+            sessions.clone(),
+            "infinity".into(),
+            None,
+            "invalid_event",
+        ),
+        (
+            "contact",
+            "ninf@acme.com".into(),
+            sessions.clone(),
+            "-infinity".into(),
+            None,
+            "invalid_event",
+        ),
+        (
+            "contact",
+            "far@acme.com".into(),
+            sessions.clone(),
+            "262144-01-01 00:00:00+00".into(),
+            None,
+            "invalid_event",
+        ),
+        (
+            "contact",
+            "old@acme.com".into(),
+            sessions.clone(),
+            "1969-12-31 23:59:59+00".into(),
+            None,
+            "invalid_event",
+        ),
+        (
+            "contact",
+            "co@acme.com".into(),
+            sessions.clone(),
+            NOW.into(),
+            Some(long.clone()),
+            "invalid_key",
+        ),
+        (
+            "company",
+            long.clone(),
+            r#"{"seats": 3}"#.into(),
+            NOW.into(),
+            None,
+            "invalid_key",
+        ),
+        (
+            "contact",
+            format!("{}@acme.com", "a".repeat(300)),
+            sessions.clone(),
+            NOW.into(),
+            None,
+            "invalid_key",
+        ),
+        (
+            "contact",
+            "huge@acme.com".into(),
+            r#"{"total_sessions": 1e400}"#.into(),
+            NOW.into(),
+            None,
+            "invalid_value",
+        ),
+        (
+            "contact",
+            "tiny@acme.com".into(),
+            r#"{"total_sessions": 1e-400}"#.into(),
+            NOW.into(),
+            None,
+            "invalid_value",
+        ),
+        (
+            "contact",
+            "arr@acme.com".into(),
+            "[1, 2]".into(),
+            NOW.into(),
+            None,
+            "invalid_event",
+        ),
+    ]
+}
+
+/// Each bad row between two good ones; returns (bad id → expected category, good emails).
+async fn write_bad_between_good(pool: &PgPool) -> (BTreeMap<Uuid, &'static str>, Vec<String>) {
+    let mut bad = BTreeMap::new();
+    let mut good = Vec::new();
+    for (i, (object_type, key, props, at, company, category)) in bad_rows().into_iter().enumerate()
+    {
+        let before = format!("before{i}@acme.com");
+        let after = format!("after{i}@acme.com");
+        let ok = r#"{"total_sessions": 12345678901234567890, "current_plan": "pro"}"#;
+        insert_raw(pool, "contact", &before, ok, NOW, None).await;
+        let id = insert_raw(pool, object_type, &key, &props, &at, company.as_deref()).await;
+        insert_raw(pool, "contact", &after, ok, NOW, None).await;
+        bad.insert(id, category);
+        good.extend([before, after]);
+    }
+    (bad, good)
+}
+
+async fn assert_bad_parked_and_good_arrived(
+    h: &Harness,
+    bad: &BTreeMap<Uuid, &'static str>,
+    good: &[String],
+) {
+    assert_eq!(h.count("outbox").await, 0, "nothing is left behind");
+    let dead = dead_events(&h.pool).await;
+    let expected: BTreeMap<Uuid, String> = bad.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    assert_eq!(dead, expected);
+    for email in good {
+        assert_eq!(
+            h.prop(email, "total_sessions").as_deref(),
+            Some("12345678901234567890"),
+            "{email}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn each_bad_row_is_dead_lettered_and_the_rows_around_it_arrive(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    let (bad, good) = write_bad_between_good(&h.pool).await;
+    h.drain().await;
+    assert_bad_parked_and_good_arrived(&h, &bad, &good).await;
+    // The refusals say what and where, and the raw row is kept for the operator.
+    let (message, payload): (String, Value) = sqlx::query_as(
+        "SELECT error_message, payload FROM hubsync.dlq WHERE object_key = 'inf@acme.com'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(message.contains("occurred_at infinity"), "{message}");
+    assert_eq!(payload["occurred_at"], "infinity");
+}
+
+#[sqlx::test]
+async fn two_workers_isolate_the_same_bad_rows(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    let (bad, good) = write_bad_between_good(&h.pool).await;
+    let other = worker_for(&h.pool, &h.sim, &h.config).await;
+    let cancel = CancellationToken::new();
+    let (a, b) = tokio::join!(
+        h.worker.run_until_idle(&cancel),
+        other.run_until_idle(&cancel)
+    );
+    a.unwrap();
+    b.unwrap();
+    h.drain().await;
+    assert_bad_parked_and_good_arrived(&h, &bad, &good).await;
+}
+
+#[sqlx::test]
+async fn an_increment_that_would_overflow_is_refused_and_the_sum_kept(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    let big = format!("9{}", "0".repeat(31));
+    let props = format!(r#"{{"total_sessions": {big}}}"#);
+    insert_raw(&h.pool, "contact", "sum@acme.com", &props, NOW, None).await;
+    let refused = insert_raw(&h.pool, "contact", "sum@acme.com", &props, NOW, None).await;
+    insert_raw(
+        &h.pool,
+        "contact",
+        "sum@acme.com",
+        r#"{"total_sessions": 1}"#,
+        NOW,
+        None,
+    )
+    .await;
+    h.drain().await;
+    assert_eq!(
+        h.prop("sum@acme.com", "total_sessions"),
+        Some(format!("9{}1", "0".repeat(30)))
+    );
+    let dead = dead_events(&h.pool).await;
+    assert_eq!(
+        dead.get(&refused).map(String::as_str),
+        Some("invalid_value")
+    );
+    assert_eq!(dead.len(), 1);
+}
+
+#[sqlx::test]
+async fn a_state_that_cannot_be_read_is_parked_never_overwritten(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    h.enqueue("a@acme.com", json!({"total_sessions": 5})).await;
+    h.drain().await;
+    let good: String = sqlx::query_scalar(
+        "SELECT state::text FROM hubsync.objects WHERE object_key = 'a@acme.com'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    let broken = r#"{"props": {"total_sessions": 5}}"#;
+    sqlx::query("UPDATE hubsync.objects SET state = $1::jsonb WHERE object_key = 'a@acme.com'")
+        .bind(broken)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    // At ingest: the event waits in the DLQ, the object is parked, its neighbour goes on.
+    h.enqueue("a@acme.com", json!({"total_sessions": 2})).await;
+    h.enqueue("b@acme.com", json!({"total_sessions": 7})).await;
+    h.drain().await;
+    assert_eq!(h.prop("b@acme.com", "total_sessions").as_deref(), Some("7"));
+    let state: Value =
+        sqlx::query_scalar("SELECT state FROM hubsync.objects WHERE object_key = 'a@acme.com'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, serde_json::from_str::<Value>(broken).unwrap());
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, error_category FROM hubsync.dlq WHERE object_key = 'a@acme.com' ORDER BY kind",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("event".to_string(), "invalid_state".to_string()),
+            ("object".to_string(), "invalid_state".to_string())
+        ]
+    );
+    // At sync: a dirty object whose state cannot be read is parked, not sent.
+    sqlx::query("UPDATE hubsync.objects SET dirty = true, dirty_since = now() WHERE object_key = 'a@acme.com'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let sent = h.upserts().len();
+    h.drain().await;
+    assert_eq!(
+        h.upserts().len(),
+        sent,
+        "nothing is sent for it: {:?}",
+        h.upserts().last()
+    );
+    assert_eq!(h.prop("a@acme.com", "total_sessions").as_deref(), Some("5"));
+    // Fixed and replayed: the parked event is folded once, and the object synced.
+    sqlx::query("UPDATE hubsync.objects SET state = $1::jsonb WHERE object_key = 'a@acme.com'")
+        .bind(&good)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now()")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.drain().await;
+    assert_eq!(h.prop("a@acme.com", "total_sessions").as_deref(), Some("7"));
+    assert!(h.dlq().await.is_empty());
+}
+
+#[sqlx::test]
+async fn a_row_postgres_refuses_is_found_and_dead_lettered_and_the_chunk_commits(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    // A constraint the validation knows nothing of stands for any refusal tied to one row.
+    sqlx::query(
+        "ALTER TABLE hubsync.objects ADD CONSTRAINT refuses_one CHECK (object_key <> 'refused@acme.com')",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    for i in 0..20 {
+        h.enqueue(&format!("n{i}@acme.com"), json!({"total_sessions": 1}))
+            .await;
+        if i == 13 {
+            h.enqueue("refused@acme.com", json!({"total_sessions": 1}))
+                .await;
+        }
+    }
+    h.drain().await;
+    for i in 0..20 {
+        assert_eq!(
+            h.prop(&format!("n{i}@acme.com"), "total_sessions")
+                .as_deref(),
+            Some("1")
+        );
+    }
+    let dlq = h.dlq().await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].0, "refused@acme.com");
+    assert_eq!(dlq[0].1, "invalid_event");
+    assert!(dlq[0].2.contains("refuses_one"), "{}", dlq[0].2);
+    assert_eq!(h.count("outbox").await, 0);
+}
+
+#[sqlx::test]
+async fn a_row_locked_by_another_session_delays_only_itself(pool: PgPool) {
+    let config = format!("{CONFIG}\n[worker]\nlock_timeout_ms = 200\n");
+    let h = Harness::with(pool, &config, Default::default()).await;
+    h.setup().await;
+    let worker_pool = hubsync::db::connect_worker(&database_url(&h.pool), 6, &h.config.worker)
+        .await
+        .unwrap();
+    let worker = worker_for(&worker_pool, &h.sim, &h.config).await;
+    for email in ["a@acme.com", "b@acme.com", "c@acme.com"] {
+        h.enqueue(email, json!({"current_plan": "free"})).await;
+    }
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+
+    // An outside session holds a@'s row, as an operator's open transaction would.
+    let mut outside = h.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM hubsync.objects WHERE object_key = 'a@acme.com' FOR UPDATE")
+        .execute(&mut *outside)
+        .await
+        .unwrap();
+    for email in ["a@acme.com", "b@acme.com", "c@acme.com"] {
+        h.enqueue(email, json!({"current_plan": "pro"})).await;
+    }
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(h.prop("b@acme.com", "current_plan").as_deref(), Some("pro"));
+    assert_eq!(h.prop("c@acme.com", "current_plan").as_deref(), Some("pro"));
+    assert_eq!(
+        h.prop("a@acme.com", "current_plan").as_deref(),
+        Some("free")
+    );
+    assert_eq!(h.count("outbox").await, 1, "a@'s event waits in the outbox");
+
+    outside.commit().await.unwrap();
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(h.prop("a@acme.com", "current_plan").as_deref(), Some("pro"));
+    assert_eq!(h.count("outbox").await, 0);
+    assert!(h.dlq().await.is_empty());
+}
