@@ -22,6 +22,9 @@ use crate::hubspot::{Outcome, RecordError, SentInput, classify};
 use crate::ratelimit::NoPermit;
 use crate::schema::{ObjectKind, ObjectState};
 
+/// Tries at recording a sent batch's outcome while the database is away (about 15 s).
+const RECORD_RETRIES: u32 = 5;
+
 /// Extra requests one batch may spend isolating the inputs of a whole-batch 400.
 const MAX_ISOLATION_REQUESTS: usize = 24;
 
@@ -341,7 +344,21 @@ pub async fn sync_once(
             }
         }
     }
-    record(w, kind, token, &key_property, &inputs, fates, &mut report).await?;
+    // The request was sent: its outcome is worth a few tries if the database blinks (every
+    // statement of `record` is fenced by the token, so running it again changes nothing
+    // twice). Given up, the objects are sent again once their lease runs out.
+    let mut failures = 0;
+    loop {
+        match record(w, kind, token, &key_property, &inputs, &fates, &mut report).await {
+            Ok(()) => break,
+            Err(e) if failures < RECORD_RETRIES => {
+                failures += 1;
+                tracing::warn!("recording a batch's outcome failed: {e:#}; trying again");
+                tokio::time::sleep(super::retry::outage_delay(failures)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(report)
 }
 
@@ -351,7 +368,7 @@ async fn record(
     token: Uuid,
     key_property: &str,
     inputs: &[Input],
-    fates: BTreeMap<usize, Fate>,
+    fates: &BTreeMap<usize, Fate>,
     report: &mut SyncReport,
 ) -> anyhow::Result<()> {
     let object_type = kind.as_str();
@@ -360,22 +377,22 @@ async fn record(
     let mut released = Vec::new();
     let max_attempts = w.config.worker.max_attempts;
     let mut transient: BTreeMap<String, (Vec<String>, Vec<f64>)> = BTreeMap::new();
-    for (i, fate) in fates {
+    for (&i, fate) in fates {
         let input = &inputs[i];
         let key = input.leased.key.clone();
         match fate {
             Fate::Written(id) => written.push(Written {
                 key,
                 version: input.leased.version,
-                hubspot_id: id,
+                hubspot_id: id.clone(),
                 held: if input.held.is_empty() {
                     None
                 } else {
                     Some(json!(input.held).to_string())
                 },
             }),
-            Fate::Failed(e) => failures.push(match refused_properties(input, &e, key_property) {
-                Some(hold) => held_back(input, &e, hold),
+            Fate::Failed(e) => failures.push(match refused_properties(input, e, key_property) {
+                Some(hold) => held_back(input, e, hold),
                 None => failure(input, e.category, &e.message, &e.raw, e.permanent),
             }),
             Fate::Transient(_, reason, category) if input.leased.attempts + 1 >= max_attempts => {
@@ -387,7 +404,7 @@ async fn record(
                 failures.push(failure(input, category, &message, &Value::Null, true));
             }
             Fate::Transient(delay, reason, _) => {
-                let entry = transient.entry(reason).or_default();
+                let entry = transient.entry(reason.clone()).or_default();
                 entry.0.push(key);
                 entry.1.push(delay.as_secs_f64());
             }

@@ -5,6 +5,7 @@ mod end_to_end;
 mod failures;
 mod harness;
 mod invariants;
+mod outages;
 mod poison;
 mod simulator;
 mod startup;

@@ -54,14 +54,17 @@ async fn dead_events(pool: &PgPool) -> BTreeMap<Uuid, String> {
 const NOW: &str = "2026-11-26 10:00:00+00";
 
 /// The rows the pipeline used to stop on, each with the category it must end in.
-fn bad_rows() -> Vec<(
+/// (object_type, key, properties, occurred_at, company_key, expected category)
+type BadRow = (
     &'static str,
     String,
     String,
     String,
     Option<String>,
     &'static str,
-)> {
+);
+
+fn bad_rows() -> Vec<BadRow> {
     let long = "x".repeat(4000);
     let sessions = r#"{"total_sessions": 1}"#.to_string();
     vec![

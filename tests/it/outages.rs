@@ -1,0 +1,267 @@
+//! The database can come and go, and the parts that share it stay fair and deadlock-free:
+//! worker backends terminated mid-run, the lock order between replay and recording, objects in
+//! backoff under a storm of fresh ones, and batches that would outlive their lease.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hubsync::db::objects::{ObjectFailure, Written, dead_letter, lease, record_written};
+use hubsync::simulator::SimConfig;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{CONFIG, Harness, database_url, worker_for};
+
+async fn settled(pool: &PgPool) -> bool {
+    let (outbox, dirty): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM hubsync.outbox), (SELECT count(*) FROM hubsync.objects WHERE dirty)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    outbox == 0 && dirty == 0
+}
+
+#[sqlx::test]
+async fn workers_ride_out_their_connections_being_terminated(pool: PgPool) {
+    // Short leases: a batch whose lease was taken just before its session was cut is sent
+    // again once the lease runs out.
+    let config = format!(
+        "{}\n[worker]\nlease_secs = 10\n",
+        CONFIG.replace(
+            "requests_per_10s = 100",
+            "requests_per_10s = 100\nrequest_timeout_secs = 2"
+        )
+    );
+    let h = Harness::with(pool, &config, SimConfig::default()).await;
+    h.setup().await;
+    let worker_pool = hubsync::db::connect_worker(&database_url(&h.pool), 8, &h.config.worker)
+        .await
+        .unwrap();
+    let worker = Arc::new(worker_for(&worker_pool, &h.sim, &h.config).await);
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(cancel.clone()));
+
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for round in 0..6 {
+        for c in 0..40 {
+            let email = format!("t{c}@acme.com");
+            let delta = (c % 3 + round) as i64 + 1;
+            h.enqueue(&email, json!({"total_sessions": delta})).await;
+            *expected.entry(email).or_default() += delta;
+        }
+        // Every worker session is cut, as a Postgres restart or a failover would.
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()",
+        )
+        .bind(hubsync::db::APPLICATION_NAME)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        assert!(
+            cut > 0 || round > 0,
+            "the worker's sessions are there to cut"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let started = Instant::now();
+    while !settled(&h.pool).await {
+        assert!(
+            !running.is_finished(),
+            "the worker stopped: {:?}",
+            running.await
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the worker did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!running.is_finished(), "the worker is still running");
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+    for (email, sum) in expected {
+        assert_eq!(
+            h.prop(&email, "total_sessions"),
+            Some(sum.to_string()),
+            "{email}"
+        );
+    }
+    assert!(h.dlq().await.is_empty());
+}
+
+#[sqlx::test]
+async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: PgPool) {
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i:02}@acme.com")).collect();
+    for round in 0..25 {
+        sqlx::query("DELETE FROM hubsync.objects")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM hubsync.dlq")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO hubsync.objects (object_type, object_key, state, dirty, dirty_since)
+             SELECT 'contact', k, '{}', true, now() FROM unnest($1::text[]) AS k",
+        )
+        .bind(&keys)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category,
+                                      error_message, next_retry_at)
+             SELECT 'object', 'contact', k, '{}', 'hubspot_error', 'x', now() - interval '1 s'
+             FROM unnest($1::text[]) AS k",
+        )
+        .bind(&keys)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let token = uuid::Uuid::new_v4();
+        let leased = lease(&pool, "contact", 100, Duration::from_secs(60), token)
+            .await
+            .unwrap();
+        let (written, failed) = leased.split_at(leased.len() / 2);
+        let written: Vec<Written> = written
+            .iter()
+            .map(|l| Written {
+                key: l.key.clone(),
+                version: l.version,
+                hubspot_id: None,
+                held: None,
+            })
+            .collect();
+        let failures: Vec<ObjectFailure> = failed
+            .iter()
+            .map(|l| ObjectFailure {
+                key: l.key.clone(),
+                version: l.version,
+                payload: "{}".into(),
+                category: "hubspot_error".into(),
+                message: "x".into(),
+                error: "{}".into(),
+                permanent: false,
+                hold: None,
+            })
+            .collect();
+        let (a, b, c) = tokio::join!(
+            hubsync::db::dlq::requeue_due_objects(&pool, 100),
+            record_written(&pool, "contact", token, &written),
+            dead_letter(&pool, "contact", token, &failures, 10),
+        );
+        a.unwrap_or_else(|e| panic!("round {round}: replay: {e}"));
+        b.unwrap_or_else(|e| panic!("round {round}: record: {e}"));
+        c.unwrap_or_else(|e| panic!("round {round}: dead-letter: {e}"));
+    }
+}
+
+#[sqlx::test]
+async fn an_object_in_backoff_is_leased_when_due_even_under_a_storm_of_fresh_ones(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO hubsync.objects (object_type, object_key, state, dirty, dirty_since,
+                                      attempts, next_attempt_at)
+         VALUES ('contact', 'backoff@acme.com', '{}', true, now() - interval '1 hour', 3,
+                 now() - interval '1 minute')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO hubsync.objects (object_type, object_key, state, dirty, dirty_since)
+         SELECT 'contact', 'fresh' || i || '@acme.com', '{}', true, now()
+         FROM generate_series(1, 300) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let leased = lease(
+        &pool,
+        "contact",
+        100,
+        Duration::from_secs(60),
+        uuid::Uuid::new_v4(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(leased.len(), 100);
+    assert!(
+        leased.iter().any(|l| l.key == "backoff@acme.com"),
+        "the object whose retry fell due before the storm is in the first batch"
+    );
+}
+
+#[sqlx::test]
+async fn no_batch_is_sent_after_its_lease_ran_out(pool: PgPool) {
+    // Few permits, many sync loops on two workers, short leases: batches queue for permits
+    // longer than their leases last, while newer values keep arriving for the same contacts.
+    let config = format!(
+        "{}\n[worker]\nconcurrency = 12\nlease_secs = 10\n",
+        CONFIG
+            .replace("requests_per_10s = 100", "requests_per_10s = 2\nrate_window_ms = 1000\nrate_margin_ms = 0\nrequest_timeout_secs = 1")
+    );
+    let sim = SimConfig {
+        requests_per_window: 0,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, &config, sim).await;
+    h.setup().await;
+    let other = Arc::new(worker_for(&h.pool, &h.sim, &h.config).await);
+    let first = Arc::new(worker_for(&h.pool, &h.sim, &h.config).await);
+    let cancel = CancellationToken::new();
+    let a = tokio::spawn(first.clone().run(cancel.clone()));
+    let b = tokio::spawn(other.clone().run(cancel.clone()));
+    let plans = ["free", "pro", "enterprise"];
+    let started = Instant::now();
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_secs(14) {
+        for c in 0..60 {
+            if (c + n) % 4 == 0 {
+                h.enqueue(
+                    &format!("late{c}@acme.com"),
+                    json!({"current_plan": plans[(c + n) % 3]}),
+                )
+                .await;
+            }
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let started = Instant::now();
+    while !settled(&h.pool).await && started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Let any request still in flight land before comparing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cancel.cancel();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert!(settled(&h.pool).await, "everything was synced");
+    let states: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT object_key, state FROM hubsync.objects WHERE object_type = 'contact' AND NOT dirty",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    let mut stale = Vec::new();
+    for (key, state) in &states {
+        let db = state["props"]["current_plan"]["v"]
+            .as_str()
+            .map(String::from);
+        let hubspot = h.prop(key, "current_plan");
+        if db != hubspot {
+            stale.push(format!("{key}: database {db:?}, HubSpot {hubspot:?}"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} of {} clean contacts differ: {stale:?}",
+        stale.len(),
+        states.len()
+    );
+}
