@@ -221,7 +221,7 @@ async fn no_batch_is_sent_after_its_lease_ran_out(pool: PgPool) {
     let mut n = 0usize;
     while started.elapsed() < Duration::from_secs(14) {
         for c in 0..60 {
-            if (c + n) % 4 == 0 {
+            if (c + n).is_multiple_of(4) {
                 h.enqueue(
                     &format!("late{c}@acme.com"),
                     json!({"current_plan": plans[(c + n) % 3]}),
