@@ -405,3 +405,184 @@ async fn a_row_locked_by_another_session_delays_only_itself(pool: PgPool) {
     assert_eq!(h.count("outbox").await, 0);
     assert!(h.dlq().await.is_empty());
 }
+
+// ---- any row a producer can write ----
+
+mod arbitrary {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    /// One outbox row as text: (object_type, key, properties, occurred_at, company_key).
+    pub type Row = (String, String, String, String, Option<String>);
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z]{0,12}@[a-z]{1,8}\\.(com|io)",
+            "\\PC{0,40}",
+            (1usize..5000).prop_map(|n| "k".repeat(n)),
+            Just(" Ünïcødé@Exämple.com ".to_string()),
+            Just(String::new()),
+        ]
+        .prop_map(|s| s.replace('\0', ""))
+    }
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+            Just("1e400".to_string()),
+            Just("-1e400".to_string()),
+            Just("1e-400".to_string()),
+            Just("12345678901234567890".to_string()),
+            Just("0.000001".to_string()),
+            (1usize..400).prop_map(|n| format!("1{}", "0".repeat(n))),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            number(),
+            text().prop_map(|s| serde_json::Value::String(s).to_string()),
+            Just("true".to_string()),
+            Just("null".to_string()),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec((text(), inner), 0..4).prop_map(|fields| {
+                    let fields: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, v)| format!("{}:{v}", serde_json::Value::String(k)))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    fn properties() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("total_sessions".to_string()),
+            Just("current_plan".to_string()),
+            Just("last_active_at".to_string()),
+            Just("trial_started_on".to_string()),
+            Just("used_reports".to_string()),
+            Just("seats".to_string()),
+            "[a-z_]{1,12}",
+        ];
+        prop_oneof![
+            4 => prop::collection::vec((name, json_value()), 0..5).prop_map(|fields| {
+                let fields: Vec<String> = fields
+                    .into_iter()
+                    .map(|(k, v)| format!("{}:{v}", serde_json::Value::String(k)))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            }),
+            1 => json_value(),
+        ]
+    }
+
+    fn time() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("infinity".to_string()),
+            Just("-infinity".to_string()),
+            Just("1970-01-01 00:00:00+00".to_string()),
+            Just("1969-12-31 23:59:59.999999+00".to_string()),
+            Just("9999-12-31 23:59:59.999999+00".to_string()),
+            Just("10000-01-01 00:00:00+00".to_string()),
+            Just("262143-12-31 23:59:59+00".to_string()),
+            Just("294276-12-31 23:59:59+00".to_string()),
+            Just("4713-01-01 00:00:00+00 BC".to_string()),
+            (0i64..253_402_300_799)
+                .prop_map(|s| format!("{s}"))
+                .prop_map(|s| {
+                    chrono::DateTime::from_timestamp(s.parse().unwrap_or(0), 0)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                }),
+        ]
+    }
+
+    fn row() -> impl Strategy<Value = Row> {
+        (
+            prop_oneof![
+                4 => Just("contact".to_string()),
+                2 => Just("company".to_string()),
+                1 => "\\PC{0,12}".prop_map(|s| s.replace('\0', "")),
+            ],
+            text(),
+            properties(),
+            time(),
+            prop::option::of(text()),
+        )
+    }
+
+    /// `cases` batches of 1 to 8 rows, the same on every run.
+    pub fn batches(cases: usize) -> Vec<Vec<Row>> {
+        let mut runner = TestRunner::deterministic();
+        let strategy = prop::collection::vec(row(), 1..8);
+        (0..cases)
+            .map(|_| {
+                strategy
+                    .new_tree(&mut runner)
+                    .expect("the strategy generates")
+                    .current()
+            })
+            .collect()
+    }
+}
+
+#[sqlx::test]
+async fn any_row_ends_folded_or_dead_lettered_and_no_worker_stops(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    let second = worker_for(&h.pool, &h.sim, &h.config).await;
+    for (case, rows) in arbitrary::batches(48).into_iter().enumerate() {
+        let mut ids = Vec::new();
+        for (object_type, key, properties, at, company) in &rows {
+            ids.push(
+                insert_raw(
+                    &h.pool,
+                    object_type,
+                    key,
+                    properties,
+                    at,
+                    company.as_deref(),
+                )
+                .await,
+            );
+        }
+        let cancel = CancellationToken::new();
+        let (a, b) = tokio::join!(
+            h.worker.run_until_idle(&cancel),
+            second.run_until_idle(&cancel)
+        );
+        a.unwrap_or_else(|e| panic!("case {case}: a worker stopped on {rows:?}: {e:#}"));
+        b.unwrap_or_else(|e| panic!("case {case}: a worker stopped on {rows:?}: {e:#}"));
+        assert_eq!(
+            h.count("outbox").await,
+            0,
+            "case {case}: rows left behind: {rows:?}"
+        );
+        let (processed, dead): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM hubsync.ledger WHERE event_id = ANY($1)),
+                    (SELECT count(*) FROM hubsync.dlq WHERE kind = 'event' AND event_id = ANY($1))",
+        )
+        .bind(&ids)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        assert_eq!(processed as usize, ids.len(), "case {case}: {rows:?}");
+        assert!(dead as usize <= ids.len());
+    }
+    // Whatever was folded is in HubSpot: nothing is left dirty.
+    let dirty: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.objects WHERE dirty")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(dirty, 0);
+}
