@@ -1,5 +1,12 @@
 //! Every SQL statement hubsync runs, as small named functions over a pool or a transaction.
 //! Each says what it locks and why. No other module writes SQL.
+//!
+//! One lock order, for every transaction that takes row locks in more than one table:
+//! outbox rows, then ledger rows, then object rows in key order, then DLQ rows. The limiter
+//! row is only ever locked alone, by one statement. Ingest never waits for an object row
+//! (`SKIP LOCKED`; events for a row held elsewhere go back to the outbox), so the only waits on
+//! object rows are the recording statements of sync and replay, which all lock in key order
+//! and give up after the session's `lock_timeout`. No cycle of waits can form.
 
 pub mod dlq;
 pub mod ingest;
