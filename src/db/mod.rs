@@ -6,7 +6,9 @@
 //! row is only ever locked alone, by one statement. Ingest never waits for an object row
 //! (`SKIP LOCKED`; events for a row held elsewhere go back to the outbox), so the only waits on
 //! object rows are the recording statements of sync and replay, which all lock in key order
-//! and give up after the session's `lock_timeout`. No cycle of waits can form.
+//! and give up after the session's `lock_timeout`. A statement that takes a lock out of this
+//! order (replay claiming DLQ event rows before folding them) takes it with `SKIP LOCKED` and
+//! never waits for the rows after it. No cycle of waits can form.
 
 pub mod dlq;
 pub mod ingest;
