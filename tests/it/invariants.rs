@@ -73,7 +73,8 @@ fn assert_matches(h: &Harness, expected: &BTreeMap<String, (i64, String)>) {
     }
 }
 
-async fn settled(pool: &PgPool) -> bool {
+/// Nothing waits in the outbox and no object is dirty.
+pub async fn settled(pool: &PgPool) -> bool {
     let (outbox, dirty): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM hubsync.outbox), (SELECT count(*) FROM hubsync.objects WHERE dirty)",
     )

@@ -13,16 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{CONFIG, Harness, database_url, worker_for};
-
-async fn settled(pool: &PgPool) -> bool {
-    let (outbox, dirty): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM hubsync.outbox), (SELECT count(*) FROM hubsync.objects WHERE dirty)",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    outbox == 0 && dirty == 0
-}
+use crate::invariants::settled;
 
 #[sqlx::test]
 async fn workers_ride_out_their_connections_being_terminated(pool: PgPool) {
