@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hubsync::db::objects::{ObjectFailure, Written, dead_letter, lease, record_written};
+use hubsync::ratelimit::{LIMITER, Limiter};
 use hubsync::simulator::SimConfig;
 use serde_json::json;
 use sqlx::PgPool;
@@ -188,71 +189,42 @@ async fn an_object_in_backoff_is_leased_when_due_even_under_a_storm_of_fresh_one
 }
 
 #[sqlx::test]
-async fn no_batch_is_sent_after_its_lease_ran_out(pool: PgPool) {
-    // Few permits, many sync loops on two workers, short leases: batches queue for permits
-    // longer than their leases last, while newer values keep arriving for the same contacts.
-    let config = format!(
-        "{}\n[worker]\nconcurrency = 12\nlease_secs = 10\n",
-        CONFIG
-            .replace("requests_per_10s = 100", "requests_per_10s = 2\nrate_window_ms = 1000\nrate_margin_ms = 0\nrequest_timeout_secs = 1")
-    );
-    let sim = SimConfig {
-        requests_per_window: 0,
-        ..SimConfig::default()
-    };
-    let h = Harness::with(pool, &config, sim).await;
-    h.setup().await;
-    let other = Arc::new(worker_for(&h.pool, &h.sim, &h.config).await);
-    let first = Arc::new(worker_for(&h.pool, &h.sim, &h.config).await);
-    let cancel = CancellationToken::new();
-    let a = tokio::spawn(first.clone().run(cancel.clone()));
-    let b = tokio::spawn(other.clone().run(cancel.clone()));
-    let plans = ["free", "pro", "enterprise"];
-    let started = Instant::now();
-    let mut n = 0usize;
-    while started.elapsed() < Duration::from_secs(14) {
-        for c in 0..60 {
-            if (c + n).is_multiple_of(4) {
-                h.enqueue(
-                    &format!("late{c}@acme.com"),
-                    json!({"current_plan": plans[(c + n) % 3]}),
-                )
-                .await;
+async fn a_permit_is_never_granted_past_the_callers_deadline(pool: PgPool) {
+    // One request per second, and a competitor that takes every permit the moment it frees:
+    // each single wait is short, but together they outlast a batch's lease.
+    let limiter = Limiter::new(pool.clone(), 1, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let competitor = {
+        let pool = pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ =
+                    hubsync::db::limiter::try_acquire(&pool, LIMITER, 1, Duration::from_secs(1))
+                        .await;
             }
-        }
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let started = Instant::now();
-    while !settled(&h.pool).await && started.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // Let any request still in flight land before comparing.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cancel.cancel();
-    a.await.unwrap().unwrap();
-    b.await.unwrap().unwrap();
-    assert!(settled(&h.pool).await, "everything was synced");
-    let states: Vec<(String, serde_json::Value)> = sqlx::query_as(
-        "SELECT object_key, state FROM hubsync.objects WHERE object_type = 'contact' AND NOT dirty",
-    )
-    .fetch_all(&h.pool)
-    .await
-    .unwrap();
-    let mut stale = Vec::new();
-    for (key, state) in &states {
-        let db = state["props"]["current_plan"]["v"]
-            .as_str()
-            .map(String::from);
-        let hubspot = h.prop(key, "current_plan");
-        if db != hubspot {
-            stale.push(format!("{key}: database {db:?}, HubSpot {hubspot:?}"));
+        })
+    };
+    let max_wait = Duration::from_millis(1500);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            max_wait + Duration::from_secs(5),
+            limiter.acquire(&CancellationToken::new(), max_wait),
+        )
+        .await
+        .expect("acquire gives up instead of queueing past its deadline")
+        .unwrap();
+        if outcome.is_ok() {
+            assert!(
+                started.elapsed() <= max_wait,
+                "a permit granted after {:?}, past the {max_wait:?} the caller could wait",
+                started.elapsed()
+            );
         }
     }
-    assert!(
-        stale.is_empty(),
-        "{} of {} clean contacts differ: {stale:?}",
-        stale.len(),
-        states.len()
-    );
+    stop.cancel();
+    competitor.await.unwrap();
 }
