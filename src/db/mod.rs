@@ -4,6 +4,7 @@
 pub mod dlq;
 pub mod ingest;
 pub mod limiter;
+pub mod migrations;
 pub mod objects;
 pub mod status;
 
@@ -13,8 +14,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-/// The embedded migrations (`migrations/`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use migrations::{MIGRATOR, migrate};
 
 /// Connects to Postgres with a small pool.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -29,14 +29,6 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
                 redact(url)
             )
         })
-}
-
-/// Creates or upgrades the `hubsync` schema. Safe to run again.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("failed to apply the hubsync migrations")
 }
 
 /// The URL without its password, for messages.

@@ -5,6 +5,7 @@ mod end_to_end;
 mod failures;
 mod harness;
 mod invariants;
+mod migrations;
 mod simulator;
 mod startup;
 mod types;
