@@ -76,7 +76,7 @@ async fn migrate_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
     .await?;
     conn.execute(HISTORY_DDL)
         .await
-        .context("cannot create hubsync.schema_migrations; the DATABASE_URL user needs CREATE on the database (or on an existing schema hubsync)")?;
+        .context("cannot create schema hubsync or its history table as this role; run `hubsync migrate` as the role that owns schema hubsync (for a first install, one with CREATE on the database)")?;
     if schema_existed {
         adopt_previous_history(conn).await?;
     }

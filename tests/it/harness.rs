@@ -257,6 +257,14 @@ pub fn hubsync(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Ou
         .expect("the hubsync binary runs")
 }
 
+/// `hubsync` off the test's runtime, so that an in-process simulator can answer it meanwhile.
+pub async fn hubsync_beside(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Output {
+    let mut cmd = command(args, config, envs);
+    tokio::task::spawn_blocking(move || cmd.output().expect("the hubsync binary runs"))
+        .await
+        .expect("the hubsync binary runs")
+}
+
 pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hubsync-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

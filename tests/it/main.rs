@@ -3,6 +3,7 @@
 
 mod end_to_end;
 mod failures;
+mod grants;
 mod harness;
 mod invariants;
 mod migrations;

@@ -64,6 +64,21 @@ fn embedded() -> Vec<(i64, String, Vec<u8>)> {
         .collect()
 }
 
+/// What the previous hubsync did: sqlx's migrator with migration 1, recording into
+/// `_sqlx_migrations` beside the application's rows.
+pub async fn previous_layout(pool: &PgPool) {
+    let old = tempdir();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_hubsync.sql"),
+        old.join("0001_hubsync.sql"),
+    )
+    .unwrap();
+    let mut old_hubsync = Migrator::new(old.as_path()).await.unwrap();
+    // It saw the application's rows as its own missing ones; that is what it had to be told.
+    old_hubsync.set_ignore_missing(true);
+    old_hubsync.run(pool).await.unwrap();
+}
+
 /// The application numbers its first migration 1 too: the worst case for a shared history.
 const APP_FIRST: (&str, &str) = (
     "0001_users.sql",
@@ -155,16 +170,7 @@ async fn an_install_of_the_previous_layout_is_moved_to_its_own_history(pool: PgP
         "CREATE TABLE public.users (id bigserial PRIMARY KEY);",
     )]);
     run_sqlx(&app, &pool).await.unwrap();
-    let old = tempdir();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_hubsync.sql"),
-        old.join("0001_hubsync.sql"),
-    )
-    .unwrap();
-    let mut old_hubsync = Migrator::new(old.as_path()).await.unwrap();
-    // It saw the application's rows as its own missing ones; that is what it had to be told.
-    old_hubsync.set_ignore_missing(true);
-    old_hubsync.run(&pool).await.unwrap();
+    previous_layout(&pool).await;
     assert!(
         run_sqlx(&app, &pool).await.is_err(),
         "the application's migrator refuses hubsync's row"
