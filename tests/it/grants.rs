@@ -12,11 +12,12 @@ use uuid::Uuid;
 use crate::harness::{CONFIG, Harness, hubsync_beside, stderr};
 
 /// Login roles of this test only (roles are shared by every database of the server, and tests
-/// run in parallel), dropped at the end.
+/// run in parallel), dropped when the test ends, passed or failed.
 struct Roles {
     producer: String,
     worker: String,
     operator: String,
+    admin_url: String,
 }
 
 impl Roles {
@@ -26,6 +27,7 @@ impl Roles {
             producer: format!("hs_{tag}_producer"),
             worker: format!("hs_{tag}_worker"),
             operator: format!("hs_{tag}_operator"),
+            admin_url: url_as(pool, "postgres"),
         };
         for role in roles.all() {
             sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
@@ -39,17 +41,22 @@ impl Roles {
     fn all(&self) -> [&str; 3] {
         [&self.producer, &self.worker, &self.operator]
     }
+}
 
-    async fn drop(self, pool: &PgPool) {
-        for role in self.all() {
-            sqlx::query(&format!("DROP OWNED BY {role}"))
-                .execute(pool)
-                .await
-                .unwrap();
-            sqlx::query(&format!("DROP ROLE {role}"))
-                .execute(pool)
-                .await
-                .unwrap();
+impl Drop for Roles {
+    fn drop(&mut self) {
+        let names = self.all().join(", ");
+        // Synchronous, so that it also runs while a failed test unwinds.
+        let dropped = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg("-c")
+            .arg(format!("DROP OWNED BY {names}"))
+            .arg("-c")
+            .arg(format!("DROP ROLE {names}"))
+            .output();
+        if !dropped.is_ok_and(|o| o.status.success()) {
+            eprintln!("could not drop the test roles {names}");
         }
     }
 }
@@ -177,7 +184,7 @@ async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
         refused(&producer, sql).await;
     }
     producer.close().await;
-    roles.drop(&pool).await;
+    drop(roles);
 }
 
 #[sqlx::test(migrations = false)]
@@ -273,7 +280,7 @@ async fn the_worker_runs_the_pipeline_and_the_operator_reads_and_replays_the_dlq
     for p in [producer, worker, operator] {
         p.close().await;
     }
-    roles.drop(&pool).await;
+    drop(roles);
 }
 
 #[sqlx::test(migrations = false)]
@@ -307,5 +314,5 @@ async fn a_role_that_could_insert_before_the_upgrade_keeps_calling_enqueue(pool:
     .await;
     producer.close().await;
     worker.close().await;
-    roles.drop(&pool).await;
+    drop(roles);
 }
