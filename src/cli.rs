@@ -165,13 +165,8 @@ fn client_for(config: &Config, env: &Env) -> anyhow::Result<HubSpotClient> {
 
 /// Refuses to run against a database the migrations have not reached.
 async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
-    let latest = db::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(None);
-    match applied {
+    let latest = db::migrations::latest_embedded();
+    match db::migrations::latest_applied(pool).await? {
         Some(v) if v >= latest => Ok(()),
         _ => anyhow::bail!(
             "the hubsync schema is missing or out of date in this database; run `hubsync migrate` first"

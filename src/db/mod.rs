@@ -13,6 +13,7 @@
 pub mod dlq;
 pub mod ingest;
 pub mod limiter;
+pub mod migrations;
 pub mod objects;
 pub mod status;
 
@@ -22,8 +23,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-/// The embedded migrations (`migrations/`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use migrations::{MIGRATOR, migrate};
 
 /// Connects to Postgres with a small pool.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -76,14 +76,6 @@ pub async fn connect_worker(
                 redact(url)
             )
         })
-}
-
-/// Creates or upgrades the `hubsync` schema. Safe to run again.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("failed to apply the hubsync migrations")
 }
 
 /// The URL without its password, for messages.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::harness::{Harness, enqueue_id};
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn committed_events_reach_the_right_contacts_with_the_right_values(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -64,7 +64,7 @@ async fn committed_events_reach_the_right_contacts_with_the_right_values(pool: P
     assert_eq!(h.count("dlq").await, 0);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_rolled_back_transaction_never_reaches_hubspot(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -88,7 +88,7 @@ async fn a_rolled_back_transaction_never_reaches_hubspot(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn enqueueing_the_same_event_id_twice_changes_nothing(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -134,7 +134,7 @@ async fn enqueueing_the_same_event_id_twice_changes_nothing(pool: PgPool) {
     assert_eq!(h.count("outbox").await, 0);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn plain_inserts_into_the_outbox_are_delivered_like_enqueue(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -152,7 +152,7 @@ async fn plain_inserts_into_the_outbox_are_delivered_like_enqueue(pool: PgPool) 
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn batches_are_well_formed_with_unique_trace_ids(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -196,7 +196,7 @@ async fn batches_are_well_formed_with_unique_trace_ids(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn companies_are_upserted_by_their_unique_key_and_associated(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;

@@ -75,7 +75,7 @@ fn assert_99_written_and_1_held_back(
     assert!(next.is_none(), "a permanent refusal is parked at once");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn one_bad_record_in_a_207_is_dead_lettered_and_the_99_are_written(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -119,7 +119,7 @@ async fn one_bad_record_in_a_207_is_dead_lettered_and_the_99_are_written(pool: P
     assert!(h.dlq().await.is_empty());
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn one_bad_record_in_a_whole_batch_400_is_found_and_the_99_are_written(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -136,7 +136,7 @@ async fn one_bad_record_in_a_whole_batch_400_is_found_and_the_99_are_written(poo
     assert_99_written_and_1_held_back(&h, &h.dlq().await);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_write_applied_but_its_response_lost_leaves_counters_exact(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -163,7 +163,7 @@ async fn a_write_applied_but_its_response_lost_leaves_counters_exact(pool: PgPoo
     assert_eq!(h.count("dlq").await, 0);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn transient_statuses_are_retried_until_written(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -202,7 +202,7 @@ async fn transient_statuses_are_retried_until_written(pool: PgPool) {
     assert_eq!(attempts, 0, "success resets the attempt count");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -232,7 +232,7 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
     assert!(wait > 1.0, "423 waits at least 2 s (waits {wait:.1} s)");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -265,7 +265,7 @@ async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_revoked_token_halts_without_consuming_and_resumes_when_restored(pool: PgPool) {
     let text = CONFIG.replace("# [worker]", "[worker]\nauth_probe_secs = 1\n# ");
     let h = Harness::with(pool, &text, SimConfig::default()).await;
@@ -317,7 +317,7 @@ async fn a_revoked_token_halts_without_consuming_and_resumes_when_restored(pool:
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn missing_scopes_are_named_and_nothing_is_consumed(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -362,7 +362,7 @@ fn psql(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPool) {
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
@@ -428,7 +428,7 @@ async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPoo
     assert_eq!(h.prop("v@acme.com", "total_sessions").as_deref(), Some("6"));
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn objects_out_of_attempts_are_parked_and_the_cli_replays_them(pool: PgPool) {
     let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 3\n# ");
     let h = Harness::with(pool.clone(), &text, SimConfig::default()).await;
@@ -472,7 +472,7 @@ async fn objects_out_of_attempts_are_parked_and_the_cli_replays_them(pool: PgPoo
     assert_eq!(h.count("dlq").await, 0, "a successful sync clears the row");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
@@ -520,7 +520,7 @@ async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
     assert_eq!(h.count("dlq").await, 0);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: PgPool) {
     use hubsync::db::objects::{ObjectFailure, dead_letter, lease};
     let h = Harness::new(pool.clone()).await;
@@ -579,7 +579,7 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
     assert_eq!(h.count("dlq").await, 0);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(pool: PgPool) {
     let sim = SimConfig {
         daily_limit: Some(14),

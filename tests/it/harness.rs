@@ -1,7 +1,9 @@
-//! Shared test parts: a real Postgres database per test (`#[sqlx::test]`), the simulator on a
-//! loopback port, a worker wired to both, and helpers to enqueue and drain.
+//! Shared test parts: a real Postgres database per test (`#[sqlx::test(migrations = false)]`,
+//! migrated by `hubsync::db::migrate` as in production), the simulator on a loopback port, a
+//! worker wired to both, and helpers to enqueue and drain.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +46,7 @@ impl Harness {
 
     pub async fn with(pool: PgPool, config: &str, sim: SimConfig) -> Harness {
         logs();
+        migrate(&pool).await;
         let sim = Simulator::start(sim).await.expect("simulator starts");
         let config = parse_config(config);
         let worker = worker_for(&pool, &sim, &config).await;
@@ -119,6 +122,13 @@ impl Harness {
         .await
         .unwrap()
     }
+}
+
+/// Creates the hubsync schema the way `hubsync migrate` does.
+pub async fn migrate(pool: &PgPool) {
+    hubsync::db::migrate(pool)
+        .await
+        .expect("the hubsync migrations apply");
 }
 
 pub fn client_for(sim: &Simulator, config: &Config) -> HubSpotClient {
@@ -217,4 +227,50 @@ pub async fn next_attempt_in(pool: &PgPool) -> f64 {
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// The `hubsync` binary with `args`, a config file holding `config` (or pointing at a missing
+/// one), no token, warnings only, and `envs` on top.
+pub fn command(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Command {
+    let dir = tempdir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubsync"));
+    cmd.args(args)
+        .env_remove("HUBSPOT_ACCESS_TOKEN")
+        .env("RUST_LOG", "warn");
+    if let Some(text) = config {
+        let path = dir.join("hubsync.toml");
+        std::fs::write(&path, text).unwrap();
+        cmd.env("HUBSYNC_CONFIG", &path);
+    } else {
+        cmd.env("HUBSYNC_CONFIG", dir.join("missing.toml"));
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs the `hubsync` binary as `command` sets it up, to the end.
+pub fn hubsync(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Output {
+    command(args, config, envs)
+        .output()
+        .expect("the hubsync binary runs")
+}
+
+/// `hubsync` off the test's runtime, so that an in-process simulator can answer it meanwhile.
+pub async fn hubsync_beside(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Output {
+    let mut cmd = command(args, config, envs);
+    tokio::task::spawn_blocking(move || cmd.output().expect("the hubsync binary runs"))
+        .await
+        .expect("the hubsync binary runs")
+}
+
+pub fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hubsync-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }

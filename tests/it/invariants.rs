@@ -109,7 +109,7 @@ async fn wait_settled(pool: &PgPool, limit: Duration) {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn three_workers_keep_counters_exact_and_values_order_proof(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,
@@ -146,7 +146,7 @@ async fn three_workers_keep_counters_exact_and_values_order_proof(
     assert!(h.upserts().iter().all(|r| r.status == 200));
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn workers_together_stay_within_the_shared_rate_limit(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,
@@ -217,7 +217,7 @@ async fn workers_together_stay_within_the_shared_rate_limit(
     assert!(h.sim.records("contacts").len() == 60);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_429_pauses_every_worker_instead_of_retrying(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -291,7 +291,7 @@ fn spawn_worker(url: &str, base: &str, config: &std::path::Path) -> Proc {
     )
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn workers_killed_mid_batch_lose_nothing_and_count_nothing_twice(pool: PgPool) {
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
@@ -351,7 +351,7 @@ async fn workers_killed_mid_batch_lose_nothing_and_count_nothing_twice(pool: PgP
 }
 
 #[cfg(unix)]
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
@@ -399,7 +399,7 @@ async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     assert_eq!(h.sim.records("contacts").len(), 10);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,

@@ -3,8 +3,10 @@
 
 mod end_to_end;
 mod failures;
+mod grants;
 mod harness;
 mod invariants;
+mod migrations;
 mod outages;
 mod poison;
 mod simulator;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{CONFIG, Harness, database_url, worker_for};
 use crate::invariants::settled;
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn workers_ride_out_their_connections_being_terminated(pool: PgPool) {
     // Short leases: a batch whose lease was taken just before its session was cut is sent
     // again once the lease runs out.
@@ -85,8 +85,9 @@ async fn workers_ride_out_their_connections_being_terminated(pool: PgPool) {
     assert!(h.dlq().await.is_empty());
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
     let keys: Vec<String> = (0..30).map(|i| format!("k{i:02}@acme.com")).collect();
     for round in 0..25 {
         sqlx::query("DELETE FROM hubsync.objects")
@@ -153,8 +154,9 @@ async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: 
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn an_object_in_backoff_is_leased_when_due_even_under_a_storm_of_fresh_ones(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
     sqlx::query(
         "INSERT INTO hubsync.objects (object_type, object_key, state, dirty, dirty_since,
                                       attempts, next_attempt_at)
@@ -188,8 +190,9 @@ async fn an_object_in_backoff_is_leased_when_due_even_under_a_storm_of_fresh_one
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_permit_is_never_granted_past_the_callers_deadline(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
     // One request per second, and a competitor that takes every permit the moment it frees:
     // each single wait is short, but together they outlast a batch's lease.
     let limiter = Limiter::new(pool.clone(), 1, Duration::from_secs(1), Duration::ZERO)

@@ -187,7 +187,7 @@ async fn assert_bad_parked_and_good_arrived(
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn each_bad_row_is_dead_lettered_and_the_rows_around_it_arrive(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -205,7 +205,7 @@ async fn each_bad_row_is_dead_lettered_and_the_rows_around_it_arrive(pool: PgPoo
     assert_eq!(payload["occurred_at"], "infinity");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn two_workers_isolate_the_same_bad_rows(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -222,7 +222,7 @@ async fn two_workers_isolate_the_same_bad_rows(pool: PgPool) {
     assert_bad_parked_and_good_arrived(&h, &bad, &good).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn an_increment_that_would_overflow_is_refused_and_the_sum_kept(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -252,7 +252,7 @@ async fn an_increment_that_would_overflow_is_refused_and_the_sum_kept(pool: PgPo
     assert_eq!(dead.len(), 1);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_state_that_cannot_be_read_is_parked_never_overwritten(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -323,7 +323,7 @@ async fn a_state_that_cannot_be_read_is_parked_never_overwritten(pool: PgPool) {
     assert!(h.dlq().await.is_empty());
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_row_postgres_refuses_is_found_and_dead_lettered_and_the_chunk_commits(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
@@ -358,7 +358,7 @@ async fn a_row_postgres_refuses_is_found_and_dead_lettered_and_the_chunk_commits
     assert_eq!(h.count("outbox").await, 0);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_row_locked_by_another_session_delays_only_itself(pool: PgPool) {
     let config = format!("{CONFIG}\n[worker]\nlock_timeout_ms = 200\n");
     let h = Harness::with(pool, &config, Default::default()).await;
@@ -536,7 +536,7 @@ mod arbitrary {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn any_row_ends_folded_or_dead_lettered_and_no_worker_stops(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;

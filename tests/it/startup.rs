@@ -1,42 +1,11 @@
 //! Start-up refusals, through the real binary: every config mistake exits non-zero with a
 //! message naming the key and the fix, and nothing is consumed.
 
-use std::process::{Command, Output};
-
 use hubsync::simulator::{SimConfig, Simulator};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::{CONFIG, database_url, enqueue_at};
-
-fn hubsync(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Output {
-    let dir = tempdir();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubsync"));
-    cmd.args(args)
-        .env_remove("HUBSPOT_ACCESS_TOKEN")
-        .env("RUST_LOG", "warn");
-    if let Some(text) = config {
-        let path = dir.join("hubsync.toml");
-        std::fs::write(&path, text).unwrap();
-        cmd.env("HUBSYNC_CONFIG", &path);
-    } else {
-        cmd.env("HUBSYNC_CONFIG", dir.join("missing.toml"));
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the hubsync binary runs")
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hubsync-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::harness::{CONFIG, database_url, enqueue_at, hubsync, stderr};
 
 /// Runs `check` with a config and a token against nothing reachable: a config refusal must come
 /// before any connection is tried.
@@ -155,8 +124,9 @@ fn a_missing_token_is_refused_before_anything_runs() {
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothing(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     sim.define_property(
         "contacts",
@@ -219,7 +189,7 @@ async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothin
     );
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPool) {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     sim.define_property(
@@ -259,23 +229,7 @@ async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPo
     drop(pool);
 }
 
-#[sqlx::test]
-async fn migrating_twice_is_harmless(pool: PgPool) {
-    let url = database_url(&pool);
-    for _ in 0..2 {
-        let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    }
-    let tables: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'hubsync'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(tables, 5, "outbox, ledger, objects, dlq, limiter");
-}
-
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn the_v3_api_edition_uses_the_older_paths(pool: PgPool) {
     let text = CONFIG.replace("[hubspot]", "[hubspot]\napi_version = \"v3\"");
     let h = crate::harness::Harness::with(pool, &text, SimConfig::default()).await;

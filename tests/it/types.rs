@@ -60,7 +60,7 @@ async fn harness(pool: PgPool) -> Harness {
     h
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn every_type_arrives_in_the_form_hubspot_accepts(pool: PgPool) {
     let h = harness(pool).await;
     h.enqueue(
@@ -120,7 +120,7 @@ async fn every_type_arrives_in_the_form_hubspot_accepts(pool: PgPool) {
     assert_eq!(sent["features"], "api;reports");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn null_clears_a_set_property(pool: PgPool) {
     let h = harness(pool).await;
     let t = Utc::now();
@@ -146,7 +146,7 @@ async fn null_clears_a_set_property(pool: PgPool) {
     assert_eq!(h.prop("n@acme.com", "nickname"), None, "cleared");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn invalid_values_of_every_type_are_dead_lettered_before_any_call(pool: PgPool) {
     let h = harness(pool).await;
     let bad = [
@@ -198,7 +198,7 @@ async fn invalid_values_of_every_type_are_dead_lettered_before_any_call(pool: Pg
     assert!(dlq.iter().all(|d| d.3.is_none()), "all parked");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn out_of_order_events_in_separate_batches_end_with_the_newest_value_and_exact_sum(
     pool: PgPool,
 ) {
@@ -239,7 +239,7 @@ async fn out_of_order_events_in_separate_batches_end_with_the_newest_value_and_e
     assert_eq!(h.upserts().len(), 4, "every change reached HubSpot");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn an_older_event_arriving_late_costs_no_request(pool: PgPool) {
     let h = harness(pool).await;
     let base = Utc::now();

@@ -1,0 +1,318 @@
+//! `sql/grants.sql` applied with psql, as an administrator would: each role can do what its
+//! job needs and is refused the rest.
+
+use std::process::Command;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use crate::harness::{CONFIG, Harness, hubsync_beside, stderr};
+
+/// Login roles of this test only (roles are shared by every database of the server, and tests
+/// run in parallel), dropped when the test ends, passed or failed.
+struct Roles {
+    producer: String,
+    worker: String,
+    operator: String,
+    admin_url: String,
+}
+
+impl Roles {
+    async fn create(pool: &PgPool) -> Roles {
+        let tag = &Uuid::new_v4().simple().to_string()[..12];
+        let roles = Roles {
+            producer: format!("hs_{tag}_producer"),
+            worker: format!("hs_{tag}_worker"),
+            operator: format!("hs_{tag}_operator"),
+            admin_url: url_as(pool, "postgres"),
+        };
+        for role in roles.all() {
+            sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        roles
+    }
+
+    fn all(&self) -> [&str; 3] {
+        [&self.producer, &self.worker, &self.operator]
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        let names = self.all().join(", ");
+        // Synchronous, so that it also runs while a failed test unwinds.
+        let dropped = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg("-c")
+            .arg(format!("DROP OWNED BY {names}"))
+            .arg("-c")
+            .arg(format!("DROP ROLE {names}"))
+            .output();
+        if !dropped.is_ok_and(|o| o.status.success()) {
+            eprintln!("could not drop the test roles {names}");
+        }
+    }
+}
+
+/// This test's database as `role` (the server trusts local logins).
+fn url_as(pool: &PgPool, role: &str) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{role}@{}:{}/{}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    )
+}
+
+async fn pool_as(pool: &PgPool, role: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone().username(role))
+        .await
+        .unwrap()
+}
+
+/// Runs sql/grants.sql with these psql variables; returns (success, stderr).
+fn grants(pool: &PgPool, vars: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new("psql");
+    cmd.arg(url_as(pool, "postgres"))
+        .args(["-X", "-q", "-f", "sql/grants.sql"]);
+    for (k, v) in vars {
+        cmd.arg("-v").arg(format!("{k}={v}"));
+    }
+    let out = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("psql runs");
+    (out.status.success(), stderr(&out))
+}
+
+fn grant_all(pool: &PgPool, roles: &Roles) {
+    let (ok, err) = grants(
+        pool,
+        &[
+            ("producer", &roles.producer),
+            ("worker", &roles.worker),
+            ("operator", &roles.operator),
+        ],
+    );
+    assert!(ok, "{err}");
+}
+
+/// Runs `sql` as the pool's role and expects "permission denied".
+async fn refused(pool: &PgPool, sql: &str) {
+    match sqlx::query(sql).execute(pool).await {
+        Err(e) => assert!(e.to_string().contains("permission denied"), "{sql}: {e}"),
+        Ok(_) => panic!("allowed, but must be refused: {sql}"),
+    }
+}
+
+async fn enqueue(pool: &PgPool, id: Uuid, key: &str, props: serde_json::Value) -> bool {
+    sqlx::query_scalar("SELECT hubsync.enqueue($1, 'contact', $2, $3::jsonb)")
+        .bind(id)
+        .bind(key)
+        .bind(props.to_string())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn insert(pool: &PgPool, id: Uuid, key: &str) -> u64 {
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties, occurred_at)
+         VALUES ($1, 'contact', $2, '{\"total_sessions\": 1}', $3)",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(Utc::now())
+    .execute(pool)
+    .await
+    .unwrap()
+    .rows_affected()
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let roles = Roles::create(&pool).await;
+    let (ok, err) = grants(&pool, &[]);
+    assert!(!ok && err.contains("no role given"), "{err}");
+    // Safe to repeat.
+    grant_all(&pool, &roles);
+    grant_all(&pool, &roles);
+    let producer = pool_as(&pool, &roles.producer).await;
+
+    let id = Uuid::new_v4();
+    assert!(enqueue(&producer, id, "p@acme.com", json!({"total_sessions": 1})).await);
+    assert!(!enqueue(&producer, id, "p@acme.com", json!({"total_sessions": 1})).await);
+    let plain = Uuid::new_v4();
+    assert_eq!(insert(&producer, plain, "q@acme.com").await, 1);
+    assert_eq!(insert(&producer, plain, "q@acme.com").await, 0, "known id");
+    assert_eq!(insert(&producer, id, "p@acme.com").await, 0, "known id");
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 2);
+
+    for sql in [
+        "SELECT * FROM hubsync.outbox",
+        "SELECT count(*) FROM hubsync.outbox",
+        "SELECT * FROM hubsync.objects",
+        "SELECT * FROM hubsync.dlq",
+        "SELECT * FROM hubsync.ledger",
+        "SELECT * FROM hubsync.limiter",
+        "SELECT * FROM hubsync.schema_migrations",
+        "DELETE FROM hubsync.outbox",
+        "UPDATE hubsync.outbox SET properties = '{}'",
+        "INSERT INTO hubsync.outbox (id, event_id, object_type, object_key)
+         VALUES (1, gen_random_uuid(), 'contact', 'r@acme.com')",
+        "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category, error_message)
+         VALUES ('event', 'contact', 'x', '{}', 'x', 'x')",
+        "INSERT INTO hubsync.ledger (event_id) VALUES (gen_random_uuid())",
+        "SELECT hubsync.outbox_skip_known()",
+        "CREATE TABLE hubsync.mine (id int)",
+    ] {
+        refused(&producer, sql).await;
+    }
+    producer.close().await;
+    drop(roles);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_worker_runs_the_pipeline_and_the_operator_reads_and_replays_the_dlq(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    let roles = Roles::create(&pool).await;
+    grant_all(&pool, &roles);
+    let worker = pool_as(&pool, &roles.worker).await;
+    let tables_without_worker: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'hubsync' AND c.relkind IN ('r', 'p')
+           AND NOT has_table_privilege($1, c.oid, 'SELECT')",
+    )
+    .bind(&roles.worker)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        tables_without_worker.is_empty(),
+        "sql/grants.sql gives the worker nothing on {tables_without_worker:?}; add what it needs"
+    );
+
+    let producer = pool_as(&pool, &roles.producer).await;
+    let done = Uuid::new_v4();
+    enqueue(&producer, done, "w@acme.com", json!({"total_sessions": 3})).await;
+    insert(&producer, Uuid::new_v4(), "w@acme.com").await;
+    enqueue(
+        &producer,
+        Uuid::new_v4(),
+        "bad@acme.com",
+        json!({"nope": 1}),
+    )
+    .await;
+
+    let base = h.sim.base_url();
+    let as_worker = url_as(&pool, &roles.worker);
+    let run = async |args: &[&str], url: &str| {
+        let envs = [
+            ("DATABASE_URL", url),
+            ("HUBSPOT_ACCESS_TOKEN", "sim-token"),
+            ("HUBSPOT_BASE_URL", base.as_str()),
+        ];
+        hubsync_beside(args, Some(CONFIG), &envs).await
+    };
+    let out = run(&["run", "--until-idle"], &as_worker).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(h.prop("w@acme.com", "total_sessions").as_deref(), Some("4"));
+    assert_eq!(h.count("dlq").await, 1);
+    // The ledger answers the producer through the trigger and enqueue, which it cannot read.
+    assert!(!enqueue(&producer, done, "w@acme.com", json!({"total_sessions": 3})).await);
+    assert_eq!(insert(&producer, done, "w@acme.com").await, 0);
+    for args in [&["status"][..], &["dlq", "list"], &["dlq", "summary"]] {
+        let out = run(args, &as_worker).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    refused(&worker, "CREATE TABLE public.mine (id int)").await;
+    refused(&worker, "CREATE TABLE hubsync.mine (id int)").await;
+    refused(&worker, "DELETE FROM hubsync.schema_migrations").await;
+    refused(&worker, "INSERT INTO hubsync.outbox (event_id, object_type, object_key) VALUES (gen_random_uuid(), 'contact', 'x')").await;
+    let out = run(&["migrate"], &as_worker).await;
+    assert_ne!(out.status.code(), Some(0), "the worker cannot migrate");
+
+    let as_operator = url_as(&pool, &roles.operator);
+    let operator = pool_as(&pool, &roles.operator).await;
+    for args in [
+        &["status"][..],
+        &["dlq", "summary"],
+        &["dlq", "list"],
+        &["dlq", "retry", "--all"],
+    ] {
+        let out = run(args, &as_operator).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    let id: i64 = sqlx::query_scalar("SELECT id FROM hubsync.dlq")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let out = run(&["dlq", "show", &id.to_string()], &as_operator).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nope"));
+    let out = run(&["dlq", "discard", &id.to_string()], &as_operator).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(h.count("dlq").await, 0);
+    for sql in [
+        "SELECT * FROM hubsync.outbox",
+        "SELECT state FROM hubsync.objects",
+        "SELECT * FROM hubsync.ledger",
+        "UPDATE hubsync.dlq SET payload = '{}'",
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key) VALUES (gen_random_uuid(), 'contact', 'x')",
+        "DELETE FROM hubsync.outbox",
+    ] {
+        refused(&operator, sql).await;
+    }
+    for p in [producer, worker, operator] {
+        p.close().await;
+    }
+    drop(roles);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_role_that_could_insert_before_the_upgrade_keeps_calling_enqueue(pool: PgPool) {
+    crate::migrations::previous_layout(&pool).await;
+    let roles = Roles::create(&pool).await;
+    for sql in [
+        format!("GRANT USAGE ON SCHEMA hubsync TO {}", roles.producer),
+        format!(
+            "GRANT SELECT, INSERT ON hubsync.outbox TO {}",
+            roles.producer
+        ),
+        format!("GRANT SELECT ON hubsync.ledger TO {}", roles.producer),
+        format!(
+            "GRANT USAGE ON SEQUENCE hubsync.outbox_id_seq TO {}",
+            roles.producer
+        ),
+        // Another role that can see the schema, to show that calling is no longer for everyone.
+        format!("GRANT USAGE ON SCHEMA hubsync TO {}", roles.worker),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    crate::harness::migrate(&pool).await;
+    let producer = pool_as(&pool, &roles.producer).await;
+    assert!(enqueue(&producer, Uuid::new_v4(), "u@acme.com", json!({})).await);
+    let worker = pool_as(&pool, &roles.worker).await;
+    refused(
+        &worker,
+        "SELECT hubsync.enqueue(gen_random_uuid(), 'contact', 'x', '{}')",
+    )
+    .await;
+    producer.close().await;
+    worker.close().await;
+    drop(roles);
+}

@@ -1,0 +1,285 @@
+//! `hubsync migrate` as a guest in the application's database: its history lives in
+//! `hubsync.schema_migrations`, an application's sqlx history (`_sqlx_migrations`) is never
+//! touched except to move hubsync's own rows out of it, and concurrent runs take turns.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+use crate::harness::{database_url, hubsync, stderr, tempdir};
+
+/// Every relation outside the system schemas and `hubsync`, as `schema.name`.
+async fn foreign_relations(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'hubsync')
+           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The rows of the application's sqlx history, in full.
+async fn app_history(pool: &PgPool) -> Vec<(i64, String, String, bool, Vec<u8>, i64)> {
+    sqlx::query_as(
+        "SELECT version, description, installed_on::text, success, checksum, execution_time
+         FROM public._sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn hubsync_history(pool: &PgPool) -> Vec<(i64, String, Vec<u8>)> {
+    sqlx::query_as(
+        "SELECT version, description, checksum FROM hubsync.schema_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// An application's migrations directory, as sqlx's CLI and `migrate!` read it.
+fn app_migrations(files: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = tempdir();
+    for (name, sql) in files {
+        std::fs::write(dir.join(name), sql).unwrap();
+    }
+    dir
+}
+
+async fn run_sqlx(dir: &Path, pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    Migrator::new(dir).await.unwrap().run(pool).await
+}
+
+fn embedded() -> Vec<(i64, String, Vec<u8>)> {
+    hubsync::db::MIGRATOR
+        .iter()
+        .map(|m| (m.version, m.description.to_string(), m.checksum.to_vec()))
+        .collect()
+}
+
+/// What the previous hubsync did: sqlx's migrator with migration 1, recording into
+/// `_sqlx_migrations` beside the application's rows.
+pub async fn previous_layout(pool: &PgPool) {
+    let old = tempdir();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_hubsync.sql"),
+        old.join("0001_hubsync.sql"),
+    )
+    .unwrap();
+    let mut old_hubsync = Migrator::new(old.as_path()).await.unwrap();
+    // It saw the application's rows as its own missing ones; that is what it had to be told.
+    old_hubsync.set_ignore_missing(true);
+    old_hubsync.run(pool).await.unwrap();
+}
+
+/// The application numbers its first migration 1 too: the worst case for a shared history.
+const APP_FIRST: (&str, &str) = (
+    "0001_users.sql",
+    "CREATE TABLE public.users (id bigserial PRIMARY KEY, email text NOT NULL);",
+);
+const APP_SECOND: (&str, &str) = (
+    "0002_users_name.sql",
+    "ALTER TABLE public.users ADD COLUMN name text;",
+);
+
+#[sqlx::test(migrations = false)]
+async fn migrating_twice_from_an_empty_database_is_harmless_and_stays_in_its_schema(pool: PgPool) {
+    let url = database_url(&pool);
+    for _ in 0..2 {
+        let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'hubsync'
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "dlq",
+            "ledger",
+            "limiter",
+            "objects",
+            "outbox",
+            "schema_migrations"
+        ]
+    );
+    assert_eq!(foreign_relations(&pool).await, Vec::<String>::new());
+    assert_eq!(hubsync_history(&pool).await, embedded());
+    let out = hubsync(&["status"], None, &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_application_migrated_first_keeps_its_history_and_its_migrator_stays_happy(
+    pool: PgPool,
+) {
+    let app = app_migrations(&[APP_FIRST]);
+    run_sqlx(&app, &pool).await.unwrap();
+    let before = app_history(&pool).await;
+    let url = database_url(&pool);
+    let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        app_history(&pool).await,
+        before,
+        "the app's rows are untouched"
+    );
+    assert_eq!(hubsync_history(&pool).await, embedded());
+    // The application's migrator runs again, then with a new migration of its own.
+    run_sqlx(&app, &pool).await.unwrap();
+    std::fs::write(app.join(APP_SECOND.0), APP_SECOND.1).unwrap();
+    run_sqlx(&app, &pool).await.unwrap();
+    assert_eq!(app_history(&pool).await.len(), 2);
+    hubsync::db::migrate(&pool).await.unwrap();
+    assert_eq!(hubsync_history(&pool).await, embedded());
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_application_migrating_after_hubsync_finds_only_its_own_history(pool: PgPool) {
+    hubsync::db::migrate(&pool).await.unwrap();
+    assert!(
+        foreign_relations(&pool).await.is_empty(),
+        "no _sqlx_migrations"
+    );
+    let app = app_migrations(&[APP_FIRST, APP_SECOND]);
+    run_sqlx(&app, &pool).await.unwrap();
+    let versions: Vec<i64> = app_history(&pool).await.iter().map(|r| r.0).collect();
+    assert_eq!(versions, [1, 2]);
+    hubsync::db::migrate(&pool).await.unwrap();
+    run_sqlx(&app, &pool).await.unwrap();
+    assert_eq!(hubsync_history(&pool).await, embedded());
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_install_of_the_previous_layout_is_moved_to_its_own_history(pool: PgPool) {
+    // The previous hubsync: sqlx's migrator with migration 1 only, sharing the application's
+    // `_sqlx_migrations` (the application numbering by timestamp, as that required).
+    let app = app_migrations(&[(
+        "20240101000000_users.sql",
+        "CREATE TABLE public.users (id bigserial PRIMARY KEY);",
+    )]);
+    run_sqlx(&app, &pool).await.unwrap();
+    previous_layout(&pool).await;
+    assert!(
+        run_sqlx(&app, &pool).await.is_err(),
+        "the application's migrator refuses hubsync's row"
+    );
+    let (installed_on,): (String,) =
+        sqlx::query_as("SELECT installed_on::text FROM _sqlx_migrations WHERE version = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let app_rows: Vec<_> = app_history(&pool)
+        .await
+        .into_iter()
+        .filter(|r| r.0 != 1)
+        .collect();
+
+    let url = database_url(&pool);
+    let out = hubsync(&["status"], None, &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("run `hubsync migrate` first"));
+    let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    assert_eq!(
+        app_history(&pool).await,
+        app_rows,
+        "only hubsync's row left"
+    );
+    assert_eq!(hubsync_history(&pool).await, embedded());
+    let (moved,): (String,) = sqlx::query_as(
+        "SELECT installed_on::text FROM hubsync.schema_migrations WHERE version = 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(moved, installed_on, "moved as it was, not applied again");
+    // The application's own migrator now sees only its own history, without being told.
+    run_sqlx(&app, &pool).await.unwrap();
+    let out = hubsync(&["status"], None, &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[sqlx::test(migrations = false)]
+async fn deploys_migrating_at_once_take_turns(pool: PgPool) {
+    let url = database_url(&pool);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || hubsync(&["migrate"], None, &[("DATABASE_URL", &url)]))
+        })
+        .collect();
+    for run in runs {
+        let out = run.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert_eq!(hubsync_history(&pool).await, embedded());
+
+    // While another session holds the lock, a migration waits for it.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(hubsync::db::migrations::LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { hubsync::db::migrate(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "migrate waits for the lock");
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(hubsync::db::migrations::LOCK_KEY)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    waiting.await.unwrap().unwrap();
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "released at the end");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_changed_or_unknown_migration_in_the_history_is_refused(pool: PgPool) {
+    hubsync::db::migrate(&pool).await.unwrap();
+    sqlx::query("UPDATE hubsync.schema_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = format!("{:#}", hubsync::db::migrate(&pool).await.unwrap_err());
+    assert!(
+        err.contains("migration 1 (hubsync) differs") && err.contains("migrations/"),
+        "{err}"
+    );
+    sqlx::query("UPDATE hubsync.schema_migrations SET checksum = $1 WHERE version = 1;")
+        .bind(embedded()[0].2.clone())
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO hubsync.schema_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = format!("{:#}", hubsync::db::migrate(&pool).await.unwrap_err());
+    assert!(err.contains("a newer hubsync migrated it"), "{err}");
+}
