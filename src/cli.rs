@@ -15,8 +15,12 @@ use crate::config::{Config, ConfigError, Env};
 use crate::db;
 use crate::db::dlq::{OperatorSql, Var};
 use crate::hubspot::{HubSpotClient, Paths};
+use crate::secret::Secret;
 use crate::simulator::{Fault, SimConfig, Simulator};
 use crate::worker::Worker;
+
+/// The simulator's default token, which is not a secret.
+const SIM_TOKEN: &str = "sim-token";
 
 /// hubsync: product events from a Postgres outbox into HubSpot properties.
 #[derive(Debug, Parser)]
@@ -109,9 +113,14 @@ pub struct SimulatorArgs {
     /// Address to bind (use 0.0.0.0 inside a container).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// The token it accepts.
-    #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", default_value = "sim-token")]
-    pub token: String,
+    /// The token it accepts (never printed).
+    #[arg(
+        long,
+        env = "HUBSPOT_ACCESS_TOKEN",
+        hide_env_values = true,
+        default_value = SIM_TOKEN
+    )]
+    pub token: Secret,
     /// Requests allowed per rolling window (0 = unlimited).
     #[arg(long, default_value_t = 100)]
     pub requests_per_window: u32,
@@ -157,7 +166,7 @@ fn client_for(config: &Config, env: &Env) -> anyhow::Result<HubSpotClient> {
     let token = env.require_token()?;
     HubSpotClient::new(
         &env.base_url,
-        token,
+        token.clone(),
         Paths::new(config.hubspot.api_version),
         config.hubspot.request_timeout,
     )
@@ -178,11 +187,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = Env::from_env();
     match cli.command {
         Command::Migrate => {
-            let pool = db::connect(&env.database_url, 2).await?;
+            let pool = db::connect(env.database_url.expose(), 2).await?;
             db::migrate(&pool).await?;
             println!(
                 "hubsync schema is up to date in {}",
-                db::redact(&env.database_url)
+                db::describe(&pool.connect_options())
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -207,8 +216,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { until_idle } => {
             let config = Arc::new(load_config(&cli.config, &env)?);
             let client = client_for(&config, &env)?;
-            let pool =
-                db::connect(&env.database_url, 2 + config.worker.concurrency as u32 * 2).await?;
+            let pool = db::connect(
+                env.database_url.expose(),
+                2 + config.worker.concurrency as u32 * 2,
+            )
+            .await?;
             require_schema(&pool).await?;
             let limiter = crate::ratelimit::Limiter::new(
                 pool.clone(),
@@ -242,7 +254,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
-            let pool = db::connect(&env.database_url, 2).await?;
+            let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
             print_sql(&pool, &db::dlq::STATUS, &[], true).await?;
             println!();
@@ -250,7 +262,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(cmd) => {
-            let pool = db::connect(&env.database_url, 2).await?;
+            let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
             dlq(&pool, cmd).await
         }
@@ -394,10 +406,15 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     if !args.script.is_empty() {
         sim.script(args.script.clone());
     }
+    // The token is never printed; the default one is public.
+    let token = if args.token.expose() == SIM_TOKEN {
+        format!("token \"{SIM_TOKEN}\"")
+    } else {
+        "token from --token or HUBSPOT_ACCESS_TOKEN".to_string()
+    };
     eprintln!(
-        "HubSpot simulator listening on {} (token \"{}\", {} requests per {} ms); Ctrl-C stops it",
+        "HubSpot simulator listening on {} ({token}, {} requests per {} ms); Ctrl-C stops it",
         sim.base_url(),
-        args.token,
         args.requests_per_window,
         args.window_ms
     );
