@@ -88,6 +88,13 @@ pub enum DlqCommand {
     Retry(Selection),
     /// Delete rows for good: one id, a category, or all (sql/dlq_discard_*.sql).
     Discard(Selection),
+    /// Delete parked rows whose last failure is older than DAYS days (sql/dlq_purge.sql).
+    /// Rows scheduled for a replay are kept; nothing is ever purged automatically.
+    Purge {
+        /// Age of the last failure, in days.
+        #[arg(long, value_name = "DAYS")]
+        older_than: u32,
+    },
 }
 
 /// Which DLQ rows a retry or discard applies to.
@@ -235,8 +242,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             spawn_signal_handler(cancel.clone());
             if until_idle {
                 let step = worker.run_until_idle(&cancel).await?;
+                // Cron users get the upkeep `run` does every ten minutes.
+                let pruned = db::retention::prune_ledger(
+                    &worker.pool,
+                    worker.config.worker.ledger_retention,
+                )
+                .await
+                .context("cannot prune the ledger (hubsync.ledger)")?;
                 eprintln!(
-                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry",
+                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry; {pruned} ledger entries past retention removed",
                     step.ingested,
                     step.refused,
                     step.sync.written,
@@ -272,6 +286,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `hubsync dlq purge`: prints only how many rows went (there may be many).
+async fn purge(pool: &PgPool, older_than: u32) -> anyhow::Result<ExitCode> {
+    let days = [("days", Var::Int(i64::from(older_than)))];
+    let (_, rows) = db::dlq::run_operator(pool, &db::dlq::PURGE, &days).await?;
+    println!(
+        "{} parked row(s) purged (last failed more than {older_than} days ago)",
+        rows.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
@@ -313,6 +338,7 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             );
             (sql, vars, false)
         }
+        DlqCommand::Purge { older_than } => return purge(pool, older_than).await,
     };
     let rows = print_sql(pool, &sql, &vars, vertical).await?;
     if rows == 0

@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod limiter;
 pub mod migrations;
 pub mod objects;
+pub mod retention;
 pub mod status;
 
 use std::str::FromStr;

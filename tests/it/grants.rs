@@ -254,6 +254,7 @@ async fn the_worker_runs_the_pipeline_and_the_operator_reads_and_replays_the_dlq
         &["dlq", "summary"],
         &["dlq", "list"],
         &["dlq", "retry", "--all"],
+        &["dlq", "purge", "--older-than", "30"],
     ] {
         let out = run(args, &as_operator).await;
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));

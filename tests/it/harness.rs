@@ -274,3 +274,23 @@ pub fn tempdir() -> PathBuf {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Runs one of the repository's SQL files with psql, as an operator would; returns stdout.
+pub fn psql(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("psql");
+    cmd.arg(database_url(pool))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f", file]);
+    for (k, v) in vars {
+        cmd.arg("-v").arg(format!("{k}={v}"));
+    }
+    let out = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -7,6 +7,7 @@ mod grants;
 mod harness;
 mod invariants;
 mod migrations;
+mod retention;
 mod secrets;
 mod simulator;
 mod startup;

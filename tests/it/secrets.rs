@@ -101,6 +101,7 @@ async fn no_command_prints_the_token_or_the_database_password(pool: PgPool) {
         &["dlq", "--help"],
         &["dlq", "list", "--help"],
         &["dlq", "retry", "--help"],
+        &["dlq", "purge", "--help"],
         &["simulator", "--help"],
         &["demo", "--help"],
     ] {
@@ -116,6 +117,7 @@ async fn no_command_prints_the_token_or_the_database_password(pool: PgPool) {
             &["migrate"][..],
             &["status"],
             &["dlq", "list"],
+            &["dlq", "purge", "--older-than", "30"],
             &["run", "--until-idle"],
             &["demo", "--events", "1"],
         ] {
