@@ -329,14 +329,7 @@ async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPoo
     // The runbook: what fails, then the fix (a new option), then replay by category.
     assert!(psql(&pool, "sql/dlq_summary.sql", &[]).contains("invalid_value"));
     assert!(psql(&pool, "sql/dlq_list.sql", &[]).contains("v@acme.com"));
-    let fixed = crate::harness::parse_config(&CONFIG.replace(
-        "options = [\"free\", \"pro\", \"enterprise\"]",
-        "options = [\"free\", \"pro\", \"enterprise\", \"platinum\"]",
-    ));
-    hubsync::reconcile::ensure(&h.client(), &fixed)
-        .await
-        .unwrap();
-    let worker = crate::harness::worker_for(&pool, &h.sim, &fixed).await;
+    let worker = h.add_platinum_option().await;
     psql(
         &pool,
         "sql/dlq_retry_category.sql",

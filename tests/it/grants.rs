@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use crate::harness::{CONFIG, Harness, hubsync_beside, stderr};
+use crate::harness::{CONFIG, Harness, hubsync_beside, psql_output, stderr};
 
 /// Login roles of this test only (roles are shared by every database of the server, and tests
 /// run in parallel), dropped when the test ends, passed or failed.
@@ -82,16 +82,7 @@ async fn pool_as(pool: &PgPool, role: &str) -> PgPool {
 
 /// Runs sql/grants.sql with these psql variables; returns (success, stderr).
 fn grants(pool: &PgPool, vars: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new("psql");
-    cmd.arg(url_as(pool, "postgres"))
-        .args(["-X", "-q", "-f", "sql/grants.sql"]);
-    for (k, v) in vars {
-        cmd.arg("-v").arg(format!("{k}={v}"));
-    }
-    let out = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("psql runs");
+    let out = psql_output(pool, "sql/grants.sql", vars);
     (out.status.success(), stderr(&out))
 }
 

@@ -103,14 +103,7 @@ async fn a_replayed_event_is_remembered_from_its_replay_so_a_later_copy_is_a_no_
         .unwrap();
 
     // The fix, then the replay.
-    let fixed = crate::harness::parse_config(&CONFIG.replace(
-        "options = [\"free\", \"pro\", \"enterprise\"]",
-        "options = [\"free\", \"pro\", \"enterprise\", \"platinum\"]",
-    ));
-    hubsync::reconcile::ensure(&h.client(), &fixed)
-        .await
-        .unwrap();
-    let worker = crate::harness::worker_for(&pool, &h.sim, &fixed).await;
+    let worker = h.add_platinum_option().await;
     psql(&pool, "sql/dlq_retry_all.sql", &[]);
     worker
         .run_until_idle(&CancellationToken::new())
