@@ -77,7 +77,14 @@ async fn migrate_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
     conn.execute(HISTORY_DDL)
         .await
         .context("cannot create schema hubsync or its history table as this role; run `hubsync migrate` as the role that owns schema hubsync (for a first install, one with CREATE on the database)")?;
-    if schema_existed {
+    // A schema without history of its own: an install of the previous layout (or one whose
+    // first migration failed). Once hubsync has history here, the application's table is never
+    // looked at again.
+    let history_empty: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM hubsync.schema_migrations)")
+            .fetch_one(&mut *conn)
+            .await?;
+    if schema_existed && history_empty {
         adopt_previous_history(conn).await?;
     }
     let applied: Vec<(i64, String, Vec<u8>, bool)> = sqlx::query_as(
@@ -194,7 +201,9 @@ async fn adopt_previous_history(conn: &mut PgConnection) -> anyhow::Result<()> {
     .execute(&mut *tx)
     .await
     .with_context(|| {
-        format!("cannot move hubsync's rows from {table} into hubsync.schema_migrations")
+        format!(
+            "cannot move hubsync's rows from {table} into hubsync.schema_migrations; run `hubsync migrate` as the role that migrated this database before"
+        )
     })?;
     tx.commit().await?;
     if moved.rows_affected() > 0 {

@@ -308,3 +308,43 @@ async fn a_role_that_could_insert_before_the_upgrade_keeps_calling_enqueue(pool:
     worker.close().await;
     drop(roles);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_migrating_role_that_cannot_read_the_applications_history_migrates_again(pool: PgPool) {
+    let app = crate::harness::tempdir();
+    std::fs::write(app.join("0001_users.sql"), "CREATE TABLE users (id int);").unwrap();
+    sqlx::migrate::Migrator::new(app.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let roles = Roles::create(&pool).await;
+    // The worker role stands in for an owner of its own, with no rights on the app's tables.
+    let owner = &roles.worker;
+    sqlx::query(&format!(
+        "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO {owner}', current_database()); END $$"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let as_owner = url_as(&pool, owner);
+    for _ in 0..2 {
+        let out = hubsync_beside(&["migrate"], None, &[("DATABASE_URL", &as_owner)]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let owns: String = sqlx::query_scalar(
+        "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'hubsync'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(&owns, owner);
+    sqlx::query(&format!(
+        "DO $$ BEGIN EXECUTE format('REVOKE CREATE ON DATABASE %I FROM {owner}', current_database()); END $$"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    drop(roles);
+}
