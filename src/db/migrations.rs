@@ -215,6 +215,9 @@ async fn adopt_previous_history(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What to do when this role cannot see hubsync's history.
+const GRANT_HINT: &str = "cannot read hubsync.schema_migrations as this role; give it its privileges with sql/grants.sql (-v worker=ROLE or -v operator=ROLE)";
+
 /// The highest migration applied to this database, `None` when hubsync was never migrated
 /// here (or only by a version that kept its history in `_sqlx_migrations`).
 pub async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>> {
@@ -222,12 +225,12 @@ pub async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>> {
         sqlx::query_scalar("SELECT to_regclass('hubsync.schema_migrations') IS NOT NULL")
             .fetch_one(pool)
             .await
-            .context("cannot look for hubsync.schema_migrations")?;
+            .context(GRANT_HINT)?;
     if !exists {
         return Ok(None);
     }
     sqlx::query_scalar("SELECT max(version) FROM hubsync.schema_migrations WHERE success")
         .fetch_one(pool)
         .await
-        .context("cannot read hubsync.schema_migrations; grant this role its privileges with sql/grants.sql")
+        .context(GRANT_HINT)
 }
