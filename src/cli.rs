@@ -15,8 +15,12 @@ use crate::config::{Config, ConfigError, Env};
 use crate::db;
 use crate::db::dlq::{OperatorSql, Var};
 use crate::hubspot::{HubSpotClient, Paths};
+use crate::secret::Secret;
 use crate::simulator::{Fault, SimConfig, Simulator};
 use crate::worker::Worker;
+
+/// The simulator's default token, which is not a secret.
+const SIM_TOKEN: &str = "sim-token";
 
 /// hubsync: product events from a Postgres outbox into HubSpot properties.
 #[derive(Debug, Parser)]
@@ -84,6 +88,13 @@ pub enum DlqCommand {
     Retry(Selection),
     /// Delete rows for good: one id, a category, or all (sql/dlq_discard_*.sql).
     Discard(Selection),
+    /// Delete parked rows whose last failure is older than DAYS days (sql/dlq_purge.sql).
+    /// Rows scheduled for a replay are kept; nothing is ever purged automatically.
+    Purge {
+        /// Age of the last failure, in days.
+        #[arg(long, value_name = "DAYS")]
+        older_than: u32,
+    },
 }
 
 /// Which DLQ rows a retry or discard applies to.
@@ -109,9 +120,14 @@ pub struct SimulatorArgs {
     /// Address to bind (use 0.0.0.0 inside a container).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// The token it accepts.
-    #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", default_value = "sim-token")]
-    pub token: String,
+    /// The token it accepts (never printed).
+    #[arg(
+        long,
+        env = "HUBSPOT_ACCESS_TOKEN",
+        hide_env_values = true,
+        default_value = SIM_TOKEN
+    )]
+    pub token: Secret,
     /// Requests allowed per rolling window (0 = unlimited).
     #[arg(long, default_value_t = 100)]
     pub requests_per_window: u32,
@@ -157,7 +173,7 @@ fn client_for(config: &Config, env: &Env) -> anyhow::Result<HubSpotClient> {
     let token = env.require_token()?;
     HubSpotClient::new(
         &env.base_url,
-        token,
+        token.clone(),
         Paths::new(config.hubspot.api_version),
         config.hubspot.request_timeout,
     )
@@ -178,11 +194,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = Env::from_env();
     match cli.command {
         Command::Migrate => {
-            let pool = db::connect(&env.database_url, 2).await?;
+            let pool = db::connect(env.database_url.expose(), 2).await?;
             db::migrate(&pool).await?;
             println!(
                 "hubsync schema is up to date in {}",
-                db::redact(&env.database_url)
+                db::describe(&pool.connect_options())
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -208,7 +224,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Arc::new(load_config(&cli.config, &env)?);
             let client = client_for(&config, &env)?;
             let pool = db::connect_worker(
-                &env.database_url,
+                env.database_url.expose(),
                 2 + config.worker.concurrency as u32 * 2,
                 &config.worker,
             )
@@ -227,8 +243,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             spawn_signal_handler(cancel.clone());
             if until_idle {
                 let step = worker.run_until_idle(&cancel).await?;
+                // Cron users get the upkeep `run` does every ten minutes.
+                let pruned = db::retention::prune_ledger(
+                    &worker.pool,
+                    worker.config.worker.ledger_retention,
+                )
+                .await
+                .context("cannot prune the ledger (hubsync.ledger)")?;
                 eprintln!(
-                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry",
+                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry; {pruned} ledger entries past retention removed",
                     step.ingested,
                     step.refused,
                     step.sync.written,
@@ -246,7 +269,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
-            let pool = db::connect(&env.database_url, 2).await?;
+            let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
             print_sql(&pool, &db::dlq::STATUS, &[], true).await?;
             println!();
@@ -254,7 +277,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(cmd) => {
-            let pool = db::connect(&env.database_url, 2).await?;
+            let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
             dlq(&pool, cmd).await
         }
@@ -264,6 +287,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `hubsync dlq purge`: prints only how many rows went (there may be many).
+async fn purge(pool: &PgPool, older_than: u32) -> anyhow::Result<ExitCode> {
+    let days = [("days", Var::Int(i64::from(older_than)))];
+    let (_, rows) = db::dlq::run_operator(pool, &db::dlq::PURGE, &days).await?;
+    println!(
+        "{} parked row(s) purged (last failed more than {older_than} days ago)",
+        rows.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
@@ -305,6 +339,7 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             );
             (sql, vars, false)
         }
+        DlqCommand::Purge { older_than } => return purge(pool, older_than).await,
     };
     let rows = print_sql(pool, &sql, &vars, vertical).await?;
     if rows == 0
@@ -398,10 +433,15 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     if !args.script.is_empty() {
         sim.script(args.script.clone());
     }
+    // The token is never printed; the default one is public.
+    let token = if args.token.expose() == SIM_TOKEN {
+        format!("token \"{SIM_TOKEN}\"")
+    } else {
+        "token from --token or HUBSPOT_ACCESS_TOKEN".to_string()
+    };
     eprintln!(
-        "HubSpot simulator listening on {} (token \"{}\", {} requests per {} ms); Ctrl-C stops it",
+        "HubSpot simulator listening on {} ({token}, {} requests per {} ms); Ctrl-C stops it",
         sim.base_url(),
-        args.token,
         args.requests_per_window,
         args.window_ms
     );

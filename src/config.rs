@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::schema::{MergeRule, PropertyDef, PropertyType};
+use crate::secret::Secret;
 
 /// Default HubSpot API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
@@ -152,13 +153,13 @@ pub struct Config {
     pub companies: Option<CompanyConfig>,
 }
 
-/// Secrets and addresses from the environment.
+/// Secrets and addresses from the environment. The secrets format as `[redacted]`.
 #[derive(Debug, Clone)]
 pub struct Env {
-    /// `DATABASE_URL`
-    pub database_url: String,
+    /// `DATABASE_URL` (it may hold a password).
+    pub database_url: Secret,
     /// `HUBSPOT_ACCESS_TOKEN`, when set.
-    pub access_token: Option<String>,
+    pub access_token: Option<Secret>,
     /// `HUBSPOT_BASE_URL`
     pub base_url: String,
     /// `HUBSYNC_CONFIG`
@@ -170,8 +171,10 @@ impl Env {
     pub fn from_env() -> Env {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Env {
-            database_url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
-            access_token: var("HUBSPOT_ACCESS_TOKEN"),
+            database_url: Secret::new(
+                var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            ),
+            access_token: var("HUBSPOT_ACCESS_TOKEN").map(Secret::new),
             base_url: var("HUBSPOT_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into()),
             config_path: var("HUBSYNC_CONFIG")
                 .map(PathBuf::from)
@@ -180,10 +183,8 @@ impl Env {
     }
 
     /// The access token, or the refusal that says how to provide it.
-    pub fn require_token(&self) -> Result<&str, ConfigError> {
-        self.access_token
-            .as_deref()
-            .ok_or(ConfigError::MissingEnv {
+    pub fn require_token(&self) -> Result<&Secret, ConfigError> {
+        self.access_token.as_ref().ok_or(ConfigError::MissingEnv {
                 name: "HUBSPOT_ACCESS_TOKEN",
                 hint: "set it to your HubSpot private app's access token (Settings > Integrations > Private Apps)",
             })

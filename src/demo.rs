@@ -4,7 +4,6 @@
 //! the simulator now holds, checked against what the events imply.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -82,12 +81,11 @@ pub fn table(columns: &[String], rows: &[Vec<String>]) -> String {
 }
 
 async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
-    let admin = PgConnectOptions::from_str(url)
-        .with_context(|| format!("DATABASE_URL {} is not a Postgres URL", db::redact(url)))?;
+    let admin = db::connect_options(url)?;
     let mut conn = admin.connect().await.with_context(|| {
         format!(
             "cannot connect to Postgres at {}; start it or set DATABASE_URL",
-            db::redact(url)
+            db::describe(&admin)
         )
     })?;
     sqlx::query(&(format!("DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")))
@@ -102,31 +100,17 @@ async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(admin.database(DEMO_DB))
 }
 
-/// The demo database's URL, for the closing hint (password hidden).
-fn demo_url(url: &str) -> String {
-    let url = db::redact(url);
-    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
-    let base = match base.rfind('/') {
-        Some(i) if i > base.find("://").map(|s| s + 2).unwrap_or(0) => &base[..i],
-        _ => base,
-    };
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
-    format!("{base}/{DEMO_DB}{query}")
-}
-
 /// Runs the demo end to end.
 pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()> {
     let contacts = contacts.clamp(1, 10_000);
     println!("hubsync demo");
     println!(
         "1. database: recreating \"{DEMO_DB}\" on {}",
-        db::redact(&env.database_url)
+        db::redact(env.database_url.expose())
     );
-    let options = recreate_database(&env.database_url).await?;
+    let options = recreate_database(env.database_url.expose()).await?;
+    // Where to look afterwards: the demo database, without the password.
+    let demo_url = db::describe(&options);
     let pool = PgPoolOptions::new()
         .max_connections(6)
         .connect_with(options)
@@ -358,8 +342,7 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
         anyhow::bail!("{mismatches} contacts in the simulator do not match their events");
     }
     println!(
-        "\nEvery contact matches its events. Inspect the data with: psql {} -c 'SELECT * FROM hubsync.objects'",
-        demo_url(&env.database_url)
+        "\nEvery contact matches its events. Inspect the data with: psql {demo_url} -c 'SELECT * FROM hubsync.objects'"
     );
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod hubspot;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod schema;
+pub mod secret;
 pub mod simulator;
 pub mod telemetry;
 pub mod worker;

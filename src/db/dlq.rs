@@ -107,8 +107,11 @@ pub async fn park_unreadable_objects(
     Ok(())
 }
 
-/// Claims dead-lettered events that are due for replay, rebuilt as outbox events.
-/// Locks: the claimed DLQ rows until the caller's transaction ends (`SKIP LOCKED`).
+/// Claims dead-lettered events that are due for replay, rebuilt as outbox events, and marks
+/// them processed now in the ledger (re-adding entries pruned meanwhile): a copy the producer
+/// sends again within the retention period after the replay stays a no-op. Locks: the claimed
+/// DLQ rows and their ledger rows until the caller's transaction ends (`SKIP LOCKED` for the
+/// DLQ rows; ledger rows before any object row, as ingest takes them).
 pub async fn claim_due_events(
     tx: &mut PgConnection,
     limit: i64,
@@ -118,6 +121,11 @@ pub async fn claim_due_events(
              SELECT id FROM hubsync.dlq
              WHERE kind = 'event' AND next_retry_at <= now()
              ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), processed AS (
+             INSERT INTO hubsync.ledger (event_id)
+             SELECT d.event_id FROM hubsync.dlq d JOIN due USING (id)
+             WHERE d.event_id IS NOT NULL ORDER BY d.event_id
+             ON CONFLICT (event_id) DO UPDATE SET processed_at = now()
          )
          SELECT d.id, d.event_id,
                 coalesce((d.payload->>'seq')::bigint, 0) AS seq,
@@ -262,6 +270,7 @@ operator_sql! {
     DISCARD_ONE => "dlq_discard_one.sql",
     DISCARD_CATEGORY => "dlq_discard_category.sql",
     DISCARD_ALL => "dlq_discard_all.sql",
+    PURGE => "dlq_purge.sql",
     STATUS => "status.sql",
 }
 
@@ -406,6 +415,7 @@ mod tests {
             ("category", Var::Text(String::new())),
             ("limit", Var::Int(1)),
             ("id", Var::Int(1)),
+            ("days", Var::Int(30)),
         ];
         for sql in [
             SUMMARY,
@@ -417,6 +427,7 @@ mod tests {
             DISCARD_ONE,
             DISCARD_CATEGORY,
             DISCARD_ALL,
+            PURGE,
             STATUS,
         ] {
             let (s, _) = to_statement(sql.text, &vars).unwrap();

@@ -2,10 +2,9 @@
 //! into `hubsync.objects`. All run inside the caller's one ingest transaction.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 /// One outbox row, as claimed. Every column is read in a form that cannot fail to decode, so
@@ -87,17 +86,6 @@ pub async fn claim_outbox(
         .collect::<Result<_, sqlx::Error>>()?;
     events.sort_by_key(|(e, _)| e.seq);
     Ok(events)
-}
-
-/// Forgets ledger entries older than `retention`. Locks: the deleted rows, briefly.
-pub async fn prune_ledger(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM hubsync.ledger WHERE processed_at < now() - make_interval(secs => $1)",
-    )
-    .bind(retention.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// An object row locked for folding.

@@ -77,7 +77,14 @@ async fn migrate_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
     conn.execute(HISTORY_DDL)
         .await
         .context("cannot create schema hubsync or its history table as this role; run `hubsync migrate` as the role that owns schema hubsync (for a first install, one with CREATE on the database)")?;
-    if schema_existed {
+    // A schema without history of its own: an install of the previous layout (or one whose
+    // first migration failed). Once hubsync has history here, the application's table is never
+    // looked at again.
+    let history_empty: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM hubsync.schema_migrations)")
+            .fetch_one(&mut *conn)
+            .await?;
+    if schema_existed && history_empty {
         adopt_previous_history(conn).await?;
     }
     let applied: Vec<(i64, String, Vec<u8>, bool)> = sqlx::query_as(
@@ -194,7 +201,9 @@ async fn adopt_previous_history(conn: &mut PgConnection) -> anyhow::Result<()> {
     .execute(&mut *tx)
     .await
     .with_context(|| {
-        format!("cannot move hubsync's rows from {table} into hubsync.schema_migrations")
+        format!(
+            "cannot move hubsync's rows from {table} into hubsync.schema_migrations; run `hubsync migrate` as the role that migrated this database before"
+        )
     })?;
     tx.commit().await?;
     if moved.rows_affected() > 0 {
@@ -206,6 +215,9 @@ async fn adopt_previous_history(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What to do when this role cannot see hubsync's history.
+const GRANT_HINT: &str = "cannot read hubsync.schema_migrations as this role; give it its privileges with sql/grants.sql (-v worker=ROLE or -v operator=ROLE)";
+
 /// The highest migration applied to this database, `None` when hubsync was never migrated
 /// here (or only by a version that kept its history in `_sqlx_migrations`).
 pub async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>> {
@@ -213,12 +225,12 @@ pub async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>> {
         sqlx::query_scalar("SELECT to_regclass('hubsync.schema_migrations') IS NOT NULL")
             .fetch_one(pool)
             .await
-            .context("cannot look for hubsync.schema_migrations")?;
+            .context(GRANT_HINT)?;
     if !exists {
         return Ok(None);
     }
     sqlx::query_scalar("SELECT max(version) FROM hubsync.schema_migrations WHERE success")
         .fetch_one(pool)
         .await
-        .context("cannot read hubsync.schema_migrations; grant this role its privileges with sql/grants.sql")
+        .context(GRANT_HINT)
 }

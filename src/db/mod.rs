@@ -15,8 +15,10 @@ pub mod ingest;
 pub mod limiter;
 pub mod migrations;
 pub mod objects;
+pub mod retention;
 pub mod status;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,19 +27,93 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use migrations::{MIGRATOR, migrate};
 
+/// The query parameters sqlx reads from a database URL. Anything else is dropped before sqlx
+/// parses the URL: sqlx would log the value of a parameter it does not know (`sslpassword`, a
+/// misspelt `passwd`), and such a value may be a secret.
+const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parses a database URL; returns the options and the names of the parameters it ignored.
+/// Neither the URL nor any value in it appears in an error.
+fn parse_url(url: &str) -> anyhow::Result<(PgConnectOptions, Vec<String>)> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| {
+        anyhow::anyhow!(
+            "DATABASE_URL is not a URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        )
+    })?;
+    let (kept, ignored): (Vec<_>, Vec<_>) = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| URL_PARAMETERS.contains(&k.as_str()) || k.starts_with("options["));
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(&kept);
+    }
+    let options = PgConnectOptions::from_str(parsed.as_str()).map_err(|e| {
+        anyhow::anyhow!(
+            "DATABASE_URL is not a Postgres URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        )
+    })?;
+    Ok((options, ignored.into_iter().map(|(k, _)| k).collect()))
+}
+
+/// Connect options from a database URL, with a warning naming (never showing) any parameter
+/// that is ignored.
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let (options, ignored) = parse_url(url)?;
+    if !ignored.is_empty() {
+        tracing::warn!(
+            "DATABASE_URL: ignoring the parameters {} (not supported); remove them",
+            ignored.join(", ")
+        );
+    }
+    Ok(options)
+}
+
+/// Where the options lead, for messages: user, host, port and database, never the password.
+pub fn describe(options: &PgConnectOptions) -> String {
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_string(),
+    };
+    format!(
+        "postgres://{}@{host}:{}/{}",
+        options.get_username(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    )
+}
+
+/// A database URL for messages: user, host, port and database only.
+pub fn redact(url: &str) -> String {
+    match parse_url(url) {
+        Ok((options, _)) => describe(&options),
+        Err(_) => "(DATABASE_URL, which is not a valid Postgres URL)".to_string(),
+    }
+}
+
 /// Connects to Postgres with a small pool.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Postgres at {}; check DATABASE_URL and that the server is running",
-                redact(url)
-            )
-        })
+    pool(connect_options(url)?, max_connections).await
 }
 
 /// The name worker sessions carry in `pg_stat_activity`, so an operator can tell them apart.
@@ -52,19 +128,21 @@ pub async fn connect_worker(
     worker: &crate::config::WorkerSettings,
 ) -> anyhow::Result<PgPool> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
-    let options: PgConnectOptions = url.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "DATABASE_URL is not a valid Postgres URL; write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE"
-        )
-    })?;
-    let options = options.application_name(APPLICATION_NAME).options([
-        ("statement_timeout", ms(worker.statement_timeout)),
-        ("lock_timeout", ms(worker.lock_timeout)),
-        (
-            "idle_in_transaction_session_timeout",
-            ms(worker.idle_in_transaction_timeout),
-        ),
-    ]);
+    let options = connect_options(url)?
+        .application_name(APPLICATION_NAME)
+        .options([
+            ("statement_timeout", ms(worker.statement_timeout)),
+            ("lock_timeout", ms(worker.lock_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(worker.idle_in_transaction_timeout),
+            ),
+        ]);
+    pool(options, max_connections).await
+}
+
+async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    let place = describe(&options);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
@@ -72,34 +150,37 @@ pub async fn connect_worker(
         .await
         .with_context(|| {
             format!(
-                "cannot connect to Postgres at {}; check DATABASE_URL and that the server is running",
-                redact(url)
+                "cannot connect to Postgres at {place}; check DATABASE_URL and that the server is running"
             )
         })
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::redact;
+
     #[test]
     fn passwords_never_reach_messages() {
         assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
         );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h:5432/db");
+        assert_eq!(
+            redact("postgres://h/db?user=u&password=secret&sslpassword=secret&sslmode=prefer"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?port=6543"),
+            "postgres://u@h:6543/db"
+        );
+        let err = format!(
+            "{:#}",
+            super::connect_options("postgres://u:secret@h:99999/db").unwrap_err()
+        );
+        assert!(
+            !err.contains("secret") && err.contains("DATABASE_URL"),
+            "{err}"
+        );
     }
 }

@@ -13,13 +13,14 @@ use super::classify::{RateHeaders, Reply, Transport};
 use super::paths::Paths;
 use crate::ratelimit::Limiter;
 use crate::schema::ObjectKind;
+use crate::secret::Secret;
 
 /// A HubSpot API client bound to one base URL and token.
 #[derive(Clone)]
 pub struct HubSpotClient {
     http: reqwest::Client,
     base_url: String,
-    token: String,
+    token: Secret,
     /// Paths for the configured API edition.
     pub paths: Paths,
     /// When set, setup calls take permits from the shared limiter like batches do.
@@ -30,7 +31,7 @@ impl HubSpotClient {
     /// Builds a client; `timeout` bounds each request end to end.
     pub fn new(
         base_url: &str,
-        token: &str,
+        token: impl Into<Secret>,
         paths: Paths,
         timeout: Duration,
     ) -> anyhow::Result<HubSpotClient> {
@@ -46,7 +47,7 @@ impl HubSpotClient {
         Ok(HubSpotClient {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
-            token: token.to_string(),
+            token: token.into(),
             paths,
             limiter: None,
         })
@@ -73,7 +74,8 @@ impl HubSpotClient {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(&self.token);
+            // The only place the token leaves its wrapper; reqwest marks the header sensitive.
+            .bearer_auth(self.token.expose());
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -6,7 +6,8 @@
 //! prove the worker survives lost responses, 5xx, 429 and dropped connections.
 //! Behaviour follows `docs/HUBSPOT.md`; where that page marks a fact as unsure, the simulator
 //! takes the stricter reading. It must not depend on any other module of the crate: the worker
-//! is tested against it, so sharing code with the worker would hide the worker's mistakes.
+//! is tested against it, so sharing code with the worker would hide the worker's mistakes. (The
+//! one exception is `Secret`, which only keeps the accepted token out of any output.)
 //!
 //! Layout: this file holds the public types and the accept loop; `pipeline` runs one request
 //! through latency, auth, rate limit, faults and routing; `objects` does upserts, read-back and
@@ -36,6 +37,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::pipeline::Outcome;
 use self::state::State;
+use crate::secret::Secret;
 
 /// The value both `X-HubSpot-RateLimit-Max` and `-Remaining` carry when the window is unlimited.
 pub const UNLIMITED_HEADER_VALUE: u32 = 1_000_000;
@@ -43,8 +45,8 @@ pub const UNLIMITED_HEADER_VALUE: u32 = 1_000_000;
 /// Settings fixed when the simulator starts; the rest is changed through [`Simulator`] methods.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// The accepted private-app token (default `"sim-token"`).
-    pub token: String,
+    /// The accepted private-app token (default `"sim-token"`); never printed.
+    pub token: Secret,
     /// Requests allowed per rolling window (default 100); 0 means unlimited.
     pub requests_per_window: u32,
     /// Length of the rolling window (default 10 s).
@@ -60,7 +62,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
-            token: "sim-token".to_owned(),
+            token: Secret::new("sim-token"),
             requests_per_window: 100,
             window: Duration::from_secs(10),
             daily_limit: None,
@@ -264,7 +266,7 @@ impl Simulator {
 
     /// Changes the accepted token; any other token then gets 401 (a revoked token).
     pub fn set_token(&self, token: &str) {
-        self.shared.lock().token = token.to_owned();
+        self.shared.lock().token = Secret::new(token);
     }
 
     /// When non-empty, every authenticated request answers 403 `MISSING_SCOPES` naming these.

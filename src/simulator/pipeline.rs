@@ -215,7 +215,7 @@ fn decide(
     token: Option<&str>,
     admission: &Admission,
 ) -> Step {
-    if token != Some(state.token.as_str()) {
+    if token != Some(state.token.expose()) {
         return Step::Done(Reply::unauthorized());
     }
     if !state.missing_scopes.is_empty() {

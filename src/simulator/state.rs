@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::properties::Schema;
 use super::values::normalise_email;
 use super::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
+use crate::secret::Secret;
 
 /// The two object types the simulator stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,7 +206,7 @@ pub(crate) struct Admission {
 #[derive(Debug)]
 pub(crate) struct State {
     /// The accepted bearer token.
-    pub token: String,
+    pub token: Secret,
     /// Non-empty: every request answers 403 naming these.
     pub missing_scopes: Vec<String>,
     /// Added before every request is handled.

@@ -357,7 +357,7 @@ impl Worker {
                     }
                     if last_prune.elapsed() > Duration::from_secs(600) {
                         last_prune = Instant::now();
-                        match db::ingest::prune_ledger(&w.pool, w.config.worker.ledger_retention)
+                        match db::retention::prune_ledger(&w.pool, w.config.worker.ledger_retention)
                             .await
                         {
                             Ok(n) if n > 0 => {

@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{CONFIG, Harness, database_url, next_attempt_in};
+use crate::harness::{CONFIG, Harness, database_url, next_attempt_in, psql};
 
 /// HubSpot's `current_plan` without the `enterprise` option: writes of it fail per record.
 fn drop_enterprise_option(h: &Harness) {
@@ -343,25 +343,6 @@ async fn missing_scopes_are_named_and_nothing_is_consumed(pool: PgPool) {
     assert_eq!(dirty, 1);
 }
 
-fn psql(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new("psql");
-    cmd.arg(database_url(pool))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f", file]);
-    for (k, v) in vars {
-        cmd.arg("-v").arg(format!("{k}={v}"));
-    }
-    let out = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[sqlx::test(migrations = false)]
 async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPool) {
     let h = Harness::new(pool.clone()).await;
@@ -392,14 +373,7 @@ async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPoo
     // The runbook: what fails, then the fix (a new option), then replay by category.
     assert!(psql(&pool, "sql/dlq_summary.sql", &[]).contains("invalid_value"));
     assert!(psql(&pool, "sql/dlq_list.sql", &[]).contains("v@acme.com"));
-    let fixed = crate::harness::parse_config(&CONFIG.replace(
-        "options = [\"free\", \"pro\", \"enterprise\"]",
-        "options = [\"free\", \"pro\", \"enterprise\", \"platinum\"]",
-    ));
-    hubsync::reconcile::ensure(&h.client(), &fixed)
-        .await
-        .unwrap();
-    let worker = crate::harness::worker_for(&pool, &h.sim, &fixed).await;
+    let worker = h.add_platinum_option().await;
     psql(
         &pool,
         "sql/dlq_retry_category.sql",

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use crate::harness::{CONFIG, Harness, hubsync_beside, stderr};
+use crate::harness::{CONFIG, Harness, hubsync_beside, psql_output, stderr};
 
 /// Login roles of this test only (roles are shared by every database of the server, and tests
 /// run in parallel), dropped when the test ends, passed or failed.
@@ -82,16 +82,7 @@ async fn pool_as(pool: &PgPool, role: &str) -> PgPool {
 
 /// Runs sql/grants.sql with these psql variables; returns (success, stderr).
 fn grants(pool: &PgPool, vars: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new("psql");
-    cmd.arg(url_as(pool, "postgres"))
-        .args(["-X", "-q", "-f", "sql/grants.sql"]);
-    for (k, v) in vars {
-        cmd.arg("-v").arg(format!("{k}={v}"));
-    }
-    let out = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("psql runs");
+    let out = psql_output(pool, "sql/grants.sql", vars);
     (out.status.success(), stderr(&out))
 }
 
@@ -254,6 +245,7 @@ async fn the_worker_runs_the_pipeline_and_the_operator_reads_and_replays_the_dlq
         &["dlq", "summary"],
         &["dlq", "list"],
         &["dlq", "retry", "--all"],
+        &["dlq", "purge", "--older-than", "30"],
     ] {
         let out = run(args, &as_operator).await;
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
@@ -314,5 +306,45 @@ async fn a_role_that_could_insert_before_the_upgrade_keeps_calling_enqueue(pool:
     .await;
     producer.close().await;
     worker.close().await;
+    drop(roles);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_migrating_role_that_cannot_read_the_applications_history_migrates_again(pool: PgPool) {
+    let app = crate::harness::tempdir();
+    std::fs::write(app.join("0001_users.sql"), "CREATE TABLE users (id int);").unwrap();
+    sqlx::migrate::Migrator::new(app.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let roles = Roles::create(&pool).await;
+    // The worker role stands in for an owner of its own, with no rights on the app's tables.
+    let owner = &roles.worker;
+    sqlx::query(&format!(
+        "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO {owner}', current_database()); END $$"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let as_owner = url_as(&pool, owner);
+    for _ in 0..2 {
+        let out = hubsync_beside(&["migrate"], None, &[("DATABASE_URL", &as_owner)]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let owns: String = sqlx::query_scalar(
+        "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'hubsync'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(&owns, owner);
+    sqlx::query(&format!(
+        "DO $$ BEGIN EXECUTE format('REVOKE CREATE ON DATABASE %I FROM {owner}', current_database()); END $$"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     drop(roles);
 }

@@ -36,6 +36,7 @@ pub struct Harness {
     pub pool: PgPool,
     pub sim: Simulator,
     pub config: Arc<Config>,
+    config_text: String,
     pub worker: Worker,
 }
 
@@ -44,16 +45,17 @@ impl Harness {
         Harness::with(pool, CONFIG, SimConfig::default()).await
     }
 
-    pub async fn with(pool: PgPool, config: &str, sim: SimConfig) -> Harness {
+    pub async fn with(pool: PgPool, config_text: &str, sim: SimConfig) -> Harness {
         logs();
         migrate(&pool).await;
         let sim = Simulator::start(sim).await.expect("simulator starts");
-        let config = parse_config(config);
+        let config = parse_config(config_text);
         let worker = worker_for(&pool, &sim, &config).await;
         Harness {
             pool,
             sim,
             config,
+            config_text: config_text.to_string(),
             worker,
         }
     }
@@ -75,6 +77,19 @@ impl Harness {
         hubsync::reconcile::ensure(&self.client().with_limiter(limiter), &self.config)
             .await
             .expect("start-up reconciliation succeeds");
+    }
+
+    /// The fix for events refused for the plan "platinum": the option added to the config and
+    /// the portal, and a worker with that config.
+    pub async fn add_platinum_option(&self) -> Worker {
+        let fixed = parse_config(&self.config_text.replace(
+            "options = [\"free\", \"pro\", \"enterprise\"]",
+            "options = [\"free\", \"pro\", \"enterprise\", \"platinum\"]",
+        ));
+        hubsync::reconcile::ensure(&self.client(), &fixed)
+            .await
+            .expect("the new option is added");
+        worker_for(&self.pool, &self.sim, &fixed).await
     }
 
     /// Runs the worker until there is nothing left to do now.
@@ -273,4 +288,29 @@ pub fn tempdir() -> PathBuf {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs one of the repository's SQL files with psql and these `-v` variables, as an operator
+/// would.
+pub fn psql_output(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("psql");
+    cmd.arg(database_url(pool))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f", file]);
+    for (k, v) in vars {
+        cmd.arg("-v").arg(format!("{k}={v}"));
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("psql runs")
+}
+
+/// `psql_output` that must succeed; returns stdout.
+pub fn psql(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> String {
+    let out = psql_output(pool, file, vars);
+    assert!(
+        out.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -9,6 +9,8 @@ mod invariants;
 mod migrations;
 mod outages;
 mod poison;
+mod retention;
+mod secrets;
 mod simulator;
 mod startup;
 mod types;

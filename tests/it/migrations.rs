@@ -3,12 +3,18 @@
 //! touched except to move hubsync's own rows out of it, and concurrent runs take turns.
 
 use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::harness::{database_url, hubsync, stderr, tempdir};
+
+/// `hubsync args` on this test's database.
+fn on(pool: &PgPool, args: &[&str]) -> Output {
+    hubsync(args, None, &[("DATABASE_URL", &database_url(pool))])
+}
 
 /// Every relation outside the system schemas and `hubsync`, as `schema.name`.
 async fn foreign_relations(pool: &PgPool) -> Vec<String> {
@@ -91,9 +97,8 @@ const APP_SECOND: (&str, &str) = (
 
 #[sqlx::test(migrations = false)]
 async fn migrating_twice_from_an_empty_database_is_harmless_and_stays_in_its_schema(pool: PgPool) {
-    let url = database_url(&pool);
     for _ in 0..2 {
-        let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+        let out = on(&pool, &["migrate"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     let tables: Vec<String> = sqlx::query_scalar(
@@ -116,7 +121,7 @@ async fn migrating_twice_from_an_empty_database_is_harmless_and_stays_in_its_sch
     );
     assert_eq!(foreign_relations(&pool).await, Vec::<String>::new());
     assert_eq!(hubsync_history(&pool).await, embedded());
-    let out = hubsync(&["status"], None, &[("DATABASE_URL", url.as_str())]);
+    let out = on(&pool, &["status"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
@@ -127,8 +132,7 @@ async fn an_application_migrated_first_keeps_its_history_and_its_migrator_stays_
     let app = app_migrations(&[APP_FIRST]);
     run_sqlx(&app, &pool).await.unwrap();
     let before = app_history(&pool).await;
-    let url = database_url(&pool);
-    let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+    let out = on(&pool, &["migrate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         app_history(&pool).await,
@@ -186,11 +190,10 @@ async fn an_install_of_the_previous_layout_is_moved_to_its_own_history(pool: PgP
         .filter(|r| r.0 != 1)
         .collect();
 
-    let url = database_url(&pool);
-    let out = hubsync(&["status"], None, &[("DATABASE_URL", url.as_str())]);
+    let out = on(&pool, &["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("run `hubsync migrate` first"));
-    let out = hubsync(&["migrate"], None, &[("DATABASE_URL", url.as_str())]);
+    let out = on(&pool, &["migrate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     assert_eq!(
@@ -208,7 +211,7 @@ async fn an_install_of_the_previous_layout_is_moved_to_its_own_history(pool: PgP
     assert_eq!(moved, installed_on, "moved as it was, not applied again");
     // The application's own migrator now sees only its own history, without being told.
     run_sqlx(&app, &pool).await.unwrap();
-    let out = hubsync(&["status"], None, &[("DATABASE_URL", url.as_str())]);
+    let out = on(&pool, &["status"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 

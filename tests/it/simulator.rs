@@ -47,7 +47,7 @@ impl Api {
     }
 
     async fn with(config: SimConfig) -> Api {
-        let token = config.token.clone();
+        let token = config.token.expose().to_string();
         let sim = Simulator::start(config).await.expect("simulator starts");
         Api {
             sim,
