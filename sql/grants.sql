@@ -50,6 +50,10 @@ GRANT SELECT, INSERT, UPDATE ON hubsync.objects TO :"worker";
 GRANT SELECT, INSERT, UPDATE, DELETE ON hubsync.dlq TO :"worker";
 GRANT USAGE ON SEQUENCE hubsync.dlq_id_seq TO :"worker";
 GRANT SELECT, INSERT, UPDATE ON hubsync.limiter TO :"worker";
+-- Rolling deploys: each worker registers the declarations it runs with, and a heartbeat.
+GRANT SELECT, INSERT ON hubsync.configs TO :"worker";
+GRANT USAGE ON SEQUENCE hubsync.config_generation TO :"worker";
+GRANT SELECT, INSERT, UPDATE, DELETE ON hubsync.workers TO :"worker";
 \endif
 
 \if :{?operator}
@@ -62,6 +66,7 @@ GRANT UPDATE (next_retry_at) ON hubsync.dlq TO :"operator";
 GRANT SELECT (enqueued_at) ON hubsync.outbox TO :"operator";
 GRANT SELECT (dirty, attempts) ON hubsync.objects TO :"operator";
 GRANT SELECT ON hubsync.limiter TO :"operator";
+GRANT SELECT ON hubsync.configs, hubsync.workers TO :"operator";
 \endif
 
 COMMIT;

@@ -1,5 +1,6 @@
 -- Pipeline health: events waiting in the outbox and how old the oldest is, objects waiting to
--- be synced or backing off after failures, dead-letter rows, and the shared rate limiter.
+-- be synced or backing off after failures, dead-letter rows, the shared rate limiter, and the
+-- workers running by config generation.
 SELECT
   (SELECT count(*) FROM hubsync.outbox)                                    AS outbox_backlog,
   (SELECT extract(epoch FROM now() - min(enqueued_at)) FROM hubsync.outbox) AS oldest_event_age_s,
@@ -11,4 +12,13 @@ SELECT
      WHERE l.name = 'hubspot' AND sent > now() - interval '10 seconds')    AS requests_last_10s,
   (SELECT paused_until FROM hubsync.limiter WHERE name = 'hubspot')        AS paused_until,
   (SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot')        AS pause_reason,
-  (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot')     AS daily_remaining;
+  (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot')     AS daily_remaining,
+  -- Rolling deploys: the live workers by config generation; only the newest takes work.
+  (SELECT string_agg(format('generation %s, %s worker(s)%s', g.generation, g.workers,
+                            CASE WHEN g.newest THEN '' ELSE ' (standing aside)' END), '; '
+                     ORDER BY g.generation DESC)
+     FROM (SELECT c.generation, count(*) AS workers,
+                  c.generation = max(c.generation) OVER () AS newest
+             FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
+            WHERE w.seen_at > now() - interval '30 seconds'
+            GROUP BY c.generation) g)                                      AS workers_by_generation;

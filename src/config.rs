@@ -322,6 +322,42 @@ pub fn check_property_name(name: &str) -> Result<(), String> {
 }
 
 impl Config {
+    /// What this config declares, as deployments compare it: every property's name, type and
+    /// merge rule (and options), and the company key; not labels, descriptions or tuning.
+    /// Returns the canonical text (whose digest identifies the declarations) and the declared
+    /// names per object type.
+    pub fn declarations(&self) -> (String, serde_json::Value) {
+        let describe = |objects: &ObjectConfig| -> Vec<serde_json::Value> {
+            objects
+                .properties
+                .values()
+                .map(|d| {
+                    let options = match &d.ptype {
+                        crate::schema::PropertyType::Enumeration { options, multiple } => {
+                            serde_json::json!({"options": options, "multiple": multiple})
+                        }
+                        _ => serde_json::Value::Null,
+                    };
+                    serde_json::json!([d.name, d.ptype.name(), d.merge.name(), options])
+                })
+                .collect()
+        };
+        let names = |objects: &ObjectConfig| -> Vec<String> {
+            objects.properties.keys().cloned().collect()
+        };
+        let canonical = serde_json::json!({
+            "contact": describe(&self.contacts),
+            "company": self.companies.as_ref().map(|c| {
+                serde_json::json!({"id_property": c.id_property, "properties": describe(&c.objects)})
+            }),
+        });
+        let properties = serde_json::json!({
+            "contact": names(&self.contacts),
+            "company": self.companies.as_ref().map(|c| names(&c.objects)).unwrap_or_default(),
+        });
+        (canonical.to_string(), properties)
+    }
+
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -11,6 +11,7 @@
 //! never waits for the rows after it. No cycle of waits can form.
 
 pub mod dlq;
+pub mod generations;
 pub mod ingest;
 pub mod limiter;
 pub mod migrations;

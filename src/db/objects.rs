@@ -73,7 +73,8 @@ pub struct Leased {
 }
 
 /// Leases up to `limit` dirty objects that are due, in the order they became due: a fresh
-/// object from when it became dirty, one backing off from when its retry fell due. Locks: the chosen rows for the length of
+/// object from when it became dirty, one backing off from when its retry fell due. Leases
+/// nothing while a worker of a generation newer than `generation` is alive. Locks: the chosen rows for the length of
 /// this statement only (`SKIP LOCKED`); the lease columns then keep others away until the
 /// batch is recorded or the lease expires. No transaction stays open across the HTTP call.
 pub async fn lease(
@@ -82,6 +83,7 @@ pub async fn lease(
     limit: i64,
     lease: Duration,
     token: Uuid,
+    generation: i64,
 ) -> Result<Vec<Leased>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH picked AS MATERIALIZED (
@@ -89,6 +91,10 @@ pub async fn lease(
              WHERE object_type = $1 AND dirty
                AND coalesce(next_attempt_at, dirty_since, '-infinity'::timestamptz) <= now()
                AND (leased_until IS NULL OR leased_until < now())
+               AND NOT EXISTS (
+                   SELECT 1 FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
+                   WHERE c.generation > $5
+                     AND w.seen_at > now() - make_interval(secs => $6))
              ORDER BY coalesce(next_attempt_at, dirty_since, '-infinity'::timestamptz)
              LIMIT $2 FOR UPDATE SKIP LOCKED
          )
@@ -103,6 +109,8 @@ pub async fn lease(
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(token)
+    .bind(generation)
+    .bind(super::generations::ALIVE_SECS)
     .fetch_all(pool)
     .await?;
     rows.iter()

@@ -303,14 +303,31 @@ pub struct Ingested {
     pub refused: usize,
     /// Events put back because their object was locked by another session.
     pub deferred: usize,
+    /// Nothing was claimed: a worker with newer declarations is running (rolling deploy).
+    pub newer: Option<db::generations::Newer>,
 }
 
-/// Claims one chunk of the outbox and folds it, in one transaction.
-pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<Ingested> {
+/// Claims one chunk of the outbox and folds it, in one transaction, unless a worker of a
+/// generation newer than `generation` is running.
+pub async fn ingest_once(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    generation: i64,
+) -> anyhow::Result<Ingested> {
     let mut tx = pool
         .begin()
         .await
         .context("failed to start ingest transaction")?;
+    if let Some(newer) = db::generations::gate_fold(&mut tx, generation)
+        .await
+        .context("failed to check for workers with a newer config")?
+    {
+        tx.commit().await?;
+        return Ok(Ingested {
+            newer: Some(newer),
+            ..Ingested::default()
+        });
+    }
     let limit = i64::try_from(config.worker.ingest_chunk).unwrap_or(i64::MAX);
     let events = db::ingest::claim_outbox(&mut tx, limit)
         .await
@@ -339,14 +356,26 @@ pub async fn ingest_once(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result
         accepted: folded.accepted,
         refused: folded.refused,
         deferred: folded.deferred.len(),
+        newer: None,
     })
 }
 
 /// Replays dead-lettered events that are due (an operator set `next_retry_at`): folds those
 /// that are now valid and deletes their rows; the rest are parked again with the new reason,
 /// and those whose object is locked stay due for the next round.
-pub async fn replay_due_events(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<Folded> {
+pub async fn replay_due_events(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    generation: i64,
+) -> anyhow::Result<Folded> {
     let mut tx = pool.begin().await?;
+    if db::generations::gate_fold(&mut tx, generation)
+        .await?
+        .is_some()
+    {
+        tx.commit().await?;
+        return Ok(Folded::default());
+    }
     let due = db::dlq::claim_due_events(&mut tx, 500)
         .await
         .context("failed to claim due dead-lettered events")?;

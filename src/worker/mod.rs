@@ -14,6 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::Config;
 use crate::db;
@@ -40,7 +41,17 @@ pub struct Worker {
     /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
     /// and send fuller, fewer batches.
     backlog: AtomicBool,
+    /// This worker's row in `hubsync.workers`.
+    id: Uuid,
+    /// The generation of this worker's declarations (rolling deploys).
+    registered: db::generations::Registered,
+    /// The newer generation this worker stands aside for, as last seen (for the log: the
+    /// database decides, in the statements that take work).
+    newer: std::sync::Mutex<Option<db::generations::Newer>>,
 }
+
+/// How often a running worker tells the others it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What one `run_once` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -88,6 +99,16 @@ impl Worker {
         )
         .await
         .context("failed to set up the shared rate limiter")?;
+        let id = Uuid::new_v4();
+        let (canonical, properties) = config.declarations();
+        let registered = db::generations::register(&pool, id, &canonical, &properties)
+            .await
+            .context("failed to register this worker's config generation")?;
+        tracing::info!(
+            generation = registered.generation,
+            "running with config generation {}",
+            registered.generation
+        );
         Ok(Worker {
             pool,
             config,
@@ -95,7 +116,47 @@ impl Worker {
             limiter,
             jitter: Arc::new(rand::random::<f64>),
             backlog: AtomicBool::new(false),
+            id,
+            registered,
+            newer: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The generation of this worker's declarations.
+    pub fn generation(&self) -> i64 {
+        self.registered.generation
+    }
+
+    /// Tells the other workers this one is alive, and notes whether a newer generation runs.
+    pub async fn heartbeat(&self) -> anyhow::Result<Option<db::generations::Newer>> {
+        let newer = db::generations::heartbeat(&self.pool, self.id, &self.registered)
+            .await
+            .context("failed to record this worker's heartbeat")?;
+        self.note_newer(newer.clone());
+        Ok(newer)
+    }
+
+    /// Logs each change between working and standing aside for a newer generation.
+    fn note_newer(&self, newer: Option<db::generations::Newer>) {
+        let Ok(mut last) = self.newer.lock() else {
+            return;
+        };
+        match (&*last, &newer) {
+            (None, Some(n)) => tracing::warn!(
+                generation = self.registered.generation,
+                newer = n.generation,
+                "{} worker(s) run a newer hubsync.toml (generation {}, this one is {}): this worker takes no work until they stop. Finish the rollout by stopping this worker",
+                n.workers,
+                n.generation,
+                self.registered.generation
+            ),
+            (Some(_), None) => tracing::info!(
+                generation = self.registered.generation,
+                "no worker with a newer config is running any more: taking work again"
+            ),
+            _ => {}
+        }
+        *last = newer;
     }
 
     /// Replaces the jitter source (tests).
@@ -106,7 +167,10 @@ impl Worker {
 
     /// Ingests one chunk of the outbox.
     pub async fn ingest_once(&self) -> anyhow::Result<ingest::Ingested> {
-        let done = ingest::ingest_once(&self.pool, &self.config).await?;
+        let done = ingest::ingest_once(&self.pool, &self.config, self.generation()).await?;
+        if done.newer.is_some() {
+            self.note_newer(done.newer.clone());
+        }
         self.backlog.store(
             done.claimed >= self.config.worker.ingest_chunk,
             Ordering::Relaxed,
@@ -126,7 +190,7 @@ impl Worker {
     /// Replays due dead-letter rows: events are folded again, objects queued for sync.
     /// Returns how many rows were replayed.
     pub async fn replay_once(&self) -> anyhow::Result<usize> {
-        let events = ingest::replay_due_events(&self.pool, &self.config).await?;
+        let events = ingest::replay_due_events(&self.pool, &self.config, self.generation()).await?;
         let objects = db::dlq::requeue_due_objects(&self.pool, 500).await?;
         Ok(events.accepted + events.refused + usize::try_from(objects).unwrap_or(usize::MAX))
     }
@@ -167,6 +231,10 @@ impl Worker {
     pub async fn run_until_idle(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
         let mut total = Step::default();
         let mut outage = Streak::new("draining");
+        if self.heartbeat().await?.is_some() {
+            // Nothing is taken while a newer config runs; the log says why.
+            return Ok(total);
+        }
         loop {
             let step = match self.run_once(cancel).await {
                 Ok(step) => {
@@ -372,10 +440,35 @@ impl Worker {
                 Ok(())
             });
         }
-        while let Some(done) = tasks.join_next().await {
-            done.context("a worker task panicked")??;
+        {
+            // The heartbeat: the other workers see this one alive, and this one learns when a
+            // newer config is rolled out (the statements that take work check it themselves).
+            let w = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                let mut outage = Streak::new("heartbeat");
+                while !cancel.is_cancelled() {
+                    match w.heartbeat().await {
+                        Ok(_) => outage.succeeded(),
+                        Err(e) => {
+                            outage.failed(&e);
+                        }
+                    }
+                    nap(&cancel, HEARTBEAT).await;
+                }
+                Ok(())
+            });
         }
-        Ok(())
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done.context("a worker task panicked").and_then(|r| r) {
+                result = Err(e);
+            }
+        }
+        if let Err(e) = db::generations::leave(&self.pool, self.id).await {
+            tracing::debug!("could not remove this worker's row: {e}");
+        }
+        result
     }
 }
 

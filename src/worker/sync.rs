@@ -171,7 +171,7 @@ pub async fn sync_once(
     let lease = w.config.worker.lease;
     let leased_at = Instant::now();
     let limit = i64::try_from(w.config.worker.batch_size).unwrap_or(100);
-    let leased = db::objects::lease(&w.pool, kind.as_str(), limit, lease, token)
+    let leased = db::objects::lease(&w.pool, kind.as_str(), limit, lease, token, w.generation())
         .await
         .context("failed to lease dirty objects")?;
     let mut report = SyncReport {

@@ -510,9 +510,16 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
             .await
             .unwrap();
         let token = uuid::Uuid::new_v4();
-        let leased = lease(&pool, "contact", 100, Duration::from_secs(60), token)
-            .await
-            .unwrap();
+        let leased = lease(
+            &pool,
+            "contact",
+            100,
+            Duration::from_secs(60),
+            token,
+            i64::MAX,
+        )
+        .await
+        .unwrap();
         assert_eq!(leased.len(), 1);
         let failure = ObjectFailure {
             key: leased[0].key.clone(),

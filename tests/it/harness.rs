@@ -66,15 +66,20 @@ impl Harness {
 
     /// Creates the properties, as `hubsync run` does at start.
     pub async fn setup(&self) {
+        self.setup_with(&self.config).await;
+    }
+
+    /// Creates the properties of `config`, as `hubsync run` with it does at start.
+    pub async fn setup_with(&self, config: &Config) {
         let limiter = hubsync::ratelimit::Limiter::new(
             self.pool.clone(),
-            self.config.hubspot.requests_per_10s,
-            self.config.hubspot.rate_window,
-            self.config.hubspot.rate_margin,
+            config.hubspot.requests_per_10s,
+            config.hubspot.rate_window,
+            config.hubspot.rate_margin,
         )
         .await
         .unwrap();
-        hubsync::reconcile::ensure(&self.client().with_limiter(limiter), &self.config)
+        hubsync::reconcile::ensure(&self.client().with_limiter(limiter), config)
             .await
             .expect("start-up reconciliation succeeds");
     }

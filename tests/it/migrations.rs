@@ -111,12 +111,14 @@ async fn migrating_twice_from_an_empty_database_is_harmless_and_stays_in_its_sch
     assert_eq!(
         tables,
         [
+            "configs",
             "dlq",
             "ledger",
             "limiter",
             "objects",
             "outbox",
-            "schema_migrations"
+            "schema_migrations",
+            "workers"
         ]
     );
     assert_eq!(foreign_relations(&pool).await, Vec::<String>::new());

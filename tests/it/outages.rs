@@ -117,9 +117,16 @@ async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: 
         .await
         .unwrap();
         let token = uuid::Uuid::new_v4();
-        let leased = lease(&pool, "contact", 100, Duration::from_secs(60), token)
-            .await
-            .unwrap();
+        let leased = lease(
+            &pool,
+            "contact",
+            100,
+            Duration::from_secs(60),
+            token,
+            i64::MAX,
+        )
+        .await
+        .unwrap();
         let (written, failed) = leased.split_at(leased.len() / 2);
         let written: Vec<Written> = written
             .iter()
@@ -180,6 +187,7 @@ async fn an_object_in_backoff_is_leased_when_due_even_under_a_storm_of_fresh_one
         100,
         Duration::from_secs(60),
         uuid::Uuid::new_v4(),
+        i64::MAX,
     )
     .await
     .unwrap();
