@@ -25,7 +25,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const USAGE: &str = "usage: cargo bench --bench pipeline -- <p1|p2|p3|p4|p5|all>... [options]
+const USAGE: &str = "usage: cargo bench --bench pipeline -- <p1|p2|p3|p4|p5|p6|p8|all>... [options]
   --events N      P3/P5: outbox events (default 1000000), over N/10 contacts
   --limit L       P1: requests allowed per window (default 20)
   --window-ms W   P1: the rate window, simulator and worker alike (default 1000)
@@ -80,10 +80,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--window-ms" => args.window_ms = value("--window-ms")?.max(100),
             "--windows" => args.windows = u32::try_from(value("--windows")?)?.max(1),
             "--samples" => args.samples = usize::try_from(value("--samples")?)?.max(1),
-            "p1" | "p2" | "p3" | "p4" | "p5" => args.scenarios.push(a),
+            "p1" | "p2" | "p3" | "p4" | "p5" | "p6" | "p8" => args.scenarios.push(a),
             "all" => args
                 .scenarios
-                .extend(["p1", "p2", "p3", "p4", "p5"].map(String::from)),
+                .extend(["p1", "p2", "p3", "p4", "p5", "p6", "p8"].map(String::from)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -126,7 +126,9 @@ async fn run() -> anyhow::Result<()> {
             "p3" => p3(&args, &base_url).await?,
             "p4" => p4(&args, &base_url).await?,
             "p5" => p5(&args, &base_url).await?,
-            _ => unreachable!("parse_args only accepts p1..p5"),
+            "p6" => p6(&base_url).await?,
+            "p8" => p8(&base_url).await?,
+            _ => unreachable!("parse_args only accepts p1..p8"),
         }
         println!("({s} took {:.0} s)\n", started.elapsed().as_secs_f64());
     }
@@ -314,7 +316,7 @@ impl BenchDb {
     /// A pool as `hubsync run` sizes it for one worker.
     async fn worker_pool(&self, config: &Config) -> anyhow::Result<PgPool> {
         let size = 2 + u32::try_from(config.worker.concurrency).unwrap_or(4) * 2;
-        hubsync::db::connect(&self.url, size).await
+        hubsync::db::connect_worker(&self.url, size, &config.worker).await
     }
 
     async fn count(&self, sql: &'static str) -> anyhow::Result<i64> {
@@ -1145,4 +1147,129 @@ async fn p5(args: &Args, base_url: &str) -> anyhow::Result<()> {
     sim.shutdown().await;
     db.drop_db().await?;
     Ok(())
+}
+
+/// Transactions committed or rolled back in the current database so far.
+async fn transactions(pool: &PgPool) -> anyhow::Result<i64> {
+    // Statistics reach the shared view when a backend has been idle for a second at most.
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database
+         WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
+/// P6: the load an idle worker puts on the database.
+async fn p6(base_url: &str) -> anyhow::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(60);
+    println!(
+        "## P6: an idle worker's load on the database\n\n\
+         One worker with `Worker::run` and the default [worker] settings, an empty outbox, \
+         nothing dirty; after 5 s of warm-up, the database's committed and rolled-back \
+         transactions (pg_stat_database) are counted over {} s, less the two reads of the \
+         counter itself.\n",
+        WINDOW.as_secs()
+    );
+    let db = BenchDb::fresh(base_url, "p6").await?;
+    let sim = start_sim(100, Duration::from_secs(10)).await?;
+    let config = config(100, 10_000)?;
+    setup_portal(&sim, &config).await?;
+    let w = Arc::new(worker(db.worker_pool(&config).await?, &sim, &config).await?);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(w.clone().run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = transactions(&db.pool).await?;
+    tokio::time::sleep(WINDOW).await;
+    // Let the backends' counters reach the shared view.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = transactions(&db.pool).await?;
+    cancel.cancel();
+    task.await.context("the worker panicked")??;
+    let count = (after - before - 2).max(0);
+    table(
+        "P6 results (target: ≤ 1 transaction per second)",
+        &["window s", "transactions", "per second"],
+        &[vec![
+            WINDOW.as_secs().to_string(),
+            count.to_string(),
+            format!("{:.2}", count as f64 / WINDOW.as_secs_f64()),
+        ]],
+    );
+    db.drop_db().await
+}
+
+/// One pgbench run of `script` against `url`: transactions per second.
+fn pgbench(url: &str, script: &str, seconds: u32) -> anyhow::Result<f64> {
+    let dir = std::env::temp_dir().join(format!("hubsync-p8-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script)?;
+    let out = std::process::Command::new("pgbench")
+        .args(["-n", "-c", "2", "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&file)
+        .arg(url)
+        .output()
+        .context("cannot run pgbench; install PostgreSQL's client tools (postgresql-contrib on older Debian)")?;
+    std::fs::remove_dir_all(&dir).ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<f64>().ok())
+        })
+        .with_context(|| {
+            format!(
+                "pgbench printed no tps: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// P8: `hubsync.enqueue` against a plain INSERT into the same table without triggers.
+async fn p8(base_url: &str) -> anyhow::Result<()> {
+    const SECONDS: u32 = 15;
+    const ROUNDS: usize = 3;
+    println!(
+        "## P8: hubsync.enqueue against a plain INSERT\n\n\
+         pgbench, 2 clients, {SECONDS} s per run, {ROUNDS} rounds alternating the two scripts \
+         (median shown). Reference: a plain INSERT of the same row into a copy of \
+         hubsync.outbox (same columns, defaults and indexes) without its triggers. The outbox \
+         is emptied before each run.\n"
+    );
+    let db = BenchDb::fresh(base_url, "p8").await?;
+    sqlx::query("CREATE TABLE public.plain_outbox (LIKE hubsync.outbox INCLUDING ALL)")
+        .execute(&db.pool)
+        .await?;
+    let props = r#"'{"total_sessions": 1, "current_plan": "pro"}'"#;
+    let enqueue = format!(
+        "SELECT hubsync.enqueue(event_id => gen_random_uuid(), object_type => 'contact', \
+         object_key => 'p8@example.com', properties => {props});\n"
+    );
+    let plain = format!(
+        "INSERT INTO public.plain_outbox (event_id, object_type, object_key, properties) \
+         VALUES (gen_random_uuid(), 'contact', 'p8@example.com', {props});\n"
+    );
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (script, into) in [(&plain, &mut without), (&enqueue, &mut with)] {
+            sqlx::query("TRUNCATE hubsync.outbox, public.plain_outbox")
+                .execute(&db.pool)
+                .await?;
+            sqlx::query("CHECKPOINT").execute(&db.pool).await.ok();
+            into.push(pgbench(&db.url, script, SECONDS)?);
+        }
+    }
+    with.sort_by(f64::total_cmp);
+    without.sort_by(f64::total_cmp);
+    let (a, b) = (with[ROUNDS / 2], without[ROUNDS / 2]);
+    table(
+        "P8 results (target: enqueue ≤ 5 % slower)",
+        &["plain INSERT tps", "hubsync.enqueue tps", "slower by"],
+        &[vec![format!("{b:.0}"), format!("{a:.0}"), pct(1.0 - a / b)]],
+    );
+    db.drop_db().await
 }

@@ -109,6 +109,12 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How often a worker halted by bad credentials probes HubSpot again.
     pub auth_probe_interval: Duration,
+    /// Wait on `LISTEN hubsync` for new events; false for a pooler that cannot hold a
+    /// LISTEN (PgBouncer in transaction mode): then the worker polls every `poll_interval`.
+    pub listen: bool,
+    /// With `listen`, how often an idle worker still looks for work nobody announces:
+    /// retries coming due, leases running out, other workers' leftovers.
+    pub idle_poll: Duration,
     /// Postgres `statement_timeout` on worker sessions: far above any statement hubsync runs,
     /// so it only ends one that hangs.
     pub statement_timeout: Duration,
@@ -226,6 +232,8 @@ struct RawWorker {
     ledger_retention_days: Option<Spanned<u64>>,
     lease_secs: Option<Spanned<u64>>,
     auth_probe_secs: Option<Spanned<u64>>,
+    listen: Option<bool>,
+    idle_poll_secs: Option<Spanned<u64>>,
     statement_timeout_secs: Option<Spanned<u64>>,
     lock_timeout_ms: Option<Spanned<u64>>,
     idle_in_transaction_timeout_secs: Option<Spanned<u64>>,
@@ -555,6 +563,15 @@ fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, Confi
             "worker.auth_probe_secs",
             &raw.auth_probe_secs,
             60,
+            1,
+            3600,
+        )?),
+        listen: raw.listen.unwrap_or(true),
+        idle_poll: Duration::from_secs(bounded(
+            src,
+            "worker.idle_poll_secs",
+            &raw.idle_poll_secs,
+            10,
             1,
             3600,
         )?),

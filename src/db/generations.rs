@@ -93,16 +93,35 @@ async fn seen(
     Ok(())
 }
 
-/// Marks the worker alive and returns the newest live generation above its own, if any.
-/// Locks: the worker's own row, briefly.
+/// Marks the worker alive and returns the newest live generation above its own, if any, in
+/// one statement (an idle worker's heartbeat is most of its load on the database). Locks: the
+/// worker's own row, briefly.
 pub async fn heartbeat(
     pool: &PgPool,
     worker: Uuid,
     registered: &Registered,
 ) -> Result<Option<Newer>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    seen(&mut conn, worker, registered).await?;
-    newer(&mut conn, registered.generation).await
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "WITH me AS (
+             INSERT INTO hubsync.workers (id, fingerprint, host, pid)
+             VALUES ($1, $2, coalesce(inet_client_addr()::text, 'local'), $3)
+             ON CONFLICT (id) DO UPDATE SET seen_at = now()
+         )
+         SELECT c.generation, count(*) FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
+         WHERE c.generation > $4 AND w.seen_at > now() - make_interval(secs => $5)
+         GROUP BY c.generation ORDER BY c.generation DESC LIMIT 1",
+    )
+    .bind(worker)
+    .bind(&registered.fingerprint)
+    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+    .bind(registered.generation)
+    .bind(ALIVE_SECS)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(generation, workers)| Newer {
+        generation,
+        workers,
+    }))
 }
 
 /// The newest live generation above `generation`, if any. Locks nothing.

@@ -13,6 +13,7 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,10 +49,20 @@ pub struct Worker {
     /// The newer generation this worker stands aside for, as last seen (for the log: the
     /// database decides, in the statements that take work).
     newer: std::sync::Mutex<Option<db::generations::Newer>>,
+    /// New events were announced (`NOTIFY hubsync`): the ingest loop looks.
+    events: Notify,
+    /// Objects became dirty: the sync loops look.
+    dirty: Notify,
+    /// A replay was asked for or objects were written (associations may be due).
+    upkeep: Notify,
 }
 
-/// How often a running worker tells the others it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a running worker tells the others it is alive (they count it gone after
+/// `db::generations::ALIVE_SECS`).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The channel the outbox and DLQ triggers notify.
+const CHANNEL: &str = "hubsync";
 
 /// What one `run_once` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -119,6 +130,9 @@ impl Worker {
             id,
             registered,
             newer: std::sync::Mutex::new(None),
+            events: Notify::new(),
+            dirty: Notify::new(),
+            upkeep: Notify::new(),
         })
     }
 
@@ -314,11 +328,71 @@ impl Worker {
         }
     }
 
+    /// Holds `LISTEN hubsync` on a connection of its own and passes each notification on:
+    /// new events to the ingest loop, replays to upkeep. After (re)connecting, it wakes ingest
+    /// once, since notifications sent meanwhile were missed. Returns only when the pool closes.
+    async fn listen(&self, cancel: &CancellationToken) {
+        let mut outage = Streak::new("listening for new events");
+        loop {
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = match listener.await {
+                Ok(l) => l,
+                Err(e) => {
+                    let e = anyhow::Error::new(e).context("cannot LISTEN for new events");
+                    nap(cancel, outage.failed(&e)).await;
+                    continue;
+                }
+            };
+            outage.succeeded();
+            self.events.notify_one();
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        self.events.notify_one();
+                        if n.payload() == "dlq" {
+                            self.upkeep.notify_one();
+                        }
+                    }
+                    // The connection dropped and was made again: look now.
+                    Ok(None) => self.events.notify_one(),
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(e) => {
+                        let e = anyhow::Error::new(e).context("lost the LISTEN connection");
+                        nap(cancel, outage.failed(&e)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// The long-running worker: one ingest loop, `concurrency` sync loops, one upkeep loop,
     /// until `cancel` fires; each loop finishes the step in flight before returning.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        let poll = self.config.worker.poll_interval;
+        let settings = &self.config.worker;
+        // With LISTEN, idle loops sleep until told (events, dirty objects, replays) and look
+        // on their own only every `idle_poll`; without it, they poll every `poll_interval`.
+        let idle = if settings.listen {
+            settings.idle_poll
+        } else {
+            settings.poll_interval
+        };
+        if settings.listen {
+            let w = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = w.listen(&cancel) => {}
+                }
+                Ok::<(), anyhow::Error>(())
+            });
+        }
         {
             let w = self.clone();
             let cancel = cancel.clone();
@@ -337,9 +411,12 @@ impl Worker {
                             } else {
                                 locked.succeeded();
                             }
+                            if done.accepted > 0 {
+                                w.dirty.notify_waiters();
+                            }
                             // Nothing consumed (empty, or only events for locked objects).
                             if done.claimed == done.deferred {
-                                nap(&cancel, poll).await;
+                                wait_for(&w.events, &cancel, idle).await;
                             }
                         }
                         Err(e) => {
@@ -354,10 +431,21 @@ impl Worker {
         for n in 0..self.config.worker.concurrency {
             let w = self.clone();
             let cancel = cancel.clone();
+            // One loop looks on its own now and then; the others wait to be told, so an idle
+            // worker costs the database next to nothing.
+            let own_look = if n == 0 || !settings.listen {
+                idle
+            } else {
+                Duration::from_secs(60)
+            };
             tasks.spawn(async move {
                 let mut held_since: Option<Instant> = None;
                 let mut outage = Streak::new("sync");
                 while !cancel.is_cancelled() {
+                    // Registered before the step, so a wake-up during it is not lost.
+                    let told = w.dirty.notified();
+                    tokio::pin!(told);
+                    told.as_mut().enable();
                     // While a deep backlog is being folded, hold syncing briefly so that many
                     // events per object collapse into one input (never more than a second).
                     if w.backlog.load(Ordering::Relaxed) {
@@ -384,6 +472,7 @@ impl Worker {
                     }
                     let mut busy = false;
                     let mut failed = None;
+                    let mut step = SyncReport::default();
                     // Alternate which type goes first so neither starves the other.
                     let kinds = if n % 2 == 0 {
                         [ObjectKind::Contact, ObjectKind::Company]
@@ -392,16 +481,30 @@ impl Worker {
                     };
                     for kind in kinds {
                         match w.sync_once(kind, &cancel).await {
-                            Ok(r) => busy |= r.leased > 0 && r.released < r.leased,
+                            Ok(r) => {
+                                busy |= r.leased > 0 && r.released < r.leased;
+                                step.add(&r);
+                            }
                             Err(e) => failed = Some(e),
                         }
                     }
+                    if step.written > 0 {
+                        w.upkeep.notify_one();
+                    }
                     match failed {
                         Some(e) => nap(&cancel, outage.failed(&e)).await,
+                        None if busy => {
+                            outage.succeeded();
+                            // More may be waiting: let the other loops help.
+                            w.dirty.notify_waiters();
+                        }
                         None => {
                             outage.succeeded();
-                            if !busy {
-                                nap(&cancel, poll).await;
+                            let wait = step.retry_in.map_or(own_look, |r| r.min(own_look));
+                            tokio::select! {
+                                _ = cancel.cancelled() => {}
+                                _ = &mut told => {}
+                                _ = tokio::time::sleep(wait) => {}
                             }
                         }
                     }
@@ -412,6 +515,11 @@ impl Worker {
         {
             let w = self.clone();
             let cancel = cancel.clone();
+            let upkeep_look = if settings.listen {
+                idle
+            } else {
+                Duration::from_secs(1)
+            };
             tasks.spawn(async move {
                 let mut last_prune = Instant::now() - Duration::from_secs(3600);
                 let mut outage = Streak::new("upkeep");
@@ -435,7 +543,7 @@ impl Worker {
                             Err(e) => tracing::error!("ledger pruning failed: {e}"),
                         }
                     }
-                    nap(&cancel, Duration::from_secs(1)).await;
+                    wait_for(&w.upkeep, &cancel, upkeep_look).await;
                 }
                 Ok(())
             });
@@ -523,6 +631,15 @@ impl Streak {
             );
             self.failures = 0;
         }
+    }
+}
+
+/// Waits until `told`, `cancel`, or `at_most` has passed.
+async fn wait_for(told: &Notify, cancel: &CancellationToken, at_most: Duration) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = told.notified() => {}
+        _ = tokio::time::sleep(at_most) => {}
     }
 }
 

@@ -45,6 +45,8 @@ pub struct SyncReport {
     pub requests: usize,
     /// Sending stopped because HubSpot refused the credentials.
     pub halted: bool,
+    /// The soonest retry this step scheduled: an idle loop looks again then.
+    pub retry_in: Option<Duration>,
 }
 
 impl SyncReport {
@@ -57,6 +59,10 @@ impl SyncReport {
         self.released += other.released;
         self.requests += other.requests;
         self.halted |= other.halted;
+        self.retry_in = match (self.retry_in, other.retry_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -427,6 +433,11 @@ async fn record(
                 .await
                 .context("failed to schedule retries")?;
         report.retrying += after.len();
+        let soonest = delays.iter().copied().fold(f64::INFINITY, f64::min);
+        if soonest.is_finite() {
+            let soonest = Duration::from_secs_f64(soonest.max(0.0));
+            report.retry_in = Some(report.retry_in.map_or(soonest, |r| r.min(soonest)));
+        }
     }
     if !failures.is_empty() {
         for f in &failures {
