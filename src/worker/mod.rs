@@ -211,7 +211,9 @@ impl Worker {
 
     /// Upkeep: replay due DLQ rows and make pending contact→company associations.
     pub async fn upkeep_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        self.replay_once().await?;
+        if self.replay_once().await? > 0 {
+            self.dirty.notify_waiters();
+        }
         self.associate_once(cancel).await
     }
 

@@ -15,3 +15,4 @@ mod secrets;
 mod simulator;
 mod startup;
 mod types;
+mod wakeup;
