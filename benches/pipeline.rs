@@ -821,6 +821,7 @@ async fn p3(args: &Args, base_url: &str) -> anyhow::Result<()> {
         "p3: outbox loaded in {} s; bare claim loop",
         secs(load_bare)
     );
+    let wal_bare_start = wal_position(&db.pool).await?;
     let started = Instant::now();
     let mut bare_rows = 0usize;
     loop {
@@ -836,6 +837,7 @@ async fn p3(args: &Args, base_url: &str) -> anyhow::Result<()> {
         bare_rows += rows.len();
     }
     let bare = started.elapsed();
+    let wal_bare = wal_position(&db.pool).await? - wal_bare_start;
 
     sqlx::query("TRUNCATE hubsync.outbox")
         .execute(&db.pool)
@@ -843,6 +845,7 @@ async fn p3(args: &Args, base_url: &str) -> anyhow::Result<()> {
     let load_ingest = load_outbox(&db.pool, events, contacts).await?;
     eprintln!("p3: outbox loaded again in {} s; ingest", secs(load_ingest));
     let w = Arc::new(worker(db.worker_pool(&config).await?, &sim, &config).await?);
+    let wal_ingest_start = wal_position(&db.pool).await?;
     let started = Instant::now();
     let (mut ingested, mut refused) = (0usize, 0usize);
     loop {
@@ -854,6 +857,15 @@ async fn p3(args: &Args, base_url: &str) -> anyhow::Result<()> {
         refused += done.refused;
     }
     let ingest = started.elapsed();
+    let wal_ingest = wal_position(&db.pool).await? - wal_ingest_start;
+    let (objects_bytes, objects_rows): (i64, i64) = sqlx::query_as(
+        "SELECT pg_total_relation_size('hubsync.objects'), (SELECT count(*) FROM hubsync.objects)",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let (ledger_bytes,): (i64,) = sqlx::query_as("SELECT pg_total_relation_size('hubsync.ledger')")
+        .fetch_one(&db.pool)
+        .await?;
     let dirty = db
         .count("SELECT count(*) FROM hubsync.objects WHERE dirty")
         .await?;
@@ -887,6 +899,40 @@ async fn p3(args: &Args, base_url: &str) -> anyhow::Result<()> {
         .count();
     let dlq = db.count("SELECT count(*) FROM hubsync.dlq").await?;
 
+    let per_event = |wal: i64, rows: usize| wal as f64 / rows.max(1) as f64;
+    let (bare_wal, ingest_wal) = (
+        per_event(wal_bare, bare_rows),
+        per_event(wal_ingest, ingested),
+    );
+    table(
+        "P7 results, WAL written per event (target: ingest ≤ 2 × bare); sizes after ingest",
+        &["measure", "value", "notes"],
+        &[
+            vec![
+                "bare claim-and-delete".into(),
+                format!("{bare_wal:.0} B"),
+                "pg_current_wal_insert_lsn() before and after".into(),
+            ],
+            vec![
+                "ingest (Worker::ingest_once)".into(),
+                format!("{ingest_wal:.0} B"),
+                format!("{:.1} × bare", ingest_wal / bare_wal.max(1.0)),
+            ],
+            vec![
+                "hubsync.objects per object".into(),
+                format!("{:.0} B", objects_bytes as f64 / objects_rows.max(1) as f64),
+                format!(
+                    "{} MB for {objects_rows} objects",
+                    objects_bytes / 1_000_000
+                ),
+            ],
+            vec![
+                "hubsync.ledger".into(),
+                format!("{} MB", ledger_bytes / 1_000_000),
+                format!("{ingested} event ids"),
+            ],
+        ],
+    );
     let ratio = (ingested as f64 / ingest.as_secs_f64()) / (bare_rows as f64 / bare.as_secs_f64());
     table(
         &format!(
@@ -1272,4 +1318,13 @@ async fn p8(base_url: &str) -> anyhow::Result<()> {
         &[vec![format!("{b:.0}"), format!("{a:.0}"), pct(1.0 - a / b)]],
     );
     db.drop_db().await
+}
+
+/// The WAL insert position, in bytes.
+async fn wal_position(pool: &PgPool) -> anyhow::Result<i64> {
+    let (lsn,): (i64,) =
+        sqlx::query_as("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
+            .fetch_one(pool)
+            .await?;
+    Ok(lsn)
 }
