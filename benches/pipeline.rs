@@ -1213,9 +1213,10 @@ async fn p6(base_url: &str) -> anyhow::Result<()> {
     println!(
         "## P6: an idle worker's load on the database\n\n\
          One worker with `Worker::run` and the default [worker] settings, an empty outbox, \
-         nothing dirty; after 5 s of warm-up, the database's committed and rolled-back \
-         transactions (pg_stat_database) are counted over {} s, less the two reads of the \
-         counter itself.\n",
+         nothing dirty; after 20 s of warm-up (start-up's calls and their statistics settle), \
+         the database's committed and rolled-back transactions (pg_stat_database) are counted \
+         over {} s, less the two reads of the counter itself. Idle backends report their \
+         counts within 10 s, so each reading waits 11 s after what it counts.\n",
         WINDOW.as_secs()
     );
     let db = BenchDb::fresh(base_url, "p6").await?;
@@ -1225,12 +1226,15 @@ async fn p6(base_url: &str) -> anyhow::Result<()> {
     let w = Arc::new(worker(db.worker_pool(&config).await?, &sim, &config).await?);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(w.clone().run(cancel.clone()));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // What the window counts is what happens between the two readings, each taken once every
+    // backend has reported what came before it.
     let before = transactions(&db.pool).await?;
     tokio::time::sleep(WINDOW).await;
-    // Let the backends' counters reach the shared view.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_window = transactions(&db.pool).await?;
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let after = transactions(&db.pool).await?;
+    let _ = after_window;
     cancel.cancel();
     task.await.context("the worker panicked")??;
     let count = (after - before - 2).max(0);

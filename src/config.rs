@@ -571,7 +571,7 @@ fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, Confi
             src,
             "worker.idle_poll_secs",
             &raw.idle_poll_secs,
-            10,
+            15,
             1,
             3600,
         )?),

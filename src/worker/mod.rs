@@ -384,6 +384,13 @@ impl Worker {
         } else {
             settings.poll_interval
         };
+        // New events and replays are announced; ingest and upkeep look on their own only as a
+        // safety net. Sync's own look also catches retries coming due, so it looks more often.
+        let announced = if settings.listen {
+            settings.idle_poll * 3
+        } else {
+            settings.poll_interval
+        };
         if settings.listen {
             let w = self.clone();
             let cancel = cancel.clone();
@@ -418,7 +425,7 @@ impl Worker {
                             }
                             // Nothing consumed (empty, or only events for locked objects).
                             if done.claimed == done.deferred {
-                                wait_for(&w.events, &cancel, idle).await;
+                                wait_for(&w.events, &cancel, announced).await;
                             }
                         }
                         Err(e) => {
@@ -438,7 +445,7 @@ impl Worker {
             let own_look = if n == 0 || !settings.listen {
                 idle
             } else {
-                Duration::from_secs(60)
+                Duration::from_secs(3600)
             };
             tasks.spawn(async move {
                 let mut held_since: Option<Instant> = None;
@@ -518,7 +525,7 @@ impl Worker {
             let w = self.clone();
             let cancel = cancel.clone();
             let upkeep_look = if settings.listen {
-                idle
+                announced
             } else {
                 Duration::from_secs(1)
             };
