@@ -230,6 +230,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             require_schema(&pool).await?;
+            let cancel = CancellationToken::new();
+            let telemetry = crate::telemetry::Telemetry::new();
+            if let Some(addr) = config.metrics.effective_listen(&env)? {
+                crate::telemetry::health::serve(
+                    addr,
+                    telemetry.clone(),
+                    pool.clone(),
+                    cancel.clone(),
+                )
+                .await?;
+            }
             let limiter = crate::ratelimit::Limiter::new(
                 pool.clone(),
                 config.hubspot.requests_per_10s,
@@ -238,8 +249,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             crate::reconcile::ensure(&client.clone().with_limiter(limiter), &config).await?;
-            let worker = Arc::new(Worker::new(pool, config, client).await?);
-            let cancel = CancellationToken::new();
+            telemetry.set_reconciled();
+            let worker = Worker::new(pool, config, client).await?;
+            let worker = Arc::new(worker.with_telemetry(telemetry));
             spawn_signal_handler(cancel.clone());
             if until_idle {
                 let step = worker.run_until_idle(&cancel).await?;

@@ -1,0 +1,263 @@
+//! What an on-call engineer sees: `/metrics` agreeing with the database and the simulator,
+//! and `/readyz` through a revoked token.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hubsync::simulator::SimConfig;
+use hubsync::telemetry::Telemetry;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::{CONFIG, Harness, database_url};
+use crate::invariants::settled;
+
+/// Kills the child when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// `GET http://addr/path`: status and body.
+async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let reply = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = reply.status().as_u16();
+    Some((status, reply.text().await.ok()?))
+}
+
+/// Polls `GET path` until `ok` holds for the answer (at most `secs` seconds).
+async fn wait_for(addr: &str, path: &str, secs: u64, ok: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some((status, body)) = get(addr, path).await {
+            if ok(status, &body) {
+                return body;
+            }
+            last = Some((status, body));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("GET {path} never satisfied the test; last answer: {last:?}");
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    Telemetry::value_of(text, series).unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+}
+
+/// Requests the simulator answered on `path_end`, by the outcome label hubsync gives them.
+fn sim_outcomes(h: &Harness, path_end: &str) -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::new();
+    for r in h.sim.requests() {
+        if !r.path.ends_with(path_end) {
+            continue;
+        }
+        let outcome = match r.status {
+            200..=299 => "ok",
+            429 => "rate_limited",
+            401 | 403 => "auth_refused",
+            400..=499 => "client_error",
+            _ => "server_error",
+        };
+        *out.entry(outcome).or_default() += 1.0;
+    }
+    out
+}
+
+#[sqlx::test(migrations = false)]
+async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_revoked_token(
+    pool: PgPool,
+) {
+    let h = Harness::with(pool.clone(), CONFIG, SimConfig::default()).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = crate::harness::tempdir();
+    let config_path = dir.join("hubsync.toml");
+    // The file's listener is overridden by HUBSYNC_METRICS_LISTEN below.
+    let config = format!(
+        "{CONFIG}\n[worker]\nauth_probe_secs = 1\npoll_interval_ms = 100\n\n[metrics]\nlisten = \"127.0.0.1:1\"\n"
+    );
+    std::fs::write(&config_path, config).unwrap();
+
+    // 60 valid events for 20 contacts, and invalid ones of two kinds.
+    for i in 0..60 {
+        h.enqueue(
+            &format!("m{}@acme.com", i % 20),
+            json!({"total_sessions": 1, "current_plan": "pro"}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        h.enqueue(&format!("bad{i}@acme.com"), json!({"no_such_property": 1}))
+            .await;
+    }
+    for i in 0..2 {
+        h.enqueue(&format!("not-an-email-{i}"), json!({"total_sessions": 1}))
+            .await;
+    }
+
+    let _worker = Proc(
+        Command::new(env!("CARGO_BIN_EXE_hubsync"))
+            .arg("run")
+            .env("DATABASE_URL", database_url(&pool))
+            .env("HUBSPOT_BASE_URL", h.sim.base_url())
+            .env("HUBSPOT_ACCESS_TOKEN", "sim-token")
+            .env("HUBSYNC_CONFIG", &config_path)
+            .env("HUBSYNC_METRICS_LISTEN", &addr)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("worker starts"),
+    );
+
+    wait_for(&addr, "/healthz", 30, |s, _| s == 200).await;
+    wait_for(&addr, "/readyz", 30, |s, _| s == 200).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !settled(&pool).await {
+        assert!(Instant::now() < deadline, "the worker never drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The queue gauges are at most a few seconds old.
+    let text = wait_for(&addr, "/metrics", 20, |s, t| {
+        s == 200
+            && Telemetry::value_of(t, "hubsync_outbox_backlog") == Some(0.0)
+            && Telemetry::value_of(t, "hubsync_objects_dirty{object_type=\"contact\"}") == Some(0.0)
+    })
+    .await;
+
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.ledger")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger, 65);
+    assert_eq!(value(&text, "hubsync_events_ingested_total"), ledger as f64);
+    let by_category: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT error_category, count(*), count(*) FILTER (WHERE kind = 'event')
+           FROM hubsync.dlq GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_category.iter().map(|c| c.2).sum::<i64>(),
+        5,
+        "{by_category:?}"
+    );
+    assert!(
+        by_category.len() >= 2,
+        "two kinds of refusal: {by_category:?}"
+    );
+    for (category, rows, events) in &by_category {
+        assert_eq!(
+            value(
+                &text,
+                &format!("hubsync_dlq_rows{{category=\"{category}\"}}")
+            ),
+            *rows as f64
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("hubsync_events_dead_lettered_total{{category=\"{category}\"}}")
+            ),
+            *events as f64
+        );
+    }
+    let written: usize = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("contacts/batch/upsert") && r.status == 200)
+        .map(|r| r.inputs)
+        .sum();
+    assert!(written >= 20);
+    assert_eq!(
+        value(
+            &text,
+            "hubsync_objects_synced_total{object_type=\"contact\"}"
+        ),
+        written as f64
+    );
+    let ok = sim_outcomes(&h, "contacts/batch/upsert");
+    assert_eq!(
+        value(
+            &text,
+            "hubsync_hubspot_requests_total{endpoint=\"contacts/batch/upsert\",outcome=\"ok\"}"
+        ),
+        ok["ok"]
+    );
+    assert_eq!(value(&text, "hubsync_outbox_oldest_age_seconds"), 0.0);
+    assert_eq!(value(&text, "hubsync_halted"), 0.0);
+    assert!(value(&text, "hubsync_hubspot_request_duration_seconds_count") >= ok["ok"]);
+    assert!(value(&text, "hubsync_batch_inputs_count") >= 1.0);
+    assert!(text.contains("hubsync_rate_limited_total{policy=\"daily\"} 0"));
+    assert!(text.contains("# TYPE hubsync_daily_budget_remaining gauge"));
+
+    // A revoked token: the worker halts and says so on /readyz.
+    h.sim.set_token("revoked");
+    h.enqueue("after-revoke@acme.com", json!({"total_sessions": 1}))
+        .await;
+    let why = wait_for(&addr, "/readyz", 30, |s, _| s == 503).await;
+    assert!(why.contains("halted"), "{why}");
+    assert!(!why.contains("sim-token"), "{why}");
+    let text = wait_for(&addr, "/metrics", 10, |_, t| {
+        Telemetry::value_of(t, "hubsync_halted") == Some(1.0)
+    })
+    .await;
+    assert!(
+        value(
+            &text,
+            "hubsync_hubspot_requests_total{endpoint=\"contacts/batch/upsert\",outcome=\"auth_refused\"}"
+        ) >= 1.0
+    );
+
+    // The token works again: the worker resumes by itself and is ready.
+    h.sim.set_token("sim-token");
+    wait_for(&addr, "/readyz", 30, |s, _| s == 200).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !settled(&pool).await {
+        assert!(Instant::now() < deadline, "the worker never resumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = wait_for(&addr, "/metrics", 10, |_, t| {
+        Telemetry::value_of(t, "hubsync_halted") == Some(0.0)
+    })
+    .await;
+    let outcomes = sim_outcomes(&h, "contacts/batch/upsert");
+    for (outcome, n) in &outcomes {
+        assert_eq!(
+            value(
+                &text,
+                &format!(
+                    "hubsync_hubspot_requests_total{{endpoint=\"contacts/batch/upsert\",outcome=\"{outcome}\"}}"
+                )
+            ),
+            *n,
+            "{outcome}"
+        );
+    }
+    assert!(h.prop("after-revoke@acme.com", "total_sessions").is_some());
+}
