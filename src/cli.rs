@@ -155,10 +155,10 @@ pub async fn main_with(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigError>() {
-                eprintln!("error: {c}");
+                crate::telemetry::say(tracing::Level::ERROR, &format!("error: {c}"));
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            crate::telemetry::say(tracing::Level::ERROR, &format!("error: {e:#}"));
             ExitCode::from(1)
         }
     }
@@ -262,14 +262,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await
                 .context("cannot prune the ledger (hubsync.ledger)")?;
-                eprintln!(
-                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry; {pruned} ledger entries past retention removed",
-                    step.ingested,
-                    step.refused,
-                    step.sync.written,
-                    step.sync.requests,
-                    step.sync.dead_lettered,
-                    step.sync.retrying
+                crate::telemetry::say(
+                    tracing::Level::INFO,
+                    &format!(
+                        "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry; {pruned} ledger entries past retention removed",
+                        step.ingested,
+                        step.refused,
+                        step.sync.written,
+                        step.sync.requests,
+                        step.sync.dead_lettered,
+                        step.sync.retrying
+                    ),
                 );
             } else {
                 tracing::info!(

@@ -1,6 +1,6 @@
-//! What an on-call engineer sees of a running worker: human-readable logs on stderr, filtered
-//! by `RUST_LOG` (default `info`), Prometheus metrics and health checks (`metrics`, `health`),
-//! one log line per batch and per ingest chunk.
+//! What an on-call engineer sees of a running worker: logs on stderr (human-readable, or one
+//! JSON object per line with `HUBSYNC_LOG_FORMAT=json`), Prometheus metrics and health checks
+//! (`metrics`, `health`), one log line per batch and per ingest chunk.
 //!
 //! Each `Worker` owns a `Telemetry` handle with its own registry, so several workers in one
 //! process (the tests) keep their counts apart. The worker code reports outcomes with one call
@@ -18,16 +18,75 @@ use tracing_subscriber::EnvFilter;
 
 pub use metrics::Telemetry;
 
-/// Installs the global subscriber with `default` (e.g. `info`) unless `RUST_LOG` is set; a
-/// second call is a no-op.
+/// The log formats `HUBSYNC_LOG_FORMAT` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// Reads `HUBSYNC_LOG_FORMAT` (`json` or `text`; unset or empty: text).
+    pub fn from_env() -> Result<LogFormat, String> {
+        match std::env::var("HUBSYNC_LOG_FORMAT") {
+            Err(_) => Ok(LogFormat::Text),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!(
+                    "HUBSYNC_LOG_FORMAT={other:?} is not a log format; use \"json\" for one JSON object per line, or \"text\" (the default)"
+                )),
+            },
+        }
+    }
+}
+
+/// Installs the global subscriber with `default` (e.g. `info`) unless `RUST_LOG` is set, in
+/// the format `HUBSYNC_LOG_FORMAT` asks for; a second call is a no-op. An unknown format is
+/// reported on stderr and the default format is used.
 pub fn init(default: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn,hyper=warn,reqwest=warn")));
-    let _ = tracing_subscriber::fmt()
+    let format = LogFormat::from_env().unwrap_or_else(|e| {
+        eprintln!("warning: {e}");
+        LogFormat::Text
+    });
+    let _ = FORMAT.set(format);
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Whether logs are JSON lines (`init` saw `HUBSYNC_LOG_FORMAT=json`).
+pub fn json_logs() -> bool {
+    FORMAT.get() == Some(&LogFormat::Json)
+}
+
+/// A message for the person running a command, on stderr: the plain text as it is, or, with
+/// JSON logs, a log event at `level` so that every line of stderr stays one JSON object.
+pub fn say(level: tracing::Level, text: &str) {
+    if !json_logs() {
+        eprintln!("{text}");
+    } else if level == tracing::Level::ERROR {
+        tracing::error!("{text}");
+    } else if level == tracing::Level::WARN {
+        tracing::warn!("{text}");
+    } else {
+        tracing::info!("{text}");
+    }
 }
 
 /// What a step learned on the way, collected by `traced`.

@@ -1,5 +1,5 @@
 //! What an on-call engineer sees: `/metrics` agreeing with the database and the simulator,
-//! and `/readyz` through a revoked token.
+//! `/readyz` through a revoked token, and the JSON log.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -260,4 +260,93 @@ async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_
         );
     }
     assert!(h.prop("after-revoke@acme.com", "total_sessions").is_some());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_json_log_is_one_object_per_line_with_a_line_per_batch_and_per_ingest_chunk(
+    pool: PgPool,
+) {
+    let token = "pat-na1-json-log-secret-0123";
+    let sim = SimConfig {
+        token: hubsync::secret::Secret::new(token),
+        daily_limit: Some(250_000),
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool.clone(), CONFIG, sim).await;
+    for i in 0..30 {
+        h.enqueue(
+            &format!("j{}@acme.com", i % 10),
+            json!({"total_sessions": 1}),
+        )
+        .await;
+    }
+    h.enqueue("j-bad@acme.com", json!({"no_such_property": 1}))
+        .await;
+    h.enqueue("not-an-email", json!({"total_sessions": 1}))
+        .await;
+    let url = database_url(&pool);
+    let base = h.sim.base_url();
+    let out = crate::harness::hubsync_beside(
+        &["run", "--until-idle"],
+        Some(CONFIG),
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("HUBSPOT_BASE_URL", base.as_str()),
+            ("HUBSPOT_ACCESS_TOKEN", token),
+            ("HUBSYNC_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .await;
+    let log = crate::harness::stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains(token), "the token leaked into the log");
+    let mut lines = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(v["message"].is_string(), "{line}");
+        lines.push(v);
+    }
+    let with = |m: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|v| v["message"] == m).collect()
+    };
+    let chunks = with("ingest chunk");
+    assert!(!chunks.is_empty(), "{log}");
+    let total = |vs: &[&serde_json::Value], f: &str| -> u64 {
+        vs.iter()
+            .map(|v| v[f].as_u64().unwrap_or_else(|| panic!("{f} in {v}")))
+            .sum()
+    };
+    assert_eq!(total(&chunks, "folded"), 30);
+    assert_eq!(total(&chunks, "dead_lettered"), 2);
+    for v in &chunks {
+        assert!(v["duration_ms"].is_u64(), "{v}");
+    }
+    let batches = with("batch");
+    assert!(!batches.is_empty(), "{log}");
+    for v in &batches {
+        assert_eq!(v["object_type"], "contact", "{v}");
+        for f in ["inputs", "written", "refused", "retried", "duration_ms"] {
+            assert!(v[f].is_u64(), "{f} in {v}");
+        }
+        assert_eq!(v["http_status"], 200, "{v}");
+        assert!(
+            v["daily_budget_left"].as_u64().is_some_and(|d| d < 250_000),
+            "{v}"
+        );
+    }
+    assert_eq!(total(&batches, "written"), 10);
+    assert_eq!(total(&batches, "inputs"), 10);
+    let idle = "idle: 32 events ingested (2 dead-lettered), 10 objects written";
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["message"].as_str().is_some_and(|m| m.starts_with(idle))),
+        "{log}"
+    );
 }
