@@ -47,8 +47,16 @@ pub enum Command {
         #[arg(long)]
         until_idle: bool,
     },
-    /// Backlog, oldest event age, DLQ counts by category, rate and daily budget.
-    Status,
+    /// Backlog, oldest event age, drain rate and ETA, DLQ counts by category, rate and daily
+    /// budget, the pause in force, the workers by config generation.
+    Status {
+        /// Redraw every 2 s, with a progress bar while a backlog drains (Ctrl-C stops).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// Print one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and replay the dead-letter table (the statements of sql/).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -283,12 +291,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status => {
+        Command::Status { watch, json } => {
             let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
-            print_sql(&pool, &db::dlq::STATUS, &[], true).await?;
-            println!();
-            print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
+            // The rate limit bounds the ETA; without a config file HubSpot's lowest tier is
+            // assumed (and the output says so).
+            let per_10s = load_config(&cli.config, &env)
+                .ok()
+                .map(|c| c.hubspot.requests_per_10s);
+            use crate::telemetry::status;
+            if watch {
+                let cancel = CancellationToken::new();
+                spawn_signal_handler(cancel.clone());
+                status::watch(&pool, per_10s, &cancel).await?;
+            } else if json {
+                status::print_once(&pool, per_10s, status::Format::Json).await?;
+            } else {
+                status::print_once(&pool, per_10s, status::Format::Text).await?;
+                println!();
+                print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(cmd) => {

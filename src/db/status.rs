@@ -70,3 +70,30 @@ pub async fn queue_gauges(pool: &PgPool) -> Result<QueueGauges, sqlx::Error> {
         dlq: counts(&row.4),
     })
 }
+
+/// The row of `sql/status.sql` as a JSON object (numbers as numbers, NULL as null), and the
+/// DLQ rows by category as an object. Locks nothing.
+pub async fn status_row(
+    pool: &PgPool,
+) -> anyhow::Result<(
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Value,
+)> {
+    let sql = crate::db::dlq::STATUS;
+    let statement = sql.text.trim().trim_end_matches(';');
+    let (row, dlq): (sqlx::types::Json<serde_json::Value>, sqlx::types::Json<serde_json::Value>) =
+        sqlx::query_as(&format!(
+            "SELECT row_to_json(r)::jsonb,
+                    (SELECT coalesce(jsonb_object_agg(error_category, n ORDER BY error_category), '{{}}')
+                       FROM (SELECT error_category, count(*) AS n FROM hubsync.dlq
+                              GROUP BY error_category) q)
+               FROM ({statement}\n) r"
+        ))
+        .fetch_one(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("sql/{}: {e}", sql.name))?;
+    match row.0 {
+        serde_json::Value::Object(fields) => Ok((fields, dlq.0)),
+        other => anyhow::bail!("sql/{} returned {other} instead of one row", sql.name),
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod status;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! What an on-call engineer sees: `/metrics` agreeing with the database and the simulator,
-//! `/readyz` through a revoked token, and the JSON log.
+//! `/readyz` through a revoked token, the JSON log, `status --json`, and the alert rules
+//! naming only series the exporter emits.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -349,4 +350,74 @@ async fn a_json_log_is_one_object_per_line_with_a_line_per_batch_and_per_ingest_
             .any(|v| v["message"].as_str().is_some_and(|m| m.starts_with(idle))),
         "{log}"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    // 50 events waiting for 5 minutes; 120 processed in the last minute (2 per second).
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties, occurred_at, enqueued_at)
+         SELECT gen_random_uuid(), 'contact', 'u' || i || '@acme.com', '{\"total_sessions\": 1}',
+                now(), now() - interval '5 minutes'
+           FROM generate_series(1, 50) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO hubsync.ledger (event_id, processed_at)
+         SELECT gen_random_uuid(), now() - make_interval(secs => i / 4.0) FROM generate_series(1, 120) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO hubsync.ledger (event_id, processed_at)
+         SELECT gen_random_uuid(), now() - interval '5 minutes' FROM generate_series(1, 30)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = database_url(&pool);
+    let out = crate::harness::hubsync_beside(
+        &["status", "--json"],
+        Some(CONFIG),
+        &[("DATABASE_URL", url.as_str())],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("status --json is JSON");
+    assert_eq!(v["outbox_backlog"], 50);
+    let age = v["oldest_event_age_s"].as_f64().expect("oldest age");
+    assert!((300.0..330.0).contains(&age), "{age}");
+    assert_eq!(v["processed_last_minute"], 120);
+    assert_eq!(v["drain_rate_per_s"], 2.0);
+    // 50 events at 2/s: 25 s; the rate limit (100 requests per 10 s) would allow 1000/s.
+    assert_eq!(v["eta_at_drain_rate_s"], 25.0);
+    assert_eq!(v["eta_at_rate_limit_s"], 0.1);
+    assert_eq!(v["eta_s"], 25.0);
+    assert_eq!(v["rate_limit_per_10s"], 100);
+    assert_eq!(v["paused_now"], false);
+    assert!(v["generation_in_use"].is_null());
+    assert!(v.get("workers_by_generation").is_some());
+    assert_eq!(v["dlq_by_category"], json!({}));
+
+    // The text form says the same in words.
+    let out = crate::harness::hubsync_beside(
+        &["status"],
+        Some(CONFIG),
+        &[("DATABASE_URL", url.as_str())],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    assert!(text.contains("2.0 events/s over the last minute"), "{text}");
+    assert!(
+        text.contains("25s (at the drain rate 25s, at the rate limit 0s)"),
+        "{text}"
+    );
+    assert!(text.contains("pause | none"), "{text}");
 }
