@@ -534,3 +534,160 @@ fn rate_policy(body: &str) -> String {
         })
         .unwrap_or_else(|| "unknown".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Telemetry;
+    use serde_json::Value;
+
+    /// Every series the exporter emits: counters with `_total`, histograms with `_bucket`,
+    /// `_sum` and `_count`, gauges as they are.
+    fn emitted() -> Vec<String> {
+        let text = Telemetry::new().render();
+        let mut names = Vec::new();
+        for rest in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let mut parts = rest.split_whitespace();
+            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            match kind {
+                "counter" => names.push(format!("{name}_total")),
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.push(format!("{name}{suffix}"));
+                    }
+                }
+                _ => names.push(name.to_string()),
+            }
+        }
+        names
+    }
+
+    /// The `hubsync_*` series an expression names.
+    fn series_in(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(i) = rest.find("hubsync_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn repo_file(path: &str) -> String {
+        let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    #[test]
+    fn the_exporter_emits_every_series_of_the_contract() {
+        let emitted = emitted();
+        for series in [
+            "hubsync_events_ingested_total",
+            "hubsync_events_dead_lettered_total",
+            "hubsync_objects_synced_total",
+            "hubsync_hubspot_requests_total",
+            "hubsync_hubspot_request_duration_seconds_bucket",
+            "hubsync_batch_inputs_bucket",
+            "hubsync_rate_limited_total",
+            "hubsync_outbox_backlog",
+            "hubsync_outbox_oldest_age_seconds",
+            "hubsync_objects_dirty",
+            "hubsync_dlq_rows",
+            "hubsync_daily_budget_remaining",
+            "hubsync_halted",
+        ] {
+            assert!(emitted.iter().any(|e| e == series), "{series}: {emitted:?}");
+        }
+    }
+
+    #[test]
+    fn every_alert_rule_names_only_series_the_exporter_emits() {
+        let emitted = emitted();
+        let rules: Value = serde_norway::from_str(&repo_file("monitoring/alerts.yml"))
+            .expect("monitoring/alerts.yml is YAML");
+        let mut names = Vec::new();
+        for group in rules["groups"].as_array().expect("a list of groups") {
+            for rule in group["rules"].as_array().expect("each group has rules") {
+                let name = rule["alert"].as_str().expect("each rule is an alert");
+                let expr = rule["expr"].as_str().expect("each rule has an expr");
+                assert!(rule["annotations"]["summary"].is_string(), "{name}");
+                let used = series_in(expr);
+                assert!(!used.is_empty(), "{name} names no hubsync series: {expr}");
+                for s in used {
+                    assert!(emitted.contains(&s), "{name} names {s}, never emitted");
+                }
+                names.push(name.to_string());
+            }
+        }
+        for wanted in [
+            "HubsyncBacklogOld",
+            "HubsyncDeadLetterGrowing",
+            "HubsyncHaltedOnCredentials",
+            "HubsyncRateLimited",
+            "HubsyncWorkerNotReady",
+        ] {
+            assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn every_dashboard_panel_queries_series_the_exporter_emits() {
+        let emitted = emitted();
+        let dash: Value = serde_json::from_str(&repo_file("monitoring/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+        let panels = dash["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty());
+        for p in panels {
+            // Prometheus's own `up` may join a panel; each panel shows some hubsync series.
+            let mut used = Vec::new();
+            for t in p["targets"].as_array().expect("targets") {
+                used.extend(series_in(t["expr"].as_str().expect("expr")));
+            }
+            assert!(!used.is_empty(), "{} shows no hubsync series", p["title"]);
+            for s in used {
+                assert!(emitted.contains(&s), "{}: {s} is never emitted", p["title"]);
+            }
+        }
+    }
+
+    #[test]
+    fn compose_prometheus_scrapes_the_worker_with_the_repository_rules() {
+        let compose: Value = serde_norway::from_str(&repo_file("docker-compose.yml"))
+            .expect("docker-compose.yml is YAML");
+        let listen = compose["services"]["worker"]["environment"]["HUBSYNC_METRICS_LISTEN"]
+            .as_str()
+            .expect("the worker serves metrics");
+        let port = listen.rsplit(':').next().expect("a port");
+        let prometheus = &compose["services"]["prometheus"];
+        for volume in prometheus["volumes"].as_array().expect("volumes") {
+            let host = volume
+                .as_str()
+                .and_then(|v| v.split(':').next())
+                .expect("a path");
+            repo_file(host.trim_start_matches("./"));
+        }
+        let scrape: Value = serde_norway::from_str(&repo_file("monitoring/prometheus.yml"))
+            .expect("monitoring/prometheus.yml is YAML");
+        let targets = &scrape["scrape_configs"][0]["static_configs"][0]["targets"];
+        assert_eq!(targets[0], format!("worker:{port}"));
+        assert_eq!(scrape["rule_files"][0], "/etc/prometheus/alerts.yml");
+    }
+
+    #[test]
+    fn value_of_reads_a_series_with_and_without_labels() {
+        let text = Telemetry::new().render();
+        assert_eq!(Telemetry::value_of(&text, "hubsync_halted"), Some(0.0));
+        assert_eq!(
+            Telemetry::value_of(&text, "hubsync_daily_budget_remaining"),
+            Some(-1.0)
+        );
+        assert_eq!(
+            Telemetry::value_of(&text, "hubsync_objects_dirty{object_type=\"contact\"}"),
+            Some(0.0)
+        );
+        assert_eq!(Telemetry::value_of(&text, "hubsync_nothing"), None);
+    }
+}
