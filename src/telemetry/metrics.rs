@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use sqlx::PgPool;
 
 use super::Trace;
@@ -84,98 +84,97 @@ impl Telemetry {
     /// A fresh registry with every series registered (counters at 0).
     pub fn new() -> Telemetry {
         let mut r = Registry::with_prefix("hubsync");
-        let events_ingested = Counter::default();
-        r.register(
+        let events_ingested = register(
+            &mut r,
             "events_ingested",
             "Outbox rows this worker consumed: folded, dead-lettered, or dropped as already delivered",
-            events_ingested.clone(),
+            Counter::default(),
         );
-        let events_dead_lettered = Family::<Labels, Counter>::default();
-        r.register(
+        let events_dead_lettered = register(
+            &mut r,
             "events_dead_lettered",
             "Events this worker refused at ingest and wrote to hubsync.dlq, by category",
-            events_dead_lettered.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let objects_synced = Family::<Labels, Counter>::default();
-        r.register(
+        let objects_synced = register(
+            &mut r,
             "objects_synced",
             "Objects this worker wrote to HubSpot and recorded clean, by object type",
-            objects_synced.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let objects_dead_lettered = Family::<Labels, Counter>::default();
-        r.register(
+        let objects_dead_lettered = register(
+            &mut r,
             "objects_dead_lettered",
             "Objects this worker moved to hubsync.dlq after HubSpot refused them, by object type",
-            objects_dead_lettered.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let requests = Family::<Labels, Counter>::default();
-        r.register(
+        let requests = register(
+            &mut r,
             "hubspot_requests",
             "Batch requests this worker sent to HubSpot, by endpoint and outcome",
-            requests.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let request_duration =
-            Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
-        r.register(
+        let request_duration = register(
+            &mut r,
             "hubspot_request_duration_seconds",
             "Time from sending a batch request to reading its whole answer",
-            request_duration.clone(),
+            Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         );
-        let batch_inputs = Histogram::new([1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0]);
-        r.register(
+        let batch_inputs = register(
+            &mut r,
             "batch_inputs",
             "Objects leased per batch",
-            batch_inputs.clone(),
+            Histogram::new([1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0]),
         );
-        let rate_limited = Family::<Labels, Counter>::default();
-        r.register(
+        let rate_limited = register(
+            &mut r,
             "rate_limited",
             "429 answers from HubSpot, by policy (ten_secondly_rolling, daily)",
-            rate_limited.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let backlog = Gauge::default();
-        r.register(
+        let backlog = register(
+            &mut r,
             "outbox_backlog",
             "Events waiting in hubsync.outbox (all workers)",
-            backlog.clone(),
+            Gauge::default(),
         );
-        let oldest_age = Gauge::<f64, AtomicU64>::default();
-        r.register(
+        let oldest_age = register(
+            &mut r,
             "outbox_oldest_age_seconds",
             "Age of the oldest event waiting in hubsync.outbox (0 when empty)",
-            oldest_age.clone(),
+            Gauge::<f64, AtomicU64>::default(),
         );
-        let dirty = Family::<Labels, Gauge>::default();
-        r.register(
+        let dirty = register(
+            &mut r,
             "objects_dirty",
             "Objects waiting to be written to HubSpot, by object type",
-            dirty.clone(),
+            Family::<Labels, Gauge>::default(),
         );
-        let dlq_rows = Family::<Labels, Gauge>::default();
-        r.register(
+        let dlq_rows = register(
+            &mut r,
             "dlq_rows",
             "Rows in hubsync.dlq, by category",
-            dlq_rows.clone(),
+            Family::<Labels, Gauge>::default(),
         );
-        let daily_budget = Gauge::default();
-        daily_budget.set(-1);
-        r.register(
+        let daily_budget = register(
+            &mut r,
             "daily_budget_remaining",
             "Requests left today as HubSpot last reported (-1: not reported yet)",
-            daily_budget.clone(),
+            Gauge::default(),
         );
-        let halted = Gauge::default();
-        r.register(
+        let halted = register(
+            &mut r,
             "halted",
             "1 while HubSpot refuses this worker's credentials (syncing is halted), else 0",
-            halted.clone(),
+            Gauge::default(),
         );
-        let ready = Gauge::default();
-        r.register(
+        let ready = register(
+            &mut r,
             "ready",
             "1 while this worker takes work (what /readyz answers 200 for), else 0",
-            ready.clone(),
+            Gauge::default(),
         );
+        daily_budget.set(-1);
         // The usual series exist (at 0) before anything happens, so that rates and alerts
         // see them from the first scrape.
         for kind in [ObjectKind::Contact, ObjectKind::Company] {
@@ -501,6 +500,12 @@ fn batch_endpoint(kind: ObjectKind) -> &'static str {
         ObjectKind::Contact => "contacts/batch/upsert",
         ObjectKind::Company => "companies/batch/upsert",
     }
+}
+
+/// Registers `metric` under `name` and returns it (a handle on the registered one).
+fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
 }
 
 fn object_type(kind: ObjectKind) -> Labels {

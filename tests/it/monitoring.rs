@@ -3,7 +3,6 @@
 //! naming only series the exporter emits.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hubsync::simulator::SimConfig;
@@ -12,15 +11,14 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::harness::{CONFIG, Harness, database_url};
-use crate::invariants::settled;
+use crate::invariants::{settled, spawn_worker_with};
 
-/// Kills the child when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Waits until nothing waits in the outbox and no object is dirty (at most `secs` seconds).
+async fn wait_settled(pool: &PgPool, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !settled(pool).await {
+        assert!(Instant::now() < deadline, "the worker never drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -115,32 +113,18 @@ async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_
             .await;
     }
 
-    let _worker = Proc(
-        Command::new(env!("CARGO_BIN_EXE_hubsync"))
-            .arg("run")
-            .env("DATABASE_URL", database_url(&pool))
-            .env("HUBSPOT_BASE_URL", h.sim.base_url())
-            .env("HUBSPOT_ACCESS_TOKEN", "sim-token")
-            .env("HUBSYNC_CONFIG", &config_path)
-            .env("HUBSYNC_METRICS_LISTEN", &addr)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("worker starts"),
+    let url = database_url(&pool);
+    let base = h.sim.base_url();
+    let _worker = spawn_worker_with(
+        &url,
+        &base,
+        &config_path,
+        &[("HUBSYNC_METRICS_LISTEN", addr.as_str())],
     );
 
     wait_for(&addr, "/healthz", 30, |s, _| s == 200).await;
     wait_for(&addr, "/readyz", 30, |s, _| s == 200).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !settled(&pool).await {
-        assert!(Instant::now() < deadline, "the worker never drained");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_settled(&pool, 60).await;
     // The queue gauges are at most a few seconds old.
     let text = wait_for(&addr, "/metrics", 20, |s, t| {
         s == 200
@@ -238,11 +222,7 @@ async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_
     // The token works again: the worker resumes by itself and is ready.
     h.sim.set_token("sim-token");
     wait_for(&addr, "/readyz", 30, |s, _| s == 200).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !settled(&pool).await {
-        assert!(Instant::now() < deadline, "the worker never resumed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_settled(&pool, 30).await;
     let text = wait_for(&addr, "/metrics", 10, |_, t| {
         Telemetry::value_of(t, "hubsync_halted") == Some(0.0)
     })
@@ -365,16 +345,13 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
     .execute(&pool)
     .await
     .unwrap();
+    // And 30 processed earlier, which the drain rate leaves out.
     sqlx::query(
         "INSERT INTO hubsync.ledger (event_id, processed_at)
-         SELECT gen_random_uuid(), now() - make_interval(secs => i / 4.0) FROM generate_series(1, 120) i",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO hubsync.ledger (event_id, processed_at)
-         SELECT gen_random_uuid(), now() - interval '5 minutes' FROM generate_series(1, 30)",
+         SELECT gen_random_uuid(),
+                now() - CASE WHEN i <= 120 THEN make_interval(secs => i / 4.0)
+                             ELSE interval '5 minutes' END
+           FROM generate_series(1, 150) i",
     )
     .execute(&pool)
     .await
