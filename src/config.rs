@@ -820,6 +820,53 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_listener_comes_from_the_file_and_the_environment_overrides_it() {
+        let env = |v: Option<&str>| Env {
+            database_url: Secret::new(DEFAULT_DATABASE_URL),
+            access_token: None,
+            base_url: DEFAULT_BASE_URL.into(),
+            config_path: DEFAULT_CONFIG_PATH.into(),
+            metrics_listen: v.map(String::from),
+        };
+        let none = parse(EXAMPLE).unwrap();
+        assert_eq!(none.metrics.effective_listen(&env(None)).unwrap(), None);
+        let file = parse(&format!(
+            "{EXAMPLE}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"
+        ))
+        .unwrap();
+        let at = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(file.metrics.listen, at("127.0.0.1:9464"));
+        assert_eq!(
+            file.metrics
+                .effective_listen(&env(Some("0.0.0.0:9100")))
+                .unwrap(),
+            at("0.0.0.0:9100")
+        );
+        assert_eq!(
+            file.metrics.effective_listen(&env(Some(" "))).unwrap(),
+            None
+        );
+        let bad_env = file
+            .metrics
+            .effective_listen(&env(Some("localhost")))
+            .unwrap_err();
+        assert!(
+            bad_env.to_string().contains("HUBSYNC_METRICS_LISTEN"),
+            "{bad_env}"
+        );
+        let bad = parse(&format!("{EXAMPLE}\n[metrics]\nlisten = \"9464\"\n")).unwrap_err();
+        let text = bad.to_string();
+        assert!(
+            text.contains("metrics.listen") && text.contains("HOST:PORT"),
+            "{text}"
+        );
+        assert!(
+            matches!(bad, ConfigError::Invalid { line: Some(_), .. }),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn default_labels_read_like_words() {
         assert_eq!(default_label("last_active_at"), "Last active at");
     }

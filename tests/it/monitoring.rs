@@ -397,4 +397,23 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
         "{text}"
     );
     assert!(text.contains("pause | none"), "{text}");
+
+    // --watch draws the same with a progress bar, until stopped.
+    let mut watch = crate::harness::command(
+        &["status", "--watch"],
+        Some(CONFIG),
+        &[("DATABASE_URL", url.as_str())],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("status --watch starts");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("status --watch stops");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("outbox_backlog | 50"), "{screen}");
+    assert!(
+        screen.contains("0% 0 of 50 events drained since watching began"),
+        "{screen}"
+    );
 }
