@@ -417,3 +417,52 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
         "{screen}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn readyz_says_a_worker_stands_aside_for_a_newer_config_and_serves_its_own_counts(
+    pool: PgPool,
+) {
+    use hubsync::telemetry::metrics::Readiness;
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    let newer = crate::harness::parse_config(&format!(
+        "{CONFIG}\n[contacts.properties.reports_run]\ntype = \"number\"\nmerge = \"increment\"\n"
+    ));
+    h.setup_with(&newer).await;
+    h.worker.telemetry.set_reconciled();
+    assert_eq!(h.worker.telemetry.readiness(Ok(())), Readiness::Ready);
+    let new = crate::harness::worker_for(&pool, &h.sim, &newer).await;
+    h.worker.heartbeat().await.unwrap();
+    let Readiness::NotReady(why) = h.worker.telemetry.readiness(Ok(())) else {
+        panic!("an older generation is not ready while a newer one runs");
+    };
+    assert!(why.iter().any(|w| w.contains("standing aside")), "{why:?}");
+
+    // Served over HTTP, from this worker's own registry: the newer worker's work is not in it.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let addr = hubsync::telemetry::health::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        h.worker.telemetry.clone(),
+        pool.clone(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap()
+    .to_string();
+    let (status, body) = get(&addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("standing aside"), "{body}");
+    h.enqueue("aside@acme.com", json!({"total_sessions": 1}))
+        .await;
+    new.run_until_idle(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let (_, text) = get(&addr, "/metrics").await.unwrap();
+    assert_eq!(value(&text, "hubsync_events_ingested_total"), 0.0);
+    assert_eq!(
+        value(&new.telemetry.render(), "hubsync_events_ingested_total"),
+        1.0
+    );
+    assert_eq!(value(&text, "hubsync_ready"), 0.0);
+    cancel.cancel();
+}
