@@ -1,9 +1,12 @@
--- Pipeline health: events waiting in the outbox and how old the oldest is, objects waiting to
--- be synced or backing off after failures, dead-letter rows, the shared rate limiter, and the
--- workers running by config generation.
+-- Pipeline health: events waiting in the outbox and how old the oldest is, events processed in
+-- the last minute (the drain rate), objects waiting to be synced or backing off after failures,
+-- dead-letter rows, the shared rate limiter and its pause, and the workers running by config
+-- generation.
 SELECT
   (SELECT count(*) FROM hubsync.outbox)                                    AS outbox_backlog,
   (SELECT extract(epoch FROM now() - min(enqueued_at)) FROM hubsync.outbox) AS oldest_event_age_s,
+  (SELECT count(*) FROM hubsync.ledger
+     WHERE processed_at > now() - interval '1 minute')                     AS processed_last_minute,
   (SELECT count(*) FROM hubsync.objects WHERE dirty)                       AS objects_to_sync,
   (SELECT count(*) FROM hubsync.objects WHERE dirty AND attempts > 0)      AS objects_backing_off,
   (SELECT count(*) FROM hubsync.dlq)                                       AS dlq_rows,
@@ -12,8 +15,12 @@ SELECT
      WHERE l.name = 'hubspot' AND sent > now() - interval '10 seconds')    AS requests_last_10s,
   (SELECT paused_until FROM hubsync.limiter WHERE name = 'hubspot')        AS paused_until,
   (SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot')        AS pause_reason,
+  coalesce((SELECT paused_until > now() FROM hubsync.limiter
+             WHERE name = 'hubspot'), false)                               AS paused_now,
   (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot')     AS daily_remaining,
-  -- Rolling deploys: the live workers by config generation; only the newest takes work.
+  -- Rolling deploys: the generation that takes work, and the live workers by generation.
+  (SELECT max(c.generation) FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
+    WHERE w.seen_at > now() - interval '30 seconds')                       AS generation_in_use,
   (SELECT string_agg(format('generation %s, %s worker(s)%s', g.generation, g.workers,
                             CASE WHEN g.newest THEN '' ELSE ' (standing aside)' END), '; '
                      ORDER BY g.generation DESC)

@@ -47,8 +47,16 @@ pub enum Command {
         #[arg(long)]
         until_idle: bool,
     },
-    /// Backlog, oldest event age, DLQ counts by category, rate and daily budget.
-    Status,
+    /// Backlog, oldest event age, drain rate and ETA, DLQ counts by category, rate and daily
+    /// budget, the pause in force, the workers by config generation.
+    Status {
+        /// Redraw every 2 s, with a progress bar while a backlog drains (Ctrl-C stops).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// Print one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and replay the dead-letter table (the statements of sql/).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -155,10 +163,10 @@ pub async fn main_with(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigError>() {
-                eprintln!("error: {c}");
+                crate::telemetry::say(tracing::Level::ERROR, &format!("error: {c}"));
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            crate::telemetry::say(tracing::Level::ERROR, &format!("error: {e:#}"));
             ExitCode::from(1)
         }
     }
@@ -230,6 +238,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             require_schema(&pool).await?;
+            let cancel = CancellationToken::new();
+            let telemetry = crate::telemetry::Telemetry::new();
+            if let Some(addr) = config.metrics.effective_listen(&env)? {
+                crate::telemetry::health::serve(
+                    addr,
+                    telemetry.clone(),
+                    pool.clone(),
+                    cancel.clone(),
+                )
+                .await?;
+            }
             let limiter = crate::ratelimit::Limiter::new(
                 pool.clone(),
                 config.hubspot.requests_per_10s,
@@ -238,8 +257,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             crate::reconcile::ensure(&client.clone().with_limiter(limiter), &config).await?;
-            let worker = Arc::new(Worker::new(pool, config, client).await?);
-            let cancel = CancellationToken::new();
+            telemetry.set_reconciled();
+            let worker = Worker::new(pool, config, client).await?;
+            let worker = Arc::new(worker.with_telemetry(telemetry));
             spawn_signal_handler(cancel.clone());
             if until_idle {
                 let step = worker.run_until_idle(&cancel).await?;
@@ -250,14 +270,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await
                 .context("cannot prune the ledger (hubsync.ledger)")?;
-                eprintln!(
-                    "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry; {pruned} ledger entries past retention removed",
-                    step.ingested,
-                    step.refused,
-                    step.sync.written,
-                    step.sync.requests,
-                    step.sync.dead_lettered,
-                    step.sync.retrying
+                crate::telemetry::say(
+                    tracing::Level::INFO,
+                    &format!(
+                        "idle: {} events ingested ({} dead-lettered), {} objects written in {} requests, {} dead-lettered, {} waiting to retry; {pruned} ledger entries past retention removed",
+                        step.ingested,
+                        step.refused,
+                        step.sync.written,
+                        step.sync.requests,
+                        step.sync.dead_lettered,
+                        step.sync.retrying
+                    ),
                 );
             } else {
                 tracing::info!(
@@ -268,12 +291,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status => {
+        Command::Status { watch, json } => {
             let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
-            print_sql(&pool, &db::dlq::STATUS, &[], true).await?;
-            println!();
-            print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
+            // The rate limit bounds the ETA; without a config file HubSpot's lowest tier is
+            // assumed (and the output says so).
+            let per_10s = load_config(&cli.config, &env)
+                .ok()
+                .map(|c| c.hubspot.requests_per_10s);
+            use crate::telemetry::status;
+            if watch {
+                let cancel = CancellationToken::new();
+                spawn_signal_handler(cancel.clone());
+                status::watch(&pool, per_10s, &cancel).await?;
+            } else if json {
+                status::print_once(&pool, per_10s, status::Format::Json).await?;
+            } else {
+                status::print_once(&pool, per_10s, status::Format::Text).await?;
+                println!();
+                print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(cmd) => {

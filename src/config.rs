@@ -59,6 +59,14 @@ pub enum ConfigError {
         /// What to set it to.
         hint: &'static str,
     },
+    /// An environment variable holds a value that cannot be used.
+    #[error("{name}: {message}")]
+    BadEnv {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
 }
 
 /// HubSpot API edition: date-versioned paths, or the older v3/v4 ones.
@@ -157,6 +165,32 @@ pub struct Config {
     pub contacts: ObjectConfig,
     /// `[companies]`, when configured.
     pub companies: Option<CompanyConfig>,
+    /// `[metrics]`
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: where `hubsync run` serves `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// `listen`, e.g. `127.0.0.1:9464`; `None`: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsSettings {
+    /// The address to serve on: `HUBSYNC_METRICS_LISTEN` when set (an empty value turns the
+    /// listener off), else `listen` from the file.
+    pub fn effective_listen(&self, env: &Env) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        match &env.metrics_listen {
+            None => Ok(self.listen),
+            Some(v) if v.trim().is_empty() => Ok(None),
+            Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::BadEnv {
+                name: "HUBSYNC_METRICS_LISTEN",
+                message: format!(
+                    "{v:?} is not an address; use HOST:PORT such as 127.0.0.1:9464 or 0.0.0.0:9464, or leave it empty for no listener"
+                ),
+            }),
+        }
+    }
 }
 
 /// Secrets and addresses from the environment. The secrets format as `[redacted]`.
@@ -170,6 +204,8 @@ pub struct Env {
     pub base_url: String,
     /// `HUBSYNC_CONFIG`
     pub config_path: PathBuf,
+    /// `HUBSYNC_METRICS_LISTEN`, when set (it overrides `[metrics] listen`).
+    pub metrics_listen: Option<String>,
 }
 
 impl Env {
@@ -185,6 +221,7 @@ impl Env {
             config_path: var("HUBSYNC_CONFIG")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()),
+            metrics_listen: std::env::var("HUBSYNC_METRICS_LISTEN").ok(),
         }
     }
 
@@ -207,6 +244,14 @@ struct RawConfig {
     #[serde(default)]
     contacts: RawObjects,
     companies: Option<RawCompanies>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -422,12 +467,25 @@ impl Config {
                 })
             }
         };
+        let listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => Some(l.get_ref().trim().parse().map_err(|_| {
+                src.invalid(
+                    src.at(l),
+                    format!(
+                        "metrics.listen = {:?} is not an address; use HOST:PORT such as \"127.0.0.1:9464\" (or remove [metrics] for no listener)",
+                        l.get_ref()
+                    ),
+                )
+            })?),
+        };
         Ok(Config {
             path: path.to_path_buf(),
             hubspot,
             worker,
             contacts,
             companies,
+            metrics: MetricsSettings { listen },
         })
     }
 }
@@ -776,6 +834,53 @@ mod tests {
             MergeRule::Increment
         );
         assert_eq!(c.companies.unwrap().id_property, "product_account_id");
+    }
+
+    #[test]
+    fn the_metrics_listener_comes_from_the_file_and_the_environment_overrides_it() {
+        let env = |v: Option<&str>| Env {
+            database_url: Secret::new(DEFAULT_DATABASE_URL),
+            access_token: None,
+            base_url: DEFAULT_BASE_URL.into(),
+            config_path: DEFAULT_CONFIG_PATH.into(),
+            metrics_listen: v.map(String::from),
+        };
+        let none = parse(EXAMPLE).unwrap();
+        assert_eq!(none.metrics.effective_listen(&env(None)).unwrap(), None);
+        let file = parse(&format!(
+            "{EXAMPLE}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"
+        ))
+        .unwrap();
+        let at = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(file.metrics.listen, at("127.0.0.1:9464"));
+        assert_eq!(
+            file.metrics
+                .effective_listen(&env(Some("0.0.0.0:9100")))
+                .unwrap(),
+            at("0.0.0.0:9100")
+        );
+        assert_eq!(
+            file.metrics.effective_listen(&env(Some(" "))).unwrap(),
+            None
+        );
+        let bad_env = file
+            .metrics
+            .effective_listen(&env(Some("localhost")))
+            .unwrap_err();
+        assert!(
+            bad_env.to_string().contains("HUBSYNC_METRICS_LISTEN"),
+            "{bad_env}"
+        );
+        let bad = parse(&format!("{EXAMPLE}\n[metrics]\nlisten = \"9464\"\n")).unwrap_err();
+        let text = bad.to_string();
+        assert!(
+            text.contains("metrics.listen") && text.contains("HOST:PORT"),
+            "{text}"
+        );
+        assert!(
+            matches!(bad, ConfigError::Invalid { line: Some(_), .. }),
+            "{text}"
+        );
     }
 
     #[test]

@@ -208,6 +208,7 @@ pub async fn fold(
     db::dlq::insert_event_failures(tx, &failures)
         .await
         .context("failed to write refused events to hubsync.dlq")?;
+    crate::telemetry::note_refused(failures.iter().map(|f| f.category.as_str()));
     Ok(Folded {
         accepted: events.len() - failures.len() - deferred.len(),
         refused: failures.len(),
@@ -281,6 +282,7 @@ pub async fn fold_isolating(
             db::dlq::insert_event_failures(tx, std::slice::from_ref(&failure))
                 .await
                 .context("failed to dead-letter an event Postgres refused")?;
+            crate::telemetry::note_refused([failure.category.as_str()]);
             total.refused += 1;
             total.refused_ids.insert(event.event_id);
         } else {

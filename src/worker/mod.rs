@@ -39,6 +39,8 @@ pub struct Worker {
     pub limiter: Limiter,
     /// Jitter source.
     pub jitter: Jitter,
+    /// This worker's metrics and readiness.
+    pub telemetry: crate::telemetry::Telemetry,
     /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
     /// and send fuller, fewer batches.
     backlog: AtomicBool,
@@ -126,6 +128,7 @@ impl Worker {
             client,
             limiter,
             jitter: Arc::new(rand::random::<f64>),
+            telemetry: crate::telemetry::Telemetry::new(),
             backlog: AtomicBool::new(false),
             id,
             registered,
@@ -170,7 +173,14 @@ impl Worker {
             ),
             _ => {}
         }
+        self.telemetry.set_standing_aside(newer.is_some());
         *last = newer;
+    }
+
+    /// Reports to `telemetry` (the one `hubsync run` serves) instead of a registry of its own.
+    pub fn with_telemetry(mut self, telemetry: crate::telemetry::Telemetry) -> Worker {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Replaces the jitter source (tests).
@@ -181,7 +191,8 @@ impl Worker {
 
     /// Ingests one chunk of the outbox.
     pub async fn ingest_once(&self) -> anyhow::Result<ingest::Ingested> {
-        let done = ingest::ingest_once(&self.pool, &self.config, self.generation()).await?;
+        let ingest = ingest::ingest_once(&self.pool, &self.config, self.generation());
+        let done = self.telemetry.ingest(ingest).await?;
         if done.newer.is_some() {
             self.note_newer(done.newer.clone());
         }
@@ -198,7 +209,8 @@ impl Worker {
         kind: ObjectKind,
         cancel: &CancellationToken,
     ) -> anyhow::Result<SyncReport> {
-        sync::sync_once(self, kind, cancel).await
+        let batch = sync::sync_once(self, kind, cancel);
+        self.telemetry.batch(kind, batch).await
     }
 
     /// Replays due dead-letter rows: events are folded again, objects queued for sync.

@@ -240,7 +240,10 @@ pub async fn sync_once(
                 break;
             }
         }
-        let reply = w.client.batch_upsert(kind, &request).await;
+        let reply = w
+            .telemetry
+            .batch_upsert(kind, w.client.batch_upsert(kind, &request))
+            .await;
         report.requests += 1;
         if let Ok(r) = &reply {
             w.limiter.observe(&r.rate).await?;

@@ -259,7 +259,7 @@ async fn a_429_pauses_every_worker_instead_of_retrying(pool: PgPool) {
 }
 
 /// A worker process, killed when the test ends however it ends.
-struct Proc(Child);
+pub struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -269,9 +269,20 @@ impl Drop for Proc {
 }
 
 fn spawn_worker(url: &str, base: &str, config: &std::path::Path) -> Proc {
+    spawn_worker_with(url, base, config, &[])
+}
+
+/// `hubsync run` against the test database and the simulator, with `envs` on top.
+pub fn spawn_worker_with(
+    url: &str,
+    base: &str,
+    config: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_hubsync"))
             .arg("run")
+            .envs(envs.iter().copied())
             .env("DATABASE_URL", url)
             .env("HUBSPOT_BASE_URL", base)
             .env("HUBSPOT_ACCESS_TOKEN", "sim-token")

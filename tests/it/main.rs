@@ -8,6 +8,7 @@ mod grants;
 mod harness;
 mod invariants;
 mod migrations;
+mod monitoring;
 mod outages;
 mod poison;
 mod retention;

@@ -1,0 +1,141 @@
+//! What an on-call engineer sees of a running worker: logs on stderr (human-readable, or one
+//! JSON object per line with `HUBSYNC_LOG_FORMAT=json`), Prometheus metrics and health checks
+//! (`metrics`, `health`), one log line per batch and per ingest chunk.
+//!
+//! Each `Worker` owns a `Telemetry` handle with its own registry, so several workers in one
+//! process (the tests) keep their counts apart. The worker code reports outcomes with one call
+//! where they are known; the details a step learns on the way (the HTTP status of the last
+//! request, the categories of refused events) are collected by `traced` around the step.
+
+pub mod health;
+pub mod metrics;
+pub mod status;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use tracing_subscriber::EnvFilter;
+
+pub use metrics::Telemetry;
+
+/// The log formats `HUBSYNC_LOG_FORMAT` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// Reads `HUBSYNC_LOG_FORMAT` (`json` or `text`; unset or empty: text).
+    pub fn from_env() -> Result<LogFormat, String> {
+        match std::env::var("HUBSYNC_LOG_FORMAT") {
+            Err(_) => Ok(LogFormat::Text),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!(
+                    "HUBSYNC_LOG_FORMAT={other:?} is not a log format; use \"json\" for one JSON object per line, or \"text\" (the default)"
+                )),
+            },
+        }
+    }
+}
+
+/// Installs the global subscriber with `default` (e.g. `info`) unless `RUST_LOG` is set, in
+/// the format `HUBSYNC_LOG_FORMAT` asks for; a second call is a no-op. An unknown format is
+/// reported on stderr and the default format is used.
+pub fn init(default: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn,hyper=warn,reqwest=warn")));
+    let format = LogFormat::from_env().unwrap_or_else(|e| {
+        eprintln!("warning: {e}");
+        LogFormat::Text
+    });
+    let _ = FORMAT.set(format);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Whether logs are JSON lines (`init` saw `HUBSYNC_LOG_FORMAT=json`).
+pub fn json_logs() -> bool {
+    FORMAT.get() == Some(&LogFormat::Json)
+}
+
+/// A message for the person running a command, on stderr: the plain text as it is, or, with
+/// JSON logs, a log event at `level` so that every line of stderr stays one JSON object.
+pub fn say(level: tracing::Level, text: &str) {
+    if !json_logs() {
+        eprintln!("{text}");
+    } else if level == tracing::Level::ERROR {
+        tracing::error!("{text}");
+    } else if level == tracing::Level::WARN {
+        tracing::warn!("{text}");
+    } else {
+        tracing::info!("{text}");
+    }
+}
+
+/// What a step learned on the way, collected by `traced`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// The HTTP status of the last request sent (`None`: none sent, or no answer).
+    pub last_status: Option<u16>,
+    /// The daily budget HubSpot reported with the last answer that carried it.
+    pub daily_remaining: Option<u64>,
+    /// Events dead-lettered, by category (only those in statements that were not undone).
+    pub refused: BTreeMap<String, u64>,
+}
+
+tokio::task_local! {
+    static TRACE: RefCell<Trace>;
+}
+
+/// Runs `step`, collecting what it reports through `note_*` into a `Trace`.
+pub async fn traced<F: Future>(step: F) -> (F::Output, Trace) {
+    TRACE
+        .scope(RefCell::new(Trace::default()), async move {
+            let out = step.await;
+            let trace = TRACE.with(|t| t.take());
+            (out, trace)
+        })
+        .await
+}
+
+fn note(f: impl FnOnce(&mut Trace)) {
+    // Outside `traced` (a step called directly, e.g. by a test) there is nothing to collect.
+    let _ = TRACE.try_with(|t| f(&mut t.borrow_mut()));
+}
+
+/// Notes events dead-lettered at ingest, by category (call once their DLQ rows are written).
+pub fn note_refused<'a>(categories: impl IntoIterator<Item = &'a str>) {
+    note(|t| {
+        for c in categories {
+            *t.refused.entry(c.to_string()).or_default() += 1;
+        }
+    });
+}
+
+/// Notes the answer to a request.
+pub(crate) fn note_reply(status: Option<u16>, daily_remaining: Option<u64>) {
+    note(|t| {
+        t.last_status = status;
+        if daily_remaining.is_some() {
+            t.daily_remaining = daily_remaining;
+        }
+    });
+}
