@@ -15,6 +15,17 @@ use crate::ratelimit::Limiter;
 use crate::schema::ObjectKind;
 use crate::secret::Secret;
 
+/// What a setup call got: a 2xx body, a 404, or a 409 (the object exists already).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetupReply {
+    /// 2xx, with the parsed body (`Null` when there is none).
+    Done(Value),
+    /// 404.
+    NotFound,
+    /// 409, with HubSpot's body.
+    AlreadyExists(Value),
+}
+
 /// A HubSpot API client bound to one base URL and token.
 #[derive(Clone)]
 pub struct HubSpotClient {
@@ -105,13 +116,30 @@ impl HubSpotClient {
     }
 
     /// A setup call (properties, groups): the parsed JSON body on 2xx, `None` on 404, and an
-    /// error naming the call and HubSpot's answer otherwise.
+    /// error naming the call and HubSpot's answer otherwise (409 included).
     pub async fn setup_call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Option<Value>> {
+        let what = format!("{method} {path}");
+        match self.setup_request(method, path, body).await? {
+            SetupReply::Done(value) => Ok(Some(value)),
+            SetupReply::NotFound => Ok(None),
+            SetupReply::AlreadyExists(body) => {
+                bail!("{what}: HubSpot answered 409 (already exists): {body}")
+            }
+        }
+    }
+
+    /// A setup call whose 404 and 409 the caller handles.
+    pub async fn setup_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<SetupReply> {
         let what = format!("{method} {path}");
         let mut attempt = 0u32;
         let reply = loop {
@@ -160,10 +188,13 @@ impl HubSpotClient {
             )
         })?;
         match reply.status {
-            200..=299 => Ok(Some(
+            200..=299 => Ok(SetupReply::Done(
                 serde_json::from_str(&reply.body).unwrap_or(Value::Null),
             )),
-            404 => Ok(None),
+            404 => Ok(SetupReply::NotFound),
+            409 => Ok(SetupReply::AlreadyExists(
+                serde_json::from_str(&reply.body).unwrap_or(Value::String(reply.body)),
+            )),
             401 => bail!(
                 "{what}: HubSpot refused the access token (401: {}); set HUBSPOT_ACCESS_TOKEN to a valid private app token",
                 reply.body

@@ -8,5 +8,5 @@ pub mod client;
 pub mod paths;
 
 pub use classify::{Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify};
-pub use client::HubSpotClient;
+pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

@@ -9,6 +9,7 @@ mod invariants;
 mod migrations;
 mod outages;
 mod poison;
+mod reconcile;
 mod retention;
 mod secrets;
 mod simulator;
