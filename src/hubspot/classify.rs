@@ -33,6 +33,8 @@ pub struct SentInput {
     pub key: String,
     /// The unique `objectWriteTraceId` sent with it.
     pub trace_id: String,
+    /// The HubSpot record id hubsync already knows for it, if any.
+    pub hubspot_id: Option<String>,
 }
 
 /// HubSpot's rate-limit headers, when present.
@@ -442,6 +444,11 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
         .enumerate()
         .map(|(i, s)| (s.trace_id.as_str(), i))
         .collect();
+    let by_id: HashMap<&str, usize> = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.hubspot_id.as_deref()?, i)))
+        .collect();
     let mut fate: Vec<Option<Result<Option<String>, RecordError>>> = vec![None; inputs.len()];
 
     if let Some(Value::Array(errors)) = body.get("errors") {
@@ -469,8 +476,11 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
                 Some(Value::Number(n)) => Some(n.to_string()),
                 _ => None,
             };
+            // The trace id says for sure; the record id hubsync knows is next best (an upsert by
+            // a secondary email answers with the primary one); the key last.
             let idx = str_field(result, "objectWriteTraceId")
                 .and_then(|t| by_trace.get(t).copied())
+                .or_else(|| id.as_deref().and_then(|id| by_id.get(id).copied()))
                 .or_else(|| {
                     result
                         .get("properties")
@@ -516,6 +526,7 @@ mod tests {
             .map(|i| SentInput {
                 key: format!("user{i}@acme.com"),
                 trace_id: format!("t{i}"),
+                hubspot_id: None,
             })
             .collect()
     }
@@ -558,6 +569,32 @@ mod tests {
         assert!(failed[0].1.permanent);
         assert_eq!(failed[0].1.code.as_deref(), Some("INVALID_OPTION"));
         assert!(failed[0].1.message.contains("property \"plan\""));
+    }
+
+    #[test]
+    fn results_match_by_trace_id_then_known_record_id_then_key() {
+        let mut sent = inputs(3);
+        sent[1].hubspot_id = Some("77".into());
+        // Input 0 matched by trace id though its email differs; input 1 by the id hubsync knows
+        // (HubSpot answered with the contact's primary email); input 2 by key.
+        let body = json!({"results": [
+            {"id": "5", "objectWriteTraceId": "t0", "properties": {"email": "primary@acme.com"}},
+            {"id": "77", "properties": {"email": "other@acme.com"}},
+            {"id": "9", "properties": {"email": "user2@acme.com"}}
+        ]});
+        let out = classify(&sent, "email", Ok(&reply(200, body)), Utc::now());
+        let Outcome::Completed { written, failed } = out else {
+            panic!("not completed")
+        };
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            written,
+            vec![
+                (0, Some("5".into())),
+                (1, Some("77".into())),
+                (2, Some("9".into()))
+            ]
+        );
     }
 
     #[test]

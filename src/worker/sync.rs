@@ -197,6 +197,7 @@ pub async fn sync_once(
         .map(|i| SentInput {
             key: i.leased.key.clone(),
             trace_id: i.trace_id.clone(),
+            hubspot_id: i.leased.hubspot_id.clone(),
         })
         .collect();
     let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();

@@ -10,6 +10,7 @@ mod migrations;
 mod outages;
 mod poison;
 mod reconcile;
+mod replies;
 mod retention;
 mod secrets;
 mod simulator;
