@@ -363,12 +363,14 @@ pub fn classify(
                 ),
             }
         }
-        400 | 413 | 422 => {
-            if message.contains("non-unique") {
+        // Any other 4xx (400, 409 `CONFLICT`, 413, 422, ...) can be caused by one record of the
+        // batch: narrow it down to its offenders and let the rest through.
+        status @ 400..=499 if !matches!(status, 423 | 477) => {
+            if status == 400 && concerns_company_id(&message, key_property) {
                 return Outcome::Halt {
-                    status: reply.status,
+                    status,
                     reason: format!(
-                        "HubSpot cannot upsert by this id property ({message}); the property must be created with hasUniqueValue = true: pick a new companies.id_property"
+                        "HubSpot cannot upsert companies by \"{key_property}\" ({message}); the property must be created with hasUniqueValue = true: set companies.id_property to a new name and hubsync creates it as unique"
                     ),
                     scopes: Vec::new(),
                 };
@@ -377,6 +379,9 @@ pub fn classify(
             let mut error = record_error(&body, "hubspot_rejected");
             if error.category != "hubspot_validation" {
                 error.category = "hubspot_rejected";
+            }
+            if error.code.is_none() {
+                error.code = Some(status.to_string());
             }
             // A whole-request refusal of one known input is that input's fault.
             error.permanent = true;
@@ -393,6 +398,16 @@ pub fn classify(
             reason: format!("HubSpot answered {status}: {message}"),
         },
     }
+}
+
+/// Whether a 400 says the batch's id property is not unique: only ever about the company id
+/// property (contacts are upserted by `email`, which HubSpot keeps unique itself).
+fn concerns_company_id(message: &str, key_property: &str) -> bool {
+    key_property != "email"
+        && message.contains("non-unique")
+        && message
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| word == key_property)
 }
 
 fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
@@ -629,6 +644,28 @@ mod tests {
         assert!(
             matches!(run(400, unknown, 3), Outcome::Rejected { offenders, .. } if offenders.is_empty())
         );
+    }
+
+    #[test]
+    fn any_other_4xx_is_narrowed_down_and_non_unique_halts_only_for_the_company_id() {
+        for status in [409, 413, 422, 400] {
+            let body = json!({"status": "error", "category": "CONFLICT",
+                "message": "Contact already exists. Existing ID: 5"});
+            assert!(
+                matches!(run(status, body, 3), Outcome::Rejected { offenders, error }
+                    if offenders.is_empty() && error.category == "hubspot_rejected" && error.permanent),
+                "{status}"
+            );
+        }
+        let non_unique = json!({"message": "Unable to perform update/upsert by non-unique 0-2 property product_account_id"});
+        let company = classify(
+            &inputs(2),
+            "product_account_id",
+            Ok(&reply(400, non_unique.clone())),
+            Utc::now(),
+        );
+        assert!(matches!(company, Outcome::Halt { status: 400, .. }));
+        assert!(matches!(run(400, non_unique, 2), Outcome::Rejected { .. }));
     }
 
     #[test]

@@ -76,3 +76,48 @@ async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPo
     );
     assert!(dlq(&h.pool).await.is_empty());
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_409_for_one_record_of_a_full_batch_dead_letters_only_that_record(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    h.sim.conflict_on("contacts", "clash@acme.com");
+    for i in 0..99 {
+        h.enqueue(
+            &format!("user{i:02}@acme.com"),
+            json!({"total_sessions": 1}),
+        )
+        .await;
+    }
+    h.enqueue("clash@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.sim.reset_requests();
+    h.drain().await;
+    let upserts = h.upserts();
+    assert_eq!(upserts[0].inputs, 100, "one full batch first");
+    assert!(
+        upserts.len() <= 1 + 24,
+        "{} requests: isolating one record must cost at most 24 extra",
+        upserts.len()
+    );
+    assert_eq!(
+        h.sim.records("contacts").len(),
+        99,
+        "its batch-mates are written"
+    );
+    let parked = dlq(&h.pool).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let (key, category, error) = &parked[0];
+    assert_eq!(key, "clash@acme.com");
+    assert_eq!(category, "hubspot_rejected");
+    assert!(
+        error.contains("Contact already exists"),
+        "HubSpot's body is kept: {error}"
+    );
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM hubsync.objects WHERE attempts > 0")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 0, "no batch-mate is charged an attempt");
+}
