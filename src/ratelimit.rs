@@ -7,7 +7,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::hubspot::RateHeaders;
 
 /// The limiter row's name.
 pub const LIMITER: &str = "hubspot";
@@ -92,11 +91,18 @@ impl Limiter {
         db::limiter::clear_pause(&self.pool, LIMITER).await
     }
 
-    /// Feeds HubSpot's rate headers back: records the daily budget for `status`. (The window
-    /// itself is enforced by our own slots; a 429 pauses everyone through `pause`.)
-    pub async fn observe(&self, rate: &RateHeaders) -> Result<(), sqlx::Error> {
-        if let Some(remaining) = rate.daily_remaining {
-            let daily = rate.daily.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
+    /// Feeds HubSpot's rate headers back (`X-HubSpot-RateLimit-Max`, `-Interval-Milliseconds`,
+    /// `-Daily`, `-Daily-Remaining`): records the daily budget for `status`. (The window itself
+    /// is enforced by our own slots; a 429 pauses everyone through `pause`.)
+    pub async fn observe(
+        &self,
+        _max: Option<u64>,
+        _interval_ms: Option<u64>,
+        daily: Option<u64>,
+        daily_remaining: Option<u64>,
+    ) -> Result<(), sqlx::Error> {
+        if let Some(remaining) = daily_remaining {
+            let daily = daily.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
             db::limiter::observe_daily(
                 &self.pool,
                 LIMITER,

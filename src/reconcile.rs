@@ -15,8 +15,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::config::{Config, ObjectConfig};
-use crate::hubspot::{HubSpotClient, SetupReply};
+use crate::hubspot::SetupReply;
 use crate::schema::{ObjectKind, PropertyDef, PropertyType};
+use crate::setup::Setup;
 
 /// What `check` and `run` found when comparing config and portal.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -325,9 +326,9 @@ fn type_mismatch(def: &PropertyDef, p: &Value) -> Option<String> {
     None
 }
 
-async fn fetch_object(client: &HubSpotClient, kind: ObjectKind) -> anyhow::Result<Remote> {
-    let list = client
-        .setup_call(Method::GET, &client.paths.property_list(kind), None)
+async fn fetch_object(setup: &Setup, kind: ObjectKind) -> anyhow::Result<Remote> {
+    let list = setup
+        .call(Method::GET, &setup.client().paths.property_list(kind), None)
         .await?
         .unwrap_or(Value::Null);
     let remote: BTreeMap<String, Value> = list
@@ -340,8 +341,8 @@ async fn fetch_object(client: &HubSpotClient, kind: ObjectKind) -> anyhow::Resul
                 .collect()
         })
         .unwrap_or_default();
-    let groups = client
-        .setup_call(Method::GET, &client.paths.groups(kind), None)
+    let groups = setup
+        .call(Method::GET, &setup.client().paths.groups(kind), None)
         .await?
         .unwrap_or(Value::Null);
     let groups: Vec<String> = groups
@@ -355,10 +356,10 @@ async fn fetch_object(client: &HubSpotClient, kind: ObjectKind) -> anyhow::Resul
         })
         .unwrap_or_default();
     // Archived properties are invisible to the plain list, yet their names are taken.
-    let archived = client
-        .setup_call(
+    let archived = setup
+        .call(
             Method::GET,
-            &format!("{}?archived=true", client.paths.property_list(kind)),
+            &format!("{}?archived=true", setup.client().paths.property_list(kind)),
             None,
         )
         .await?
@@ -381,7 +382,7 @@ async fn fetch_object(client: &HubSpotClient, kind: ObjectKind) -> anyhow::Resul
 }
 
 /// Reads the portal's definitions and plans what start-up must do.
-pub async fn plan(client: &HubSpotClient, config: &Config) -> anyhow::Result<Plan> {
+pub async fn plan(setup: &Setup, config: &Config) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
     let file = config.path.display().to_string();
     let group = &config.hubspot.property_group;
@@ -390,7 +391,7 @@ pub async fn plan(client: &HubSpotClient, config: &Config) -> anyhow::Result<Pla
         objects: &config.contacts,
         unique_id: None,
     };
-    let remote = fetch_object(client, ObjectKind::Contact).await?;
+    let remote = fetch_object(setup, ObjectKind::Contact).await?;
     plan_object(&contacts, &remote, group, &file, &mut plan);
     if let Some(companies) = &config.companies {
         let declared = Declared {
@@ -398,31 +399,39 @@ pub async fn plan(client: &HubSpotClient, config: &Config) -> anyhow::Result<Pla
             objects: &companies.objects,
             unique_id: Some(&companies.id_property),
         };
-        let remote = fetch_object(client, ObjectKind::Company).await?;
+        let remote = fetch_object(setup, ObjectKind::Company).await?;
         plan_object(&declared, &remote, group, &file, &mut plan);
     }
     Ok(plan)
 }
 
 /// Applies a plan without mismatches: groups, then properties, then option additions.
-pub async fn apply(client: &HubSpotClient, config: &Config, plan: &Plan) -> anyhow::Result<()> {
+pub async fn apply(setup: &Setup, config: &Config, plan: &Plan) -> anyhow::Result<()> {
     for (kind, group) in &plan.create_groups {
         let body = json!({"name": group, "label": config.hubspot.property_group_label, "displayOrder": -1});
         // Another worker creating the group first (409) is fine: a group has nothing to compare.
-        client
-            .setup_request(Method::POST, &client.paths.groups(*kind), Some(&body))
+        setup
+            .request(
+                Method::POST,
+                &setup.client().paths.groups(*kind),
+                Some(&body),
+            )
             .await
             .with_context(|| format!("failed to create property group \"{group}\""))?;
     }
     let file = config.path.display().to_string();
     for (kind, name, body) in &plan.create {
-        let created = client
-            .setup_request(Method::POST, &client.paths.property_list(*kind), Some(body))
+        let created = setup
+            .request(
+                Method::POST,
+                &setup.client().paths.property_list(*kind),
+                Some(body),
+            )
             .await
             .with_context(|| format!("failed to create {} property \"{name}\"", kind.plural()))?;
         if let SetupReply::AlreadyExists(answer) = created {
             // Created meanwhile (another worker, a person) or archived: read it and compare.
-            check_existing(client, config, *kind, name, body, &answer, &file).await?;
+            check_existing(setup, config, *kind, name, body, &answer, &file).await?;
             continue;
         }
         tracing::info!(object = kind.plural(), property = %name, "created property");
@@ -430,10 +439,10 @@ pub async fn apply(client: &HubSpotClient, config: &Config, plan: &Plan) -> anyh
     for (kind, name, options) in &plan.add_options {
         // PATCH replaces the whole option list: every existing option goes back as read.
         let body = json!({"options": options});
-        client
-            .setup_call(
+        setup
+            .call(
                 Method::PATCH,
-                &client.paths.property(*kind, name),
+                &setup.client().paths.property(*kind, name),
                 Some(&body),
             )
             .await
@@ -446,7 +455,7 @@ pub async fn apply(client: &HubSpotClient, config: &Config, plan: &Plan) -> anyh
 /// After a 409 on create: the property as it now is must be one hubsync may write, of the
 /// declared type.
 async fn check_existing(
-    client: &HubSpotClient,
+    setup: &Setup,
     config: &Config,
     kind: ObjectKind,
     name: &str,
@@ -454,11 +463,11 @@ async fn check_existing(
     answer: &Value,
     file: &str,
 ) -> anyhow::Result<()> {
-    let path = client.paths.property(kind, name);
-    let live = client.setup_call(Method::GET, &path, None).await?;
+    let path = setup.client().paths.property(kind, name);
+    let live = setup.call(Method::GET, &path, None).await?;
     let Some(p) = live else {
-        let archived = client
-            .setup_call(Method::GET, &format!("{path}?archived=true"), None)
+        let archived = setup
+            .call(Method::GET, &format!("{path}?archived=true"), None)
             .await?
             .is_some();
         let why = refusal(kind, name, None, archived, "", file).unwrap_or_else(|| {
@@ -501,14 +510,14 @@ fn declared_def<'a>(config: &'a Config, kind: ObjectKind, name: &str) -> Option<
 }
 
 /// Plans and, when nothing clashes, applies; a clash is an error listing every mismatch.
-pub async fn ensure(client: &HubSpotClient, config: &Config) -> anyhow::Result<Plan> {
-    let plan = plan(client, config).await?;
+pub async fn ensure(setup: &Setup, config: &Config) -> anyhow::Result<Plan> {
+    let plan = plan(setup, config).await?;
     if !plan.mismatches.is_empty() {
         anyhow::bail!(
             "hubsync.toml does not match the portal's property definitions:\n  {}",
             plan.mismatches.join("\n  ")
         );
     }
-    apply(client, config, &plan).await?;
+    apply(setup, config, &plan).await?;
     Ok(plan)
 }

@@ -1,5 +1,6 @@
 //! Everything about HubSpot's API: paths per API edition, request and response shapes,
 //! `classify` (every response into one outcome), and the HTTP client.
+//! It knows nothing of the shared limiter either: callers take permits before they call.
 //!
 //! This module knows nothing of Postgres; the worker decides what an outcome means for rows.
 

@@ -238,7 +238,14 @@ pub async fn sync_once(
         let reply = w.client.batch_upsert(kind, &request).await;
         report.requests += 1;
         if let Ok(r) = &reply {
-            w.limiter.observe(&r.rate).await?;
+            w.limiter
+                .observe(
+                    r.rate.max,
+                    r.rate.interval_ms,
+                    r.rate.daily,
+                    r.rate.daily_remaining,
+                )
+                .await?;
         }
         let outcome = classify(&group_sent, &key_property, reply.as_ref(), Utc::now());
         match outcome {

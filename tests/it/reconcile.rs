@@ -15,9 +15,11 @@ async fn sim() -> Simulator {
 async fn refused(sim: &Simulator, config: &str) -> String {
     let config = parse_config(config);
     let client = client_for(sim, &config);
-    let plan = hubsync::reconcile::plan(&client, &config).await.unwrap();
+    let plan = hubsync::reconcile::plan(&client.clone().into(), &config)
+        .await
+        .unwrap();
     assert!(!plan.mismatches.is_empty(), "check must report a mismatch");
-    let err = hubsync::reconcile::ensure(&client, &config)
+    let err = hubsync::reconcile::ensure(&client.clone().into(), &config)
         .await
         .expect_err("start must be refused");
     format!("{err:#}")
@@ -37,7 +39,7 @@ async fn adding_options_keeps_every_existing_option_exactly(pool: PgPool) {
                "groupName": "contactinformation", "options": existing}),
     );
     let config = parse_config(CONFIG);
-    hubsync::reconcile::ensure(&client_for(&sim, &config), &config)
+    hubsync::reconcile::ensure(&client_for(&sim, &config).into(), &config)
         .await
         .unwrap();
     let options = sim.property("contacts", "current_plan").unwrap()["options"].clone();
@@ -104,7 +106,7 @@ async fn names_hubspot_defines_calculates_or_makes_read_only_are_refused(pool: P
 async fn an_archived_property_of_that_name_is_refused_with_the_fix(pool: PgPool) {
     let sim = sim().await;
     let config = parse_config(CONFIG);
-    hubsync::reconcile::ensure(&client_for(&sim, &config), &config)
+    hubsync::reconcile::ensure(&client_for(&sim, &config).into(), &config)
         .await
         .unwrap();
     assert!(sim.archive_property("contacts", "total_sessions"));
@@ -127,7 +129,7 @@ async fn a_multi_select_declared_against_a_single_select_is_refused(pool: PgPool
         "options = [\"free\", \"pro\", \"enterprise\"]\nmultiple = true",
     );
     let config = parse_config(CONFIG);
-    hubsync::reconcile::ensure(&client_for(&sim, &config), &config)
+    hubsync::reconcile::ensure(&client_for(&sim, &config).into(), &config)
         .await
         .unwrap();
     let err = refused(&sim, &text).await;
@@ -142,7 +144,7 @@ async fn a_multi_select_declared_against_a_single_select_is_refused(pool: PgPool
 async fn bool_properties_are_created_with_yes_and_no(pool: PgPool) {
     let sim = sim().await;
     let config = parse_config(CONFIG);
-    hubsync::reconcile::ensure(&client_for(&sim, &config), &config)
+    hubsync::reconcile::ensure(&client_for(&sim, &config).into(), &config)
         .await
         .unwrap();
     let created: Vec<Value> = sim
@@ -167,14 +169,16 @@ async fn a_property_created_meanwhile_is_read_back_and_compared(pool: PgPool) {
     let sim = sim().await;
     let config = parse_config(CONFIG);
     let client = client_for(&sim, &config);
-    let plan = hubsync::reconcile::plan(&client, &config).await.unwrap();
+    let plan = hubsync::reconcile::plan(&client.clone().into(), &config)
+        .await
+        .unwrap();
     // Someone creates it between the read and the create, with another type.
     sim.define_property(
         "contacts",
         json!({"name": "total_sessions", "label": "S", "type": "string", "fieldType": "text",
                "groupName": "contactinformation"}),
     );
-    let err = hubsync::reconcile::apply(&client, &config, &plan)
+    let err = hubsync::reconcile::apply(&client.clone().into(), &config, &plan)
         .await
         .expect_err("a clash found on 409 refuses start");
     let err = format!("{err:#}");
@@ -185,12 +189,37 @@ async fn a_property_created_meanwhile_is_read_back_and_compared(pool: PgPool) {
     // The same with the declared type is fine.
     let sim = self::sim().await;
     let client = client_for(&sim, &config);
-    let plan = hubsync::reconcile::plan(&client, &config).await.unwrap();
-    hubsync::reconcile::ensure(&client_for(&sim, &config), &config)
+    let plan = hubsync::reconcile::plan(&client.clone().into(), &config)
         .await
         .unwrap();
-    hubsync::reconcile::apply(&client, &config, &plan)
+    hubsync::reconcile::ensure(&client_for(&sim, &config).into(), &config)
+        .await
+        .unwrap();
+    hubsync::reconcile::apply(&client.clone().into(), &config, &plan)
         .await
         .expect("409s for matching properties are fine");
     drop(pool);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_429_during_start_up_pauses_every_worker(pool: PgPool) {
+    let sim = SimConfig {
+        requests_per_window: 3,
+        window: std::time::Duration::from_millis(500),
+        ..SimConfig::default()
+    };
+    // The worker's own limit is the configured 100: only HubSpot's 429 can slow it here.
+    let h = crate::harness::Harness::with(pool, CONFIG, sim).await;
+    h.setup().await;
+    assert!(h.sim.requests().iter().any(|r| r.status == 429));
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert!(
+        reason.is_some_and(|r| r.contains("TEN_SECONDLY_ROLLING")),
+        "the pause is shared through the limiter row"
+    );
+    assert!(h.sim.property("contacts", "total_sessions").is_some());
 }
