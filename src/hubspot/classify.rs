@@ -410,6 +410,90 @@ fn concerns_company_id(message: &str, key_property: &str) -> bool {
             .any(|word| word == key_property)
 }
 
+/// Classifies a batch-association reply for `pairs` (contact id, company id). A 2xx lists each
+/// pair as written when a result joins the two ids, as failed (`association_refused`) when an
+/// error's context names either id, and as failed (`not_written`) when the reply says nothing
+/// of it. Anything else is classified as for upserts: 429 pauses, 401/403 halt, the rest retry.
+pub fn classify_associations(
+    pairs: &[(String, String)],
+    reply: Result<&Reply, &Transport>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let Ok(r) = reply else {
+        return classify(&[], "", reply, now);
+    };
+    if !(200..300).contains(&r.status) {
+        return classify(&[], "", reply, now);
+    }
+    let body = parse_body(&r.body);
+    let id = |v: Option<&Value>| match v.and_then(|end| end.get("id")) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let made: Vec<(String, String)> = match body.get("results") {
+        Some(Value::Array(results)) => results
+            .iter()
+            .filter_map(|r| Some((id(r.get("from"))?, id(r.get("to"))?)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let errors: Vec<(&Value, Vec<String>)> = match body.get("errors") {
+        Some(Value::Array(errors)) => errors
+            .iter()
+            .map(|e| {
+                let named = match e.get("context") {
+                    Some(Value::Object(context)) => {
+                        context.values().flat_map(|v| strings(Some(v))).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                (e, named)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut written = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (contact, company)) in pairs.iter().enumerate() {
+        let joined = made
+            .iter()
+            .any(|(a, b)| (a == contact && b == company) || (a == company && b == contact));
+        if joined {
+            written.push((i, None));
+            continue;
+        }
+        let refusal = errors
+            .iter()
+            .find(|(_, named)| named.iter().any(|n| n == contact || n == company));
+        let error = match refusal {
+            Some((e, _)) => RecordError {
+                category: "association_refused",
+                code: str_field(e, "category").map(String::from),
+                message: format!(
+                    "HubSpot refused to associate contact {contact} with company {company}: {}",
+                    str_field(e, "message").unwrap_or("(no message)")
+                ),
+                raw: (*e).clone(),
+                permanent: false,
+                properties: Vec::new(),
+            },
+            None => RecordError {
+                category: "not_written",
+                code: None,
+                message: format!(
+                    "HubSpot answered success but its reply does not mention the association of contact {contact} with company {company}, so it was not made"
+                ),
+                raw: Value::Null,
+                permanent: false,
+                properties: Vec::new(),
+            },
+        };
+        failed.push((i, error));
+    }
+    Outcome::Completed { written, failed }
+}
+
 fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
     let by_trace: HashMap<&str, usize> = inputs
         .iter()

@@ -7,7 +7,10 @@
 pub mod classify;
 pub mod client;
 pub mod paths;
+pub mod requests;
 
-pub use classify::{Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify};
+pub use classify::{
+    Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify, classify_associations,
+};
 pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

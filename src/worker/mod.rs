@@ -1,6 +1,7 @@
 //! The worker: `run_once` does one unit of each kind of work; `run` only decides when to call
 //! the steps again, with ingest, several sync loops and upkeep running side by side.
 
+pub mod associate;
 pub mod ingest;
 pub mod retry;
 pub mod sync;
@@ -10,8 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::Method;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -204,46 +203,7 @@ impl Worker {
 
     /// Associates synced contacts with their synced companies (HUBSPOT.md §7).
     async fn associate_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        if self.config.companies.is_none() {
-            return Ok(0);
-        }
-        let pending = db::objects::pending_associations(&self.pool, 100).await?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        if self
-            .limiter
-            .acquire(cancel, Duration::from_secs(15))
-            .await?
-            .is_err()
-        {
-            return Ok(0);
-        }
-        let inputs: Vec<Value> = pending
-            .iter()
-            .map(|(contact, company, _, _)| json!({"from": {"id": contact}, "to": {"id": company}}))
-            .collect();
-        let path = self.client.paths.associate_contacts_to_companies();
-        let reply = self
-            .client
-            .send(Method::POST, &path, Some(&json!({ "inputs": inputs })))
-            .await;
-        match reply {
-            Ok(r) if (200..300).contains(&r.status) => {
-                let contacts: Vec<String> = pending.iter().map(|p| p.2.clone()).collect();
-                let companies: Vec<String> = pending.iter().map(|p| p.3.clone()).collect();
-                db::objects::record_associated(&self.pool, &contacts, &companies).await?;
-                Ok(pending.len())
-            }
-            Ok(r) => {
-                tracing::warn!(status = r.status, body = %r.body, "association request failed; will retry");
-                Ok(0)
-            }
-            Err(e) => {
-                tracing::warn!("association request failed: {e:?}; will retry");
-                Ok(0)
-            }
-        }
+        associate::associate_once(self, cancel).await
     }
 
     /// The long-running worker: one ingest loop, `concurrency` sync loops, one upkeep loop,

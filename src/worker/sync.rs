@@ -18,6 +18,7 @@ use super::Worker;
 use super::retry::retry_delay;
 use crate::db;
 use crate::db::objects::{Leased, ObjectFailure, Written};
+use crate::hubspot::requests::{self, UpsertInput};
 use crate::hubspot::{Outcome, RecordError, SentInput, classify};
 use crate::ratelimit::NoPermit;
 use crate::schema::{ObjectKind, ObjectState};
@@ -134,19 +135,14 @@ fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> Built {
 }
 
 fn body(key_property: &str, inputs: &[Input], group: &[usize]) -> Value {
-    let items: Vec<Value> = group
-        .iter()
-        .map(|&i| {
-            let input = &inputs[i];
-            json!({
-                "id": input.leased.key,
-                "idProperty": key_property,
-                "objectWriteTraceId": input.trace_id,
-                "properties": input.properties,
-            })
-        })
-        .collect();
-    json!({ "inputs": items })
+    requests::upsert_body(
+        key_property,
+        group.iter().map(|&i| UpsertInput {
+            key: &inputs[i].leased.key,
+            trace_id: &inputs[i].trace_id,
+            properties: &inputs[i].properties,
+        }),
+    )
 }
 
 /// The fate of one leased object after the step.

@@ -1,6 +1,7 @@
 //! hubsync's integration tests: one binary, a real Postgres database per test, the simulator
 //! over real HTTP on loopback.
 
+mod associations;
 mod end_to_end;
 mod failures;
 mod grants;
