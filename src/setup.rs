@@ -6,13 +6,30 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use chrono::Utc;
+use chrono::{FixedOffset, Utc};
 use reqwest::Method;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::hubspot::{HubSpotClient, Outcome, SetupReply, Transport, classify};
+use crate::hubspot::{HubSpotClient, Outcome, Reply, SetupReply, Transport, classify};
 use crate::ratelimit::Limiter;
+
+/// Feeds a reply's rate-limit headers to the shared limiter (the limit it states, the daily
+/// budget left).
+pub async fn observe(
+    limiter: &Limiter,
+    reply: &Result<Reply, Transport>,
+) -> Result<(), sqlx::Error> {
+    match reply {
+        Ok(r) => {
+            let rate = &r.rate;
+            limiter
+                .observe(rate.max, rate.interval_ms, rate.daily, rate.daily_remaining)
+                .await
+        }
+        Err(_) => Ok(()),
+    }
+}
 
 /// Tries per setup call while HubSpot is busy or unreachable.
 const TRIES: u32 = 6;
@@ -176,4 +193,42 @@ impl Setup {
             tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
         }
     }
+}
+
+/// The portal's offset from UTC, from `GET /account-info/v3/details` (`utcOffsetMilliseconds`,
+/// else `utcOffset` as `±HH:MM`): HubSpot's daily limit resets at the portal's midnight. `None`,
+/// with a warning, when the call is not allowed or the answer can't be read.
+pub async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
+    let path = setup.client().paths.account_details();
+    let details = match setup.call(Method::GET, &path, None).await {
+        Ok(Some(details)) => details,
+        Ok(None) => Value::Null,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the portal's time zone ({e:#}); after a daily 429, hubsync tries again once an hour instead of waiting for the portal's midnight"
+            );
+            return None;
+        }
+    };
+    let offset = details
+        .get("utcOffsetMilliseconds")
+        .and_then(Value::as_i64)
+        .and_then(|ms| i32::try_from(ms / 1000).ok())
+        .or_else(|| {
+            let text = details.get("utcOffset")?.as_str()?;
+            let (sign, rest) = match text.strip_prefix('-') {
+                Some(rest) => (-1, rest),
+                None => (1, text.strip_prefix('+').unwrap_or(text)),
+            };
+            let (hours, minutes) = rest.split_once(':').unwrap_or((rest, "0"));
+            let seconds = hours.parse::<i32>().ok()? * 3600 + minutes.parse::<i32>().ok()? * 60;
+            Some(sign * seconds)
+        })
+        .and_then(FixedOffset::east_opt);
+    if offset.is_none() {
+        tracing::warn!(
+            "the portal's account details carry no readable UTC offset; after a daily 429, hubsync tries again once an hour"
+        );
+    }
+    offset
 }

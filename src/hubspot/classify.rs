@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Days, Utc};
+#[cfg(test)]
+use chrono::Utc;
+use chrono::{DateTime, Days, TimeZone};
 use serde_json::Value;
 
 /// Per-record error codes that will fail again until someone changes the data, the config or
@@ -260,24 +262,27 @@ fn parse_body(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.chars().take(2000).collect()))
 }
 
-fn next_utc_midnight(now: DateTime<Utc>) -> Duration {
+/// The time left until the next midnight in `now`'s time zone (the portal's): when HubSpot's
+/// daily limit resets.
+fn next_midnight<Tz: TimeZone>(now: &DateTime<Tz>) -> Duration {
     let tomorrow = now
         .date_naive()
         .checked_add_days(Days::new(1))
         .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc());
+        .and_then(|t| now.timezone().from_local_datetime(&t).earliest());
     tomorrow
-        .and_then(|t| (t - now).to_std().ok())
+        .and_then(|t| (t - now.clone()).to_std().ok())
         .unwrap_or(Duration::from_secs(3600))
 }
 
 /// Classifies a batch-upsert reply for `inputs`. `key_property` is the property HubSpot echoes
-/// the key in (`email` for contacts); `now` decides how long a daily limit lasts.
-pub fn classify(
+/// the key in (`email` for contacts); `now`, in the portal's time zone, decides how long a
+/// daily limit lasts (until the portal's midnight).
+pub fn classify<Tz: TimeZone>(
     inputs: &[SentInput],
     key_property: &str,
     reply: Result<&Reply, &Transport>,
-    now: DateTime<Utc>,
+    now: DateTime<Tz>,
 ) -> Outcome {
     let reply = match reply {
         Err(Transport::Timeout) => {
@@ -347,7 +352,7 @@ pub fn classify(
         429 => {
             let daily = str_field(&body, "policyName") == Some("DAILY");
             let wait = if daily {
-                reply.retry_after.unwrap_or_else(|| next_utc_midnight(now))
+                reply.retry_after.unwrap_or_else(|| next_midnight(&now))
             } else {
                 reply
                     .retry_after
@@ -414,10 +419,10 @@ fn concerns_company_id(message: &str, key_property: &str) -> bool {
 /// pair as written when a result joins the two ids, as failed (`association_refused`) when an
 /// error's context names either id, and as failed (`not_written`) when the reply says nothing
 /// of it. Anything else is classified as for upserts: 429 pauses, 401/403 halt, the rest retry.
-pub fn classify_associations(
+pub fn classify_associations<Tz: TimeZone>(
     pairs: &[(String, String)],
     reply: Result<&Reply, &Transport>,
-    now: DateTime<Utc>,
+    now: DateTime<Tz>,
 ) -> Outcome {
     let Ok(r) = reply else {
         return classify(&[], "", reply, now);
@@ -779,10 +784,21 @@ mod tests {
             matches!(out, Outcome::RateLimited { daily: false, wait, .. } if wait == Duration::from_secs(10))
         );
         let daily = reply(429, json!({"policyName": "DAILY"}));
-        let noon = "2026-11-26T12:00:00Z".parse().unwrap();
+        let noon: chrono::DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
         let out = classify(&inputs(1), "email", Ok(&daily), noon);
         assert!(
             matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(12 * 3600))
+        );
+        // Noon UTC is 07:00 at UTC-5: the portal's day ends in 17 hours.
+        let eastern = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
+        let out = classify(
+            &inputs(1),
+            "email",
+            Ok(&daily),
+            noon.with_timezone(&eastern),
+        );
+        assert!(
+            matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(17 * 3600))
         );
     }
 

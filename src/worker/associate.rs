@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::Utc;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +48,7 @@ pub async fn associate_once(w: &Worker, cancel: &CancellationToken) -> anyhow::R
         let Some(reply) = send(w, cancel, &path, &archive_body(&pairs)).await? else {
             return Ok(0);
         };
-        match classify(&[], "", reply.as_ref(), Utc::now()) {
+        match w.daily_wait(classify(&[], "", reply.as_ref(), w.portal_now())) {
             Outcome::Completed { .. } => {}
             other => {
                 let stale: Vec<PendingAssociation> = stale.into_iter().cloned().collect();
@@ -76,7 +75,11 @@ pub async fn associate_once(w: &Worker, cancel: &CancellationToken) -> anyhow::R
     let Some(reply) = send(w, cancel, &path, &associate_body(&pairs)).await? else {
         return Ok(0);
     };
-    match classify_associations(&pairs, reply.as_ref(), Utc::now()) {
+    match w.daily_wait(classify_associations(
+        &pairs,
+        reply.as_ref(),
+        w.portal_now(),
+    )) {
         Outcome::Completed { written, failed } => {
             let done: Vec<PendingAssociation> =
                 written.iter().map(|(i, _)| due[*i].clone()).collect();
@@ -112,16 +115,7 @@ async fn send(
         return Ok(None);
     }
     let reply = w.client.send(Method::POST, path, Some(body)).await;
-    if let Ok(r) = &reply {
-        w.limiter
-            .observe(
-                r.rate.max,
-                r.rate.interval_ms,
-                r.rate.daily,
-                r.rate.daily_remaining,
-            )
-            .await?;
-    }
+    crate::setup::observe(&w.limiter, &reply).await?;
     Ok(Some(reply))
 }
 
@@ -135,22 +129,11 @@ async fn settle_failure(
 ) -> anyhow::Result<bool> {
     match outcome {
         Outcome::RateLimited { wait, reason, .. } => {
-            tracing::warn!(
-                wait_ms = wait.as_millis() as u64,
-                "{reason}; pausing every worker"
-            );
-            w.limiter.pause(wait, &reason).await?;
+            w.pause_everyone(wait, &reason).await?;
             Ok(false)
         }
         Outcome::Halt { reason, status, .. } => {
-            tracing::error!(
-                status,
-                "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {:?}",
-                w.config.worker.auth_probe_interval
-            );
-            w.limiter
-                .pause(w.config.worker.auth_probe_interval, &reason)
-                .await?;
+            w.halt(status, &reason).await?;
             Ok(false)
         }
         Outcome::Retry {

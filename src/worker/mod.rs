@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::{DateTime, FixedOffset, Offset, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db;
-use crate::hubspot::HubSpotClient;
+use crate::hubspot::{HubSpotClient, Outcome};
 use crate::ratelimit::Limiter;
 use crate::schema::ObjectKind;
 pub use sync::SyncReport;
@@ -36,6 +37,9 @@ pub struct Worker {
     pub limiter: Limiter,
     /// Jitter source.
     pub jitter: Jitter,
+    /// The portal's offset from UTC (its daily limit resets at its midnight); `None` when it
+    /// could not be read: a daily pause then lasts an hour, and the next request probes.
+    pub portal: Option<FixedOffset>,
     /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
     /// and send fuller, fewer batches.
     backlog: AtomicBool,
@@ -50,7 +54,7 @@ pub struct Step {
     pub refused: usize,
     /// Sync results, contacts and companies together.
     pub sync: SyncReport,
-    /// Associations made.
+    /// Association pairs handled (made, retried or given up on).
     pub associated: usize,
     /// Dead-letter rows replayed (events folded again, objects queued again).
     pub replayed: usize,
@@ -87,14 +91,64 @@ impl Worker {
         )
         .await
         .context("failed to set up the shared rate limiter")?;
+        let setup = crate::setup::Setup::new(
+            client.clone(),
+            Some(limiter.clone()),
+            config.worker.auth_probe_interval,
+        );
+        let portal = crate::setup::portal_offset(&setup).await;
+        let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
         Ok(Worker {
             pool,
             config,
             client,
             limiter,
+            portal,
             jitter: Arc::new(rand::random::<f64>),
             backlog: AtomicBool::new(false),
         })
+    }
+
+    /// Now, in the portal's time zone (UTC when unknown).
+    pub fn portal_now(&self) -> DateTime<FixedOffset> {
+        let offset = self.portal.unwrap_or_else(|| Utc.fix());
+        Utc::now().with_timezone(&offset)
+    }
+
+    /// A daily 429 waits for the portal's midnight; when the portal's time zone is unknown, an
+    /// hour at most, after which the next request probes whether the day has turned.
+    pub fn daily_wait(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::RateLimited {
+                daily: true,
+                wait,
+                reason,
+            } if self.portal.is_none() => Outcome::RateLimited {
+                daily: true,
+                wait: wait.min(Duration::from_secs(3600)),
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    /// A 429: every worker waits `wait` (not an attempt against anything).
+    pub async fn pause_everyone(&self, wait: Duration, reason: &str) -> anyhow::Result<()> {
+        tracing::warn!(
+            wait_ms = wait.as_millis() as u64,
+            "{reason}; pausing every worker"
+        );
+        Ok(self.limiter.pause(wait, reason).await?)
+    }
+
+    /// A 401/403: every worker stops sending until the next probe; nothing is consumed.
+    pub async fn halt(&self, status: u16, reason: &str) -> anyhow::Result<()> {
+        let probe = self.config.worker.auth_probe_interval;
+        tracing::error!(
+            status,
+            "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {probe:?}"
+        );
+        Ok(self.limiter.pause(probe, reason).await?)
     }
 
     /// Replaces the jitter source (tests).

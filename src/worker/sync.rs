@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -233,17 +232,13 @@ pub async fn sync_once(
         }
         let reply = w.client.batch_upsert(kind, &request).await;
         report.requests += 1;
-        if let Ok(r) = &reply {
-            w.limiter
-                .observe(
-                    r.rate.max,
-                    r.rate.interval_ms,
-                    r.rate.daily,
-                    r.rate.daily_remaining,
-                )
-                .await?;
-        }
-        let outcome = classify(&group_sent, &key_property, reply.as_ref(), Utc::now());
+        crate::setup::observe(&w.limiter, &reply).await?;
+        let outcome = w.daily_wait(classify(
+            &group_sent,
+            &key_property,
+            reply.as_ref(),
+            w.portal_now(),
+        ));
         match outcome {
             Outcome::Completed { written, failed } => {
                 for (j, id) in written {
@@ -264,29 +259,13 @@ pub async fn sync_once(
                 }
                 w.limiter.clear().await?;
             }
-            Outcome::RateLimited {
-                wait,
-                reason,
-                daily,
-            } => {
-                tracing::warn!(
-                    daily,
-                    wait_ms = wait.as_millis() as u64,
-                    "{reason}; pausing every worker"
-                );
-                w.limiter.pause(wait, &reason).await?;
+            Outcome::RateLimited { wait, reason, .. } => {
+                w.pause_everyone(wait, &reason).await?;
                 // Not an attempt: the same inputs go again once the pause is over.
                 stack.push(group);
             }
             Outcome::Halt { reason, status, .. } => {
-                tracing::error!(
-                    status,
-                    "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {:?}",
-                    w.config.worker.auth_probe_interval
-                );
-                w.limiter
-                    .pause(w.config.worker.auth_probe_interval, &reason)
-                    .await?;
+                w.halt(status, &reason).await?;
                 report.halted = true;
                 for i in group.into_iter().chain(stack.drain(..).flatten()) {
                     fates.insert(i, Fate::Released);

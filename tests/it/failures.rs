@@ -601,3 +601,46 @@ async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(poo
     assert_eq!(attempts, 0);
     assert_eq!(h.count("dlq").await, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_daily_limit_in_a_portal_at_utc_minus_5_pauses_until_its_local_midnight(pool: PgPool) {
+    let sim = SimConfig {
+        daily_limit: Some(1),
+        time_zone: "US/Eastern".into(),
+        utc_offset_minutes: -300,
+        ..SimConfig::default()
+    };
+    // The worker reads the portal's time zone before the day's budget is known to be spent.
+    let h = Harness::with(pool, CONFIG, sim).await;
+    assert_eq!(
+        h.worker.portal,
+        chrono::FixedOffset::west_opt(5 * 3600),
+        "read from the account details"
+    );
+    h.enqueue("over@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.drain().await;
+    assert_eq!(h.upserts().last().map(|r| r.status), Some(429));
+    let paused_until: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT paused_until FROM hubsync.limiter WHERE name = 'hubspot'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    let eastern = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
+    let local_now = chrono::Utc::now().with_timezone(&eastern);
+    let local_midnight = local_now
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_local_timezone(eastern)
+        .unwrap();
+    let off = (paused_until - local_midnight.with_timezone(&chrono::Utc))
+        .num_milliseconds()
+        .abs();
+    assert!(
+        off < 5_000,
+        "paused until {paused_until}, local midnight is {local_midnight}"
+    );
+}

@@ -7,6 +7,7 @@ mod failures;
 mod grants;
 mod harness;
 mod invariants;
+mod limits;
 mod migrations;
 mod outages;
 mod poison;
