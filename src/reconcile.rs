@@ -326,12 +326,13 @@ fn type_mismatch(def: &PropertyDef, p: &Value) -> Option<String> {
     None
 }
 
-async fn fetch_object(setup: &Setup, kind: ObjectKind) -> anyhow::Result<Remote> {
+/// A list call's `results`, by name: properties or groups.
+async fn list_by_name(setup: &Setup, path: &str) -> anyhow::Result<BTreeMap<String, Value>> {
     let list = setup
-        .call(Method::GET, &setup.client().paths.property_list(kind), None)
+        .call(Method::GET, path, None)
         .await?
         .unwrap_or(Value::Null);
-    let remote: BTreeMap<String, Value> = list
+    Ok(list
         .get("results")
         .and_then(Value::as_array)
         .map(|items| {
@@ -340,44 +341,23 @@ async fn fetch_object(setup: &Setup, kind: ObjectKind) -> anyhow::Result<Remote>
                 .filter_map(|p| Some((p.get("name")?.as_str()?.to_string(), p.clone())))
                 .collect()
         })
-        .unwrap_or_default();
-    let groups = setup
-        .call(Method::GET, &setup.client().paths.groups(kind), None)
-        .await?
-        .unwrap_or(Value::Null);
-    let groups: Vec<String> = groups
-        .get("results")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|g| g.get("name")?.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+async fn fetch_object(setup: &Setup, kind: ObjectKind) -> anyhow::Result<Remote> {
+    let paths = setup.client().paths;
+    let properties = list_by_name(setup, &paths.property_list(kind)).await?;
+    let groups = list_by_name(setup, &paths.groups(kind)).await?;
     // Archived properties are invisible to the plain list, yet their names are taken.
-    let archived = setup
-        .call(
-            Method::GET,
-            &format!("{}?archived=true", setup.client().paths.property_list(kind)),
-            None,
-        )
-        .await?
-        .unwrap_or(Value::Null);
-    let archived: Vec<String> = archived
-        .get("results")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|p| p.get("name")?.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let archived = list_by_name(
+        setup,
+        &format!("{}?archived=true", paths.property_list(kind)),
+    )
+    .await?;
     Ok(Remote {
-        properties: remote,
-        archived,
-        groups,
+        properties,
+        archived: archived.into_keys().collect(),
+        groups: groups.into_keys().collect(),
     })
 }
 

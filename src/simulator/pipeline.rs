@@ -59,44 +59,14 @@ impl Route {
             | ["crm", "properties", "2026-03", kind, name] => {
                 object(kind).map(|kind| Route::Property(kind, percent_decode(name, false)))
             }
-            [
-                "crm",
-                "v4",
-                "associations",
-                "contacts",
-                "companies",
-                "batch",
-                "associate",
-                "default",
-            ]
-            | [
-                "crm",
-                "associations",
-                "2026-03",
-                "contacts",
-                "companies",
-                "batch",
-                "associate",
-                "default",
-            ] => Some(Route::Associate),
-            [
-                "crm",
-                "v4",
-                "associations",
-                "contacts",
-                "companies",
-                "batch",
-                "archive",
-            ]
-            | [
-                "crm",
-                "associations",
-                "2026-03",
-                "contacts",
-                "companies",
-                "batch",
-                "archive",
-            ] => Some(Route::ArchiveAssociations),
+            ["crm", "v4", "associations", rest @ ..]
+            | ["crm", "associations", "2026-03", rest @ ..] => match rest {
+                ["contacts", "companies", "batch", "associate", "default"] => {
+                    Some(Route::Associate)
+                }
+                ["contacts", "companies", "batch", "archive"] => Some(Route::ArchiveAssociations),
+                _ => None,
+            },
             ["account-info", "v3", "details"] => Some(Route::AccountDetails),
             _ => None,
         };

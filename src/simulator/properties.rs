@@ -244,6 +244,10 @@ const CONTACT_SEEDS: &[Seed] = &[
         Access::ReadOnly,
         &[],
     ),
+];
+
+/// What every object type has: the record id and its timestamps.
+const SYSTEM_SEEDS: &[Seed] = &[
     (
         "hs_object_id",
         "Record ID",
@@ -340,30 +344,6 @@ const COMPANY_SEEDS: &[Seed] = &[
         Access::Calculated,
         &[],
     ),
-    (
-        "hs_object_id",
-        "Record ID",
-        "number",
-        "number",
-        Access::ReadOnly,
-        &[],
-    ),
-    (
-        "createdate",
-        "Create Date",
-        "datetime",
-        "date",
-        Access::ReadOnly,
-        &[],
-    ),
-    (
-        "lastmodifieddate",
-        "Last Modified Date",
-        "datetime",
-        "date",
-        Access::ReadOnly,
-        &[],
-    ),
 ];
 
 /// HubSpot allows at most this many unique-value properties per object type.
@@ -386,7 +366,9 @@ impl Schema {
             group.to_owned(),
             json!({"name": group, "label": group_label, "displayOrder": -1, "archived": false}),
         );
-        for (order, &(name, label, kind, field_type, access, options)) in seeds.iter().enumerate() {
+        for (order, &(name, label, kind, field_type, access, options)) in
+            seeds.iter().chain(SYSTEM_SEEDS).enumerate()
+        {
             let options: Vec<Value> = options
                 .iter()
                 .enumerate()

@@ -25,33 +25,9 @@ async fn dlq(pool: &PgPool) -> Vec<(String, String, String)> {
     .unwrap()
 }
 
-#[sqlx::test(migrations = false)]
-async fn an_upsert_by_a_secondary_email_is_matched_by_its_trace_id(pool: PgPool) {
-    let h = Harness::new(pool).await;
-    h.setup().await;
-    h.enqueue("main@acme.com", json!({"total_sessions": 1}))
-        .await;
-    h.drain().await;
-    let main = h.contact("main@acme.com").id;
-    assert!(h.sim.add_secondary_email("main@acme.com", "other@acme.com"));
-    h.enqueue("other@acme.com", json!({"total_sessions": 5}))
-        .await;
-    h.drain().await;
-    assert_eq!(object(&h.pool, "other@acme.com").await, (false, Some(main)));
-    assert_eq!(
-        h.prop("main@acme.com", "total_sessions").as_deref(),
-        Some("5")
-    );
-    assert!(dlq(&h.pool).await.is_empty());
-}
-
-#[sqlx::test(migrations = false)]
-async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPool) {
-    let sim = SimConfig {
-        echo_trace_ids: false,
-        ..SimConfig::default()
-    };
-    let h = Harness::with(pool, CONFIG, sim).await;
+/// `main@acme.com` synced, then `other@acme.com` added to it as a secondary email; returns
+/// the contact's id.
+async fn merged(h: &Harness) -> String {
     h.setup().await;
     h.enqueue("main@acme.com", json!({"total_sessions": 1}))
         .await;
@@ -61,6 +37,35 @@ async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPo
     assert!(h.sim.add_secondary_email("main@acme.com", "other@acme.com"));
     h.enqueue("other@acme.com", json!({"total_sessions": 5}))
         .await;
+    main
+}
+
+/// The event for `other@acme.com` reached the contact `main`, and hubsync recorded it so.
+async fn written_to_the_primary(h: &Harness, main: String) {
+    assert_eq!(object(&h.pool, "other@acme.com").await, (false, Some(main)));
+    assert_eq!(
+        h.prop("main@acme.com", "total_sessions").as_deref(),
+        Some("5")
+    );
+    assert!(dlq(&h.pool).await.is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_upsert_by_a_secondary_email_is_matched_by_its_trace_id(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    let main = merged(&h).await;
+    h.drain().await;
+    written_to_the_primary(&h, main).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPool) {
+    let sim = SimConfig {
+        echo_trace_ids: false,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
+    let main = merged(&h).await;
     h.worker.ingest_once().await.unwrap();
     // hubsync learnt this contact's id earlier (say, before the two were merged in HubSpot).
     sqlx::query("UPDATE hubsync.objects SET hubspot_id = $1 WHERE object_key = 'other@acme.com'")
@@ -69,12 +74,7 @@ async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPo
         .await
         .unwrap();
     h.drain().await;
-    assert_eq!(object(&h.pool, "other@acme.com").await, (false, Some(main)));
-    assert_eq!(
-        h.prop("main@acme.com", "total_sessions").as_deref(),
-        Some("5")
-    );
-    assert!(dlq(&h.pool).await.is_empty());
+    written_to_the_primary(&h, main).await;
 }
 
 #[sqlx::test(migrations = false)]

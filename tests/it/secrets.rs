@@ -144,9 +144,12 @@ async fn no_command_prints_the_token_or_the_database_password(pool: PgPool) {
         Some(1)
     );
     sim.set_token(TOKEN);
+    let checked = run(&["check"], UNREACHABLE[0], &base).await;
     assert_eq!(
-        run(&["check"], UNREACHABLE[0], &base).await.status.code(),
-        Some(0)
+        checked.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
     );
 
     // The whole path with the password in the URL, a refused event included.
