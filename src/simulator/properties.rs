@@ -196,14 +196,6 @@ const CONTACT_SEEDS: &[Seed] = &[
         &[],
     ),
     (
-        "lifecyclestage",
-        "Lifecycle Stage",
-        "enumeration",
-        "radio",
-        Access::Writable,
-        LIFECYCLE,
-    ),
-    (
         "hs_lead_status",
         "Lead Status",
         "enumeration",
@@ -219,14 +211,6 @@ const CONTACT_SEEDS: &[Seed] = &[
             "CONNECTED",
             "BAD_TIMING",
         ],
-    ),
-    (
-        "total_revenue",
-        "Total Revenue",
-        "number",
-        "number",
-        Access::Calculated,
-        &[],
     ),
     (
         "num_associated_deals",
@@ -246,8 +230,25 @@ const CONTACT_SEEDS: &[Seed] = &[
     ),
 ];
 
-/// What every object type has: the record id and its timestamps.
-const SYSTEM_SEEDS: &[Seed] = &[
+/// What contacts and companies both have: the lifecycle stage, the revenue rollup, the record
+/// id and its timestamps.
+const SHARED_SEEDS: &[Seed] = &[
+    (
+        "lifecyclestage",
+        "Lifecycle Stage",
+        "enumeration",
+        "radio",
+        Access::Writable,
+        LIFECYCLE,
+    ),
+    (
+        "total_revenue",
+        "Total Revenue",
+        "number",
+        "number",
+        Access::Calculated,
+        &[],
+    ),
     (
         "hs_object_id",
         "Record ID",
@@ -321,22 +322,6 @@ const COMPANY_SEEDS: &[Seed] = &[
         &[],
     ),
     (
-        "lifecyclestage",
-        "Lifecycle Stage",
-        "enumeration",
-        "radio",
-        Access::Writable,
-        LIFECYCLE,
-    ),
-    (
-        "total_revenue",
-        "Total Revenue",
-        "number",
-        "number",
-        Access::Calculated,
-        &[],
-    ),
-    (
         "num_associated_contacts",
         "Number of Associated Contacts",
         "number",
@@ -367,7 +352,7 @@ impl Schema {
             json!({"name": group, "label": group_label, "displayOrder": -1, "archived": false}),
         );
         for (order, &(name, label, kind, field_type, access, options)) in
-            seeds.iter().chain(SYSTEM_SEEDS).enumerate()
+            seeds.iter().chain(SHARED_SEEDS).enumerate()
         {
             let options: Vec<Value> = options
                 .iter()
