@@ -156,7 +156,12 @@ async fn no_command_prints_the_token_or_the_database_password(pool: PgPool) {
     let [in_userinfo, in_query] = reachable_urls(&pool);
     for url in [&in_userinfo, &in_query] {
         let out = run(&["migrate"], url, &base).await;
-        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for (key, props) in [
         ("s@acme.com", json!({"total_sessions": 2})),
