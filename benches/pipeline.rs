@@ -393,7 +393,7 @@ fn client(sim: &Simulator, config: &Config) -> anyhow::Result<HubSpotClient> {
 
 /// Creates the properties in the simulator, as `hubsync run` does at start.
 async fn setup_portal(sim: &Simulator, config: &Config) -> anyhow::Result<()> {
-    hubsync::reconcile::ensure(&client(sim, config)?, config).await?;
+    hubsync::reconcile::ensure(&client(sim, config)?.into(), config).await?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 -- Pipeline health: events waiting in the outbox and how old the oldest is, events processed in
 -- the last minute (the drain rate), objects waiting to be synced or backing off after failures,
--- dead-letter rows, the shared rate limiter and its pause, and the workers running by config
--- generation.
+-- dead-letter rows, the shared rate limiter: its pause, the daily budget (hubspot.daily_budget),
+-- what is left of it and when the portal's day resets, the limit HubSpot's headers state, and
+-- the workers running by config generation.
 SELECT
   (SELECT count(*) FROM hubsync.outbox)                                    AS outbox_backlog,
   (SELECT extract(epoch FROM now() - min(enqueued_at)) FROM hubsync.outbox) AS oldest_event_age_s,
@@ -28,4 +29,12 @@ SELECT
                   c.generation = max(c.generation) OVER () AS newest
              FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
             WHERE w.seen_at > now() - interval '30 seconds'
-            GROUP BY c.generation) g)                                      AS workers_by_generation;
+            GROUP BY c.generation) g)                                      AS workers_by_generation,
+  (SELECT daily_budget FROM hubsync.limiter WHERE name = 'hubspot')        AS daily_budget,
+  (SELECT CASE WHEN day_ends > now() THEN day_used ELSE 0 END
+     FROM hubsync.limiter WHERE name = 'hubspot')                          AS used_today,
+  (SELECT greatest(daily_budget - CASE WHEN day_ends > now() THEN day_used ELSE 0 END, 0)
+     FROM hubsync.limiter WHERE name = 'hubspot')                          AS budget_left,
+  (SELECT day_ends FROM hubsync.limiter WHERE name = 'hubspot')            AS day_resets_at,
+  (SELECT coalesce(learned_max::text || ' per ' || learned_interval_ms || ' ms', 'not seen yet')
+     FROM hubsync.limiter WHERE name = 'hubspot')                          AS hubspot_rate_limit;

@@ -187,6 +187,33 @@ fn client_for(config: &Config, env: &Env) -> anyhow::Result<HubSpotClient> {
     )
 }
 
+/// The shared limiter for `check`'s calls, so that they count against the portal's limit with
+/// every worker's; `None` (with a warning) when the database cannot give one.
+async fn check_limiter(env: &Env, config: &Config) -> Option<crate::ratelimit::Limiter> {
+    let limiter = async {
+        let pool = db::connect(env.database_url.expose(), 2).await?;
+        require_schema(&pool).await?;
+        let limiter = crate::ratelimit::Limiter::new(
+            pool,
+            config.hubspot.requests_per_10s,
+            config.hubspot.rate_window,
+            config.hubspot.rate_margin,
+        )
+        .await?;
+        anyhow::Ok(limiter)
+    }
+    .await;
+    match limiter {
+        Ok(limiter) => Some(limiter),
+        Err(e) => {
+            tracing::warn!(
+                "check calls HubSpot without the shared rate limiter ({e:#}); its requests are not counted with the workers', so a 429 is possible while they run"
+            );
+            None
+        }
+    }
+}
+
 /// Refuses to run against a database the migrations have not reached.
 async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
     let latest = db::migrations::latest_embedded();
@@ -213,7 +240,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => {
             let config = load_config(&cli.config, &env)?;
             let client = client_for(&config, &env)?;
-            let plan = crate::reconcile::plan(&client, &config).await?;
+            let setup = crate::setup::Setup::new(
+                client,
+                check_limiter(&env, &config).await,
+                config.worker.auth_probe_interval,
+            );
+            let plan = crate::reconcile::plan(&setup, &config).await?;
             println!("config {} is valid", config.path.display());
             let lines = plan.describe();
             if lines.is_empty() {
@@ -256,7 +288,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.hubspot.rate_margin,
             )
             .await?;
-            crate::reconcile::ensure(&client.clone().with_limiter(limiter), &config).await?;
+            let setup = crate::setup::Setup::new(
+                client.clone(),
+                Some(limiter),
+                config.worker.auth_probe_interval,
+            );
+            crate::reconcile::ensure(&setup, &config).await?;
             telemetry.set_reconciled();
             let worker = Worker::new(pool, config, client).await?;
             let worker = Arc::new(worker.with_telemetry(telemetry));
@@ -294,11 +331,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { watch, json } => {
             let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
-            // The rate limit bounds the ETA; without a config file HubSpot's lowest tier is
-            // assumed (and the output says so).
+            // The rate limit bounds the ETA; when hubsync.toml does not set it, HubSpot's
+            // lowest tier is assumed (and the output says so).
             let per_10s = load_config(&cli.config, &env)
                 .ok()
-                .map(|c| c.hubspot.requests_per_10s);
+                .and_then(|c| c.hubspot.requests_per_10s);
             use crate::telemetry::status;
             if watch {
                 let cancel = CancellationToken::new();

@@ -81,8 +81,12 @@ pub enum ApiVersion {
 /// The `[hubspot]` table, validated.
 #[derive(Debug, Clone)]
 pub struct HubSpotSettings {
-    /// The portal's burst limit per rolling window.
-    pub requests_per_10s: u32,
+    /// A ceiling on requests per rolling window; `None`: hubsync starts at 100 and adopts the
+    /// limit HubSpot's `X-HubSpot-RateLimit-Max` / `-Interval-Milliseconds` headers state.
+    pub requests_per_10s: Option<u32>,
+    /// At most this many requests per portal day (`hubspot.daily_budget`), leaving the rest of
+    /// the portal's daily limit to other apps; `None`: no cap of hubsync's own.
+    pub daily_budget: Option<u64>,
     /// The rolling window HubSpot counts in (10 s; shorter only against the simulator).
     pub rate_window: Duration,
     /// Added to the window by the limiter: the spread between taking a permit and HubSpot
@@ -258,6 +262,7 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawHubSpot {
     requests_per_10s: Option<Spanned<u32>>,
+    daily_budget: Option<Spanned<u64>>,
     rate_window_ms: Option<Spanned<u64>>,
     rate_margin_ms: Option<Spanned<u64>>,
     property_group: Option<Spanned<String>>,
@@ -511,14 +516,34 @@ fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
+/// An optional key: `None` when absent, else checked like `bounded`.
+fn optional_bounded<T: PartialOrd + Copy + std::fmt::Display>(
+    src: &Source,
+    key: &str,
+    value: &Option<Spanned<T>>,
+    min: T,
+    max: T,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(v) => bounded(src, key, value, *v.get_ref(), min, max).map(Some),
+    }
+}
+
 fn hubspot_settings(src: &Source, raw: RawHubSpot) -> Result<HubSpotSettings, ConfigError> {
-    let requests_per_10s = bounded(
+    let requests_per_10s = optional_bounded(
         src,
         "hubspot.requests_per_10s",
         &raw.requests_per_10s,
-        100,
         1,
         10_000,
+    )?;
+    let daily_budget = optional_bounded(
+        src,
+        "hubspot.daily_budget",
+        &raw.daily_budget,
+        1,
+        100_000_000,
     )?;
     let window_ms = bounded(
         src,
@@ -561,6 +586,7 @@ fn hubspot_settings(src: &Source, raw: RawHubSpot) -> Result<HubSpotSettings, Co
     };
     Ok(HubSpotSettings {
         requests_per_10s,
+        daily_budget,
         rate_window: Duration::from_millis(window_ms),
         rate_margin: match &raw.rate_margin_ms {
             Some(_) => Duration::from_millis(bounded(
@@ -828,7 +854,7 @@ mod tests {
     #[test]
     fn the_example_config_is_valid() {
         let c = parse(EXAMPLE).unwrap();
-        assert_eq!(c.hubspot.requests_per_10s, 100);
+        assert_eq!(c.hubspot.requests_per_10s, Some(100));
         assert_eq!(
             c.contacts.properties["total_sessions"].merge,
             MergeRule::Increment

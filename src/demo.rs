@@ -225,7 +225,7 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
         Paths::new(config.hubspot.api_version),
         config.hubspot.request_timeout,
     )?;
-    let plan = crate::reconcile::ensure(&client, &config).await?;
+    let plan = crate::reconcile::ensure(&client.clone().into(), &config).await?;
     println!(
         "5. start-up: created {} properties and {} property groups in the portal",
         plan.create.len(),

@@ -11,6 +11,7 @@ pub mod ratelimit;
 pub mod reconcile;
 pub mod schema;
 pub mod secret;
+pub mod setup;
 pub mod simulator;
 pub mod telemetry;
 pub mod worker;

@@ -3,21 +3,27 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Days, FixedOffset, Offset, TimeZone, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::hubspot::RateHeaders;
 
 /// The limiter row's name.
 pub const LIMITER: &str = "hubspot";
+
+/// Learned limits are taken up to this many requests per window.
+const MAX_LEARNED: u64 = 10_000;
 
 /// A handle on the shared limiter.
 #[derive(Clone)]
 pub struct Limiter {
     pool: PgPool,
-    limit: i32,
+    ceiling: Option<i32>,
     window: Duration,
+    margin: Duration,
+    daily_budget: Option<i64>,
+    portal: Option<FixedOffset>,
 }
 
 /// Why no permit was handed out.
@@ -30,21 +36,46 @@ pub enum NoPermit {
 }
 
 impl Limiter {
-    /// A limiter of `limit` requests per `window`, shared through `pool`. `margin` is added to
-    /// the window so that requests taken at the edge of ours do not land inside HubSpot's, whose
-    /// clock starts when each request arrives.
+    /// A limiter shared through `pool`: at most `ceiling` requests per `window` when given,
+    /// else what HubSpot's rate-limit headers say (100 per `window` until they are seen).
+    /// `margin` is added to the window so that requests taken at the edge of ours do not land
+    /// inside HubSpot's, whose clock starts when each request arrives.
     pub async fn new(
         pool: PgPool,
-        limit: u32,
+        ceiling: Option<u32>,
         window: Duration,
         margin: Duration,
     ) -> Result<Limiter, sqlx::Error> {
         db::limiter::ensure(&pool, LIMITER).await?;
         Ok(Limiter {
             pool,
-            limit: i32::try_from(limit).unwrap_or(i32::MAX),
-            window: window + margin,
+            ceiling: ceiling.map(|c| i32::try_from(c).unwrap_or(i32::MAX)),
+            window,
+            margin,
+            daily_budget: None,
+            portal: None,
         })
+    }
+
+    /// Counts requests per portal day (ending at midnight at `portal`, UTC when unknown) and
+    /// hands out at most `budget` a day when given.
+    pub fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {
+        self.portal = portal;
+        self.daily_budget = budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// The end of the portal's current day.
+    fn day_ends(&self) -> DateTime<Utc> {
+        let offset = self.portal.unwrap_or_else(|| Utc.fix());
+        let local = Utc::now().with_timezone(&offset);
+        local
+            .date_naive()
+            .checked_add_days(Days::new(1))
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|t| offset.from_local_datetime(&t).earliest())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| Utc::now() + chrono::Duration::hours(24))
     }
 
     /// Waits for a permit, at most `max_wait` in all. Gives up when cancelled, when a pause
@@ -58,7 +89,14 @@ impl Limiter {
         let deadline = Instant::now() + max_wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match db::limiter::try_acquire(&self.pool, LIMITER, self.limit, self.window).await? {
+            let bounds = db::limiter::Bounds {
+                ceiling: self.ceiling,
+                window: self.window,
+                margin: self.margin,
+                daily_budget: self.daily_budget,
+                day_ends: self.day_ends(),
+            };
+            match db::limiter::try_acquire(&self.pool, LIMITER, bounds).await? {
                 // Taking the permit can itself wait on other workers taking theirs.
                 Ok(()) if Instant::now() > deadline => {
                     return Ok(Err(NoPermit::Paused(Duration::ZERO)));
@@ -92,11 +130,26 @@ impl Limiter {
         db::limiter::clear_pause(&self.pool, LIMITER).await
     }
 
-    /// Feeds HubSpot's rate headers back: records the daily budget for `status`. (The window
-    /// itself is enforced by our own slots; a 429 pauses everyone through `pause`.)
-    pub async fn observe(&self, rate: &RateHeaders) -> Result<(), sqlx::Error> {
-        if let Some(remaining) = rate.daily_remaining {
-            let daily = rate.daily.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
+    /// Feeds HubSpot's rate headers back (`X-HubSpot-RateLimit-Max`, `-Interval-Milliseconds`,
+    /// `-Daily`, `-Daily-Remaining`): records the daily budget for `status`. (The window itself
+    /// is enforced by our own slots; a 429 pauses everyone through `pause`.)
+    pub async fn observe(
+        &self,
+        max: Option<u64>,
+        interval_ms: Option<u64>,
+        daily: Option<u64>,
+        daily_remaining: Option<u64>,
+    ) -> Result<(), sqlx::Error> {
+        if let (Some(max), Some(interval)) = (max, interval_ms)
+            && max > 0
+            && interval > 0
+        {
+            let max = i32::try_from(max.min(MAX_LEARNED)).unwrap_or(i32::MAX);
+            let interval = i32::try_from(interval.min(3_600_000)).unwrap_or(i32::MAX);
+            db::limiter::learn(&self.pool, LIMITER, max, interval).await?;
+        }
+        if let Some(remaining) = daily_remaining {
+            let daily = daily.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
             db::limiter::observe_daily(
                 &self.pool,
                 LIMITER,

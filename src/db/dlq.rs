@@ -201,7 +201,14 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
     .fetch_all(pool)
     .await?;
     let mut requeued = 0;
-    for object_type in ["contact", "company"] {
+    // An association's row is keyed by its contact: replaying it makes the contact's
+    // association due again.
+    for object_type in ["contact", "company", "association"] {
+        let row_type = if object_type == "association" {
+            "contact"
+        } else {
+            object_type
+        };
         let mut keys: Vec<String> = due
             .iter()
             .filter(|(t, _)| t == object_type)
@@ -211,7 +218,7 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
             continue;
         }
         keys.sort();
-        let (mut tx, locked) = super::objects::begin_locked(pool, object_type, &keys).await?;
+        let (mut tx, locked) = super::objects::begin_locked(pool, row_type, &keys).await?;
         let still_due: Vec<String> = sqlx::query_scalar(
             "UPDATE hubsync.dlq SET next_retry_at = now() + interval '1 hour'
              WHERE kind = 'object' AND object_type = $1 AND object_key = ANY($2)
@@ -222,6 +229,18 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
         .bind(&locked)
         .fetch_all(&mut *tx)
         .await?;
+        if object_type == "association" {
+            requeued += sqlx::query(
+                "UPDATE hubsync.objects SET association_attempts = 0, association_next_at = NULL
+                 WHERE object_type = 'contact' AND object_key = ANY($1)",
+            )
+            .bind(&still_due)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            continue;
+        }
         // The version moves, so a batch in flight cannot record the holds it saw as current.
         requeued += sqlx::query(
             "UPDATE hubsync.objects

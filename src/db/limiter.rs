@@ -14,49 +14,109 @@ pub async fn ensure(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Takes one permit if fewer than `limit` requests were sent in the last `window` and no
-/// pause is in force; otherwise returns how long to wait. Locks: the limiter row for this one
-/// statement, which serialises permit-taking across all workers.
+/// What bounds permits, besides the pause.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The configured requests per window: a ceiling when set; the limit learned from HubSpot's
+    /// headers (or 100) applies under it.
+    pub ceiling: Option<i32>,
+    /// The configured window, used until HubSpot's interval header is learned.
+    pub window: Duration,
+    /// Added to the window (see `Limiter::new`).
+    pub margin: Duration,
+    /// At most this many requests per portal day (`hubspot.daily_budget`).
+    pub daily_budget: Option<i64>,
+    /// When the portal's current day ends (its next midnight).
+    pub day_ends: chrono::DateTime<chrono::Utc>,
+}
+
+/// The limit in force, as SQL over the limiter row `l`, the ceiling `$2` and the configured
+/// window `$3`: without a ceiling, what HubSpot's headers said (100 until they are seen); with
+/// one, the ceiling, lowered by what the headers said when they count in the same window.
+const LIMIT: &str = "(CASE WHEN $2::int4 IS NULL THEN coalesce(l.learned_max, 100)
+        WHEN l.learned_interval_ms = round($3::float8 * 1000) THEN least($2::int4, coalesce(l.learned_max, $2::int4))
+        ELSE $2::int4 END)";
+/// The window in force, in seconds (with the margin `$6`): HubSpot's interval header without a
+/// ceiling, the configured window with one.
+const WINDOW: &str =
+    "((CASE WHEN $2::int4 IS NULL THEN coalesce(l.learned_interval_ms / 1000.0, $3::float8)
+        ELSE $3::float8 END) + $6::float8)";
+
+/// Takes one permit if fewer than the limit in force were sent in the window in force, the
+/// portal day's budget is not spent and no pause is in force; otherwise returns how long to
+/// wait. Locks: the limiter row for this one statement, which serialises permit-taking across
+/// all workers.
 pub async fn try_acquire(
     pool: &PgPool,
     name: &str,
-    limit: i32,
-    window: Duration,
+    bounds: Bounds,
 ) -> Result<Result<(), Duration>, sqlx::Error> {
     // The checks read the row through `l`, not a snapshot: under READ COMMITTED a concurrent
     // permit-taker blocks on the row lock and re-evaluates them against the newest slots.
-    let (granted, wait_ms): (bool, f64) = sqlx::query_as(
+    let new_day = "(l.day_ends IS NULL OR l.day_ends <= clock_timestamp())";
+    let sql = format!(
         "WITH upd AS (
              UPDATE hubsync.limiter l
-             SET slots = (CASE WHEN cardinality(l.slots) >= $2
-                               THEN l.slots[cardinality(l.slots) - $2 + 2 : cardinality(l.slots)]
-                               ELSE l.slots END) || clock_timestamp()
+             SET slots = (CASE WHEN cardinality(l.slots) >= {LIMIT}
+                               THEN l.slots[cardinality(l.slots) - {LIMIT} + 2 : cardinality(l.slots)]
+                               ELSE l.slots END) || clock_timestamp(),
+                 day_used = CASE WHEN {new_day} THEN 1 ELSE l.day_used + 1 END,
+                 day_ends = CASE WHEN {new_day} THEN $5 ELSE l.day_ends END,
+                 daily_budget = $4
              WHERE l.name = $1
                AND (l.paused_until IS NULL OR l.paused_until <= clock_timestamp())
-               AND (cardinality(l.slots) < $2
-                    OR l.slots[cardinality(l.slots) - $2 + 1]
-                       <= clock_timestamp() - make_interval(secs => $3))
+               AND ($4::int8 IS NULL OR {new_day} OR l.day_used < $4::int8)
+               AND (cardinality(l.slots) < {LIMIT}
+                    OR l.slots[cardinality(l.slots) - {LIMIT} + 1]
+                       <= clock_timestamp() - make_interval(secs => {WINDOW}))
              RETURNING 1
          )
          SELECT EXISTS (SELECT 1 FROM upd),
                 coalesce((SELECT 1000 * extract(epoch FROM greatest(
-                    coalesce(c.paused_until - clock_timestamp(), interval '0'),
-                    CASE WHEN cardinality(c.slots) >= $2
-                         THEN c.slots[cardinality(c.slots) - $2 + 1]
-                              + make_interval(secs => $3) - clock_timestamp()
+                    coalesce(l.paused_until - clock_timestamp(), interval '0'),
+                    CASE WHEN $4::int8 IS NOT NULL AND NOT {new_day} AND l.day_used >= $4::int8
+                         THEN l.day_ends - clock_timestamp() ELSE interval '0' END,
+                    CASE WHEN cardinality(l.slots) >= {LIMIT}
+                         THEN l.slots[cardinality(l.slots) - {LIMIT} + 1]
+                              + make_interval(secs => {WINDOW}) - clock_timestamp()
                          ELSE interval '0' END))::float8
-                  FROM hubsync.limiter c WHERE c.name = $1), 0)",
-    )
-    .bind(name)
-    .bind(limit)
-    .bind(window.as_secs_f64())
-    .fetch_one(pool)
-    .await?;
+                  FROM hubsync.limiter l WHERE l.name = $1), 0)"
+    );
+    let (granted, wait_ms): (bool, f64) = sqlx::query_as(&sql)
+        .bind(name)
+        .bind(bounds.ceiling)
+        .bind(bounds.window.as_secs_f64())
+        .bind(bounds.daily_budget)
+        .bind(bounds.day_ends)
+        .bind(bounds.margin.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
     if granted {
         Ok(Ok(()))
     } else {
         Ok(Err(Duration::from_secs_f64((wait_ms.max(1.0)) / 1000.0)))
     }
+}
+
+/// Adopts the limit HubSpot's headers state (`X-HubSpot-RateLimit-Max`,
+/// `-Interval-Milliseconds`), writing only when it changed. Locks: the limiter row, briefly.
+pub async fn learn(
+    pool: &PgPool,
+    name: &str,
+    max: i32,
+    interval_ms: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hubsync.limiter SET learned_max = $2, learned_interval_ms = $3
+         WHERE name = $1
+           AND (learned_max IS DISTINCT FROM $2 OR learned_interval_ms IS DISTINCT FROM $3)",
+    )
+    .bind(name)
+    .bind(max)
+    .bind(interval_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Pauses every worker until `until` from now (never shortening a longer pause).

@@ -348,19 +348,46 @@ pub async fn dead_letter(
     Ok(())
 }
 
-/// Objects whose company association is not yet made: (contact id, company id, contact key,
-/// company key). Locks nothing.
+/// One contact whose association with its company is due.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingAssociation {
+    /// The contact's HubSpot id.
+    pub contact_id: String,
+    /// The company's HubSpot id.
+    pub company_id: String,
+    /// The contact's key.
+    pub contact_key: String,
+    /// The company's key.
+    pub company_key: String,
+    /// The company HubSpot id hubsync associated this same contact record with before, when
+    /// that is another company: that association is removed.
+    pub previous_company_id: Option<String>,
+    /// Refused or failed tries so far.
+    pub attempts: i32,
+}
+
+/// Contacts whose association is not made for their current contact id, company key and
+/// company id, and not waiting for a retry. Locks nothing.
 pub async fn pending_associations(
     pool: &PgPool,
     limit: i64,
-) -> Result<Vec<(String, String, String, String)>, sqlx::Error> {
+) -> Result<Vec<PendingAssociation>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT c.hubspot_id, co.hubspot_id, c.object_key, co.object_key
+        "SELECT c.hubspot_id AS contact_id, co.hubspot_id AS company_id,
+                c.object_key AS contact_key, co.object_key AS company_key,
+                CASE WHEN c.associated_contact_id = c.hubspot_id
+                          AND c.associated_company_id IS DISTINCT FROM co.hubspot_id
+                     THEN c.associated_company_id END AS previous_company_id,
+                c.association_attempts AS attempts
          FROM hubsync.objects c
          JOIN hubsync.objects co ON co.object_type = 'company' AND co.object_key = c.company_key
          WHERE c.object_type = 'contact' AND c.hubspot_id IS NOT NULL
            AND co.hubspot_id IS NOT NULL
-           AND c.associated_company_key IS DISTINCT FROM c.company_key
+           AND (c.associated_company_key IS DISTINCT FROM c.company_key
+                OR c.associated_contact_id IS DISTINCT FROM c.hubspot_id
+                OR c.associated_company_id IS DISTINCT FROM co.hubspot_id)
+           AND (c.association_next_at IS NULL OR c.association_next_at <= now())
+         ORDER BY c.association_next_at NULLS FIRST
          LIMIT $1",
     )
     .bind(limit)
@@ -368,22 +395,133 @@ pub async fn pending_associations(
     .await
 }
 
-/// Records associations made. Locks: those contact rows, briefly.
+/// Records associations made (for these contact and company ids) and drops their DLQ rows.
+/// Locks: those contact rows, briefly.
 pub async fn record_associated(
     pool: &PgPool,
+    done: &[PendingAssociation],
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<String> = done.iter().map(|p| p.contact_key.clone()).collect();
+    let (mut tx, locked) = begin_locked(pool, "contact", &keys).await?;
+    sqlx::query(
+        "UPDATE hubsync.objects o
+         SET associated_company_key = u.company, associated_contact_id = u.contact_id,
+             associated_company_id = u.company_id, association_attempts = 0,
+             association_next_at = NULL
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+              AS u(contact, company, contact_id, company_id)
+         WHERE o.object_type = 'contact' AND o.object_key = u.contact
+           AND o.object_key = ANY($5)",
+    )
+    .bind(&keys)
+    .bind(
+        done.iter()
+            .map(|p| p.company_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        done.iter()
+            .map(|p| p.contact_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        done.iter()
+            .map(|p| p.company_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&locked)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM hubsync.dlq
+         WHERE kind = 'object' AND object_type = 'association' AND object_key = ANY($1)",
+    )
+    .bind(&locked)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Schedules another try of these contacts' associations after `delays` (seconds).
+/// Locks: those contact rows, briefly.
+pub async fn retry_associations(
+    pool: &PgPool,
     contact_keys: &[String],
-    company_keys: &[String],
+    delays: &[f64],
 ) -> Result<(), sqlx::Error> {
     let (mut tx, locked) = begin_locked(pool, "contact", contact_keys).await?;
     sqlx::query(
-        "UPDATE hubsync.objects o SET associated_company_key = u.company
-         FROM unnest($1::text[], $2::text[]) AS u(contact, company)
+        "UPDATE hubsync.objects o
+         SET association_attempts = o.association_attempts + 1,
+             association_next_at = clock_timestamp() + make_interval(secs => u.delay)
+         FROM unnest($1::text[], $2::float8[]) AS u(contact, delay)
          WHERE o.object_type = 'contact' AND o.object_key = u.contact
            AND o.object_key = ANY($3)",
     )
     .bind(contact_keys)
-    .bind(company_keys)
+    .bind(delays)
     .bind(&locked)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// One association given up on: the contact, what was sent and why HubSpot refused it.
+#[derive(Debug, Clone)]
+pub struct AssociationFailure {
+    /// The contact's key.
+    pub contact_key: String,
+    /// The pair, as JSON text.
+    pub payload: String,
+    /// DLQ `error_category`.
+    pub category: String,
+    /// For a person.
+    pub message: String,
+    /// HubSpot's error, as JSON text.
+    pub error: String,
+}
+
+/// Parks associations that ran out of tries: a DLQ row each (kind `object`, object_type
+/// `association`, keyed by the contact), and no more tries until it is replayed or the contact
+/// or its company changes. Locks: those contact rows, briefly.
+pub async fn park_associations(
+    pool: &PgPool,
+    failures: &[AssociationFailure],
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<String> = failures.iter().map(|f| f.contact_key.clone()).collect();
+    let (mut tx, locked) = begin_locked(pool, "contact", &keys).await?;
+    sqlx::query(
+        "UPDATE hubsync.objects SET association_attempts = 0, association_next_at = 'infinity'
+         WHERE object_type = 'contact' AND object_key = ANY($1)",
+    )
+    .bind(&locked)
+    .execute(&mut *tx)
+    .await?;
+    let mine: Vec<&AssociationFailure> = failures
+        .iter()
+        .filter(|f| locked.contains(&f.contact_key))
+        .collect();
+    sqlx::query(
+        "INSERT INTO hubsync.dlq AS d (kind, object_type, object_key, payload, error_category,
+                                      error_message, error, attempts, next_retry_at)
+         SELECT 'object', 'association', u.key, u.payload::jsonb, u.category, u.message,
+                u.error::jsonb, 1, NULL
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+              AS u(key, payload, category, message, error)
+         ON CONFLICT (object_type, object_key) WHERE kind = 'object' DO UPDATE
+         SET payload = EXCLUDED.payload, error_category = EXCLUDED.error_category,
+             error_message = EXCLUDED.error_message, error = EXCLUDED.error,
+             attempts = d.attempts + 1, last_failed_at = now(), next_retry_at = NULL",
+    )
+    .bind(
+        mine.iter()
+            .map(|f| f.contact_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(mine.iter().map(|f| f.payload.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.category.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.message.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Days, Utc};
+#[cfg(test)]
+use chrono::Utc;
+use chrono::{DateTime, Days, TimeZone};
 use serde_json::Value;
 
 /// Per-record error codes that will fail again until someone changes the data, the config or
@@ -33,6 +35,8 @@ pub struct SentInput {
     pub key: String,
     /// The unique `objectWriteTraceId` sent with it.
     pub trace_id: String,
+    /// The HubSpot record id hubsync already knows for it, if any.
+    pub hubspot_id: Option<String>,
 }
 
 /// HubSpot's rate-limit headers, when present.
@@ -258,24 +262,27 @@ fn parse_body(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.chars().take(2000).collect()))
 }
 
-fn next_utc_midnight(now: DateTime<Utc>) -> Duration {
+/// The time left until the next midnight in `now`'s time zone (the portal's): when HubSpot's
+/// daily limit resets.
+fn next_midnight<Tz: TimeZone>(now: &DateTime<Tz>) -> Duration {
     let tomorrow = now
         .date_naive()
         .checked_add_days(Days::new(1))
         .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc());
+        .and_then(|t| now.timezone().from_local_datetime(&t).earliest());
     tomorrow
-        .and_then(|t| (t - now).to_std().ok())
+        .and_then(|t| (t - now.clone()).to_std().ok())
         .unwrap_or(Duration::from_secs(3600))
 }
 
 /// Classifies a batch-upsert reply for `inputs`. `key_property` is the property HubSpot echoes
-/// the key in (`email` for contacts); `now` decides how long a daily limit lasts.
-pub fn classify(
+/// the key in (`email` for contacts); `now`, in the portal's time zone, decides how long a
+/// daily limit lasts (until the portal's midnight).
+pub fn classify<Tz: TimeZone>(
     inputs: &[SentInput],
     key_property: &str,
     reply: Result<&Reply, &Transport>,
-    now: DateTime<Utc>,
+    now: DateTime<Tz>,
 ) -> Outcome {
     let reply = match reply {
         Err(Transport::Timeout) => {
@@ -345,7 +352,7 @@ pub fn classify(
         429 => {
             let daily = str_field(&body, "policyName") == Some("DAILY");
             let wait = if daily {
-                reply.retry_after.unwrap_or_else(|| next_utc_midnight(now))
+                reply.retry_after.unwrap_or_else(|| next_midnight(&now))
             } else {
                 reply
                     .retry_after
@@ -361,12 +368,14 @@ pub fn classify(
                 ),
             }
         }
-        400 | 413 | 422 => {
-            if message.contains("non-unique") {
+        // Any other 4xx (400, 409 `CONFLICT`, 413, 422, ...) can be caused by one record of the
+        // batch: narrow it down to its offenders and let the rest through.
+        status @ 400..=499 if !matches!(status, 423 | 477) => {
+            if status == 400 && concerns_company_id(&message, key_property) {
                 return Outcome::Halt {
-                    status: reply.status,
+                    status,
                     reason: format!(
-                        "HubSpot cannot upsert by this id property ({message}); the property must be created with hasUniqueValue = true: pick a new companies.id_property"
+                        "HubSpot cannot upsert companies by \"{key_property}\" ({message}); the property must be created with hasUniqueValue = true: set companies.id_property to a new name and hubsync creates it as unique"
                     ),
                     scopes: Vec::new(),
                 };
@@ -375,6 +384,9 @@ pub fn classify(
             let mut error = record_error(&body, "hubspot_rejected");
             if error.category != "hubspot_validation" {
                 error.category = "hubspot_rejected";
+            }
+            if error.code.is_none() {
+                error.code = Some(status.to_string());
             }
             // A whole-request refusal of one known input is that input's fault.
             error.permanent = true;
@@ -391,6 +403,100 @@ pub fn classify(
             reason: format!("HubSpot answered {status}: {message}"),
         },
     }
+}
+
+/// Whether a 400 says the batch's id property is not unique: only ever about the company id
+/// property (contacts are upserted by `email`, which HubSpot keeps unique itself).
+fn concerns_company_id(message: &str, key_property: &str) -> bool {
+    key_property != "email"
+        && message.contains("non-unique")
+        && message
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| word == key_property)
+}
+
+/// Classifies a batch-association reply for `pairs` (contact id, company id). A 2xx lists each
+/// pair as written when a result joins the two ids, as failed (`association_refused`) when an
+/// error's context names either id, and as failed (`not_written`) when the reply says nothing
+/// of it. Anything else is classified as for upserts: 429 pauses, 401/403 halt, the rest retry.
+pub fn classify_associations<Tz: TimeZone>(
+    pairs: &[(String, String)],
+    reply: Result<&Reply, &Transport>,
+    now: DateTime<Tz>,
+) -> Outcome {
+    let Ok(r) = reply else {
+        return classify(&[], "", reply, now);
+    };
+    if !(200..300).contains(&r.status) {
+        return classify(&[], "", reply, now);
+    }
+    let body = parse_body(&r.body);
+    let id = |v: Option<&Value>| match v.and_then(|end| end.get("id")) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let made: Vec<(String, String)> = match body.get("results") {
+        Some(Value::Array(results)) => results
+            .iter()
+            .filter_map(|r| Some((id(r.get("from"))?, id(r.get("to"))?)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let errors: Vec<(&Value, Vec<String>)> = match body.get("errors") {
+        Some(Value::Array(errors)) => errors
+            .iter()
+            .map(|e| {
+                let named = match e.get("context") {
+                    Some(Value::Object(context)) => {
+                        context.values().flat_map(|v| strings(Some(v))).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                (e, named)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut written = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (contact, company)) in pairs.iter().enumerate() {
+        let joined = made
+            .iter()
+            .any(|(a, b)| (a == contact && b == company) || (a == company && b == contact));
+        if joined {
+            written.push((i, None));
+            continue;
+        }
+        let refusal = errors
+            .iter()
+            .find(|(_, named)| named.iter().any(|n| n == contact || n == company));
+        let error = match refusal {
+            Some((e, _)) => RecordError {
+                category: "association_refused",
+                code: str_field(e, "category").map(String::from),
+                message: format!(
+                    "HubSpot refused to associate contact {contact} with company {company}: {}",
+                    str_field(e, "message").unwrap_or("(no message)")
+                ),
+                raw: (*e).clone(),
+                permanent: false,
+                properties: Vec::new(),
+            },
+            None => RecordError {
+                category: "not_written",
+                code: None,
+                message: format!(
+                    "HubSpot answered success but its reply does not mention the association of contact {contact} with company {company}, so it was not made"
+                ),
+                raw: Value::Null,
+                permanent: false,
+                properties: Vec::new(),
+            },
+        };
+        failed.push((i, error));
+    }
+    Outcome::Completed { written, failed }
 }
 
 fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
@@ -442,6 +548,11 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
         .enumerate()
         .map(|(i, s)| (s.trace_id.as_str(), i))
         .collect();
+    let by_id: HashMap<&str, usize> = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.hubspot_id.as_deref()?, i)))
+        .collect();
     let mut fate: Vec<Option<Result<Option<String>, RecordError>>> = vec![None; inputs.len()];
 
     if let Some(Value::Array(errors)) = body.get("errors") {
@@ -469,8 +580,11 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
                 Some(Value::Number(n)) => Some(n.to_string()),
                 _ => None,
             };
+            // The trace id says for sure; the record id hubsync knows is next best (an upsert by
+            // a secondary email answers with the primary one); the key last.
             let idx = str_field(result, "objectWriteTraceId")
                 .and_then(|t| by_trace.get(t).copied())
+                .or_else(|| id.as_deref().and_then(|id| by_id.get(id).copied()))
                 .or_else(|| {
                     result
                         .get("properties")
@@ -516,6 +630,7 @@ mod tests {
             .map(|i| SentInput {
                 key: format!("user{i}@acme.com"),
                 trace_id: format!("t{i}"),
+                hubspot_id: None,
             })
             .collect()
     }
@@ -561,6 +676,32 @@ mod tests {
     }
 
     #[test]
+    fn results_match_by_trace_id_then_known_record_id_then_key() {
+        let mut sent = inputs(3);
+        sent[1].hubspot_id = Some("77".into());
+        // Input 0 matched by trace id though its email differs; input 1 by the id hubsync knows
+        // (HubSpot answered with the contact's primary email); input 2 by key.
+        let body = json!({"results": [
+            {"id": "5", "objectWriteTraceId": "t0", "properties": {"email": "primary@acme.com"}},
+            {"id": "77", "properties": {"email": "other@acme.com"}},
+            {"id": "9", "properties": {"email": "user2@acme.com"}}
+        ]});
+        let out = classify(&sent, "email", Ok(&reply(200, body)), Utc::now());
+        let Outcome::Completed { written, failed } = out else {
+            panic!("not completed")
+        };
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            written,
+            vec![
+                (0, Some("5".into())),
+                (1, Some("77".into())),
+                (2, Some("9".into()))
+            ]
+        );
+    }
+
+    #[test]
     fn a_2xx_that_omits_an_input_is_a_failure_for_that_input() {
         let body = json!({"status": "COMPLETE", "results": []});
         let Outcome::Completed { written, failed } = run(200, body, 2) else {
@@ -595,6 +736,28 @@ mod tests {
     }
 
     #[test]
+    fn any_other_4xx_is_narrowed_down_and_non_unique_halts_only_for_the_company_id() {
+        for status in [409, 413, 422, 400] {
+            let body = json!({"status": "error", "category": "CONFLICT",
+                "message": "Contact already exists. Existing ID: 5"});
+            assert!(
+                matches!(run(status, body, 3), Outcome::Rejected { offenders, error }
+                    if offenders.is_empty() && error.category == "hubspot_rejected" && error.permanent),
+                "{status}"
+            );
+        }
+        let non_unique = json!({"message": "Unable to perform update/upsert by non-unique 0-2 property product_account_id"});
+        let company = classify(
+            &inputs(2),
+            "product_account_id",
+            Ok(&reply(400, non_unique.clone())),
+            Utc::now(),
+        );
+        assert!(matches!(company, Outcome::Halt { status: 400, .. }));
+        assert!(matches!(run(400, non_unique, 2), Outcome::Rejected { .. }));
+    }
+
+    #[test]
     fn credentials_problems_halt_and_name_the_scopes() {
         let forbidden = json!({"status": "error", "category": "MISSING_SCOPES", "message": "no",
             "errors": [{"message": "One or more", "context": {"requiredGranularScopes": ["crm.objects.contacts.write"]}}]});
@@ -621,10 +784,21 @@ mod tests {
             matches!(out, Outcome::RateLimited { daily: false, wait, .. } if wait == Duration::from_secs(10))
         );
         let daily = reply(429, json!({"policyName": "DAILY"}));
-        let noon = "2026-11-26T12:00:00Z".parse().unwrap();
+        let noon: chrono::DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
         let out = classify(&inputs(1), "email", Ok(&daily), noon);
         assert!(
             matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(12 * 3600))
+        );
+        // Noon UTC is 07:00 at UTC-5: the portal's day ends in 17 hours.
+        let eastern = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
+        let out = classify(
+            &inputs(1),
+            "email",
+            Ok(&daily),
+            noon.with_timezone(&eastern),
+        );
+        assert!(
+            matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(17 * 3600))
         );
     }
 

@@ -1,19 +1,28 @@
 //! The HTTP client: sends requests to HubSpot (or the simulator) and returns raw `Reply`s or
-//! `Transport` errors. It never retries and never interprets a status: `classify` does.
+//! `Transport` errors. It never retries, never paces and never interprets a status: callers take
+//! permits from the limiter, and `classify` reads every reply.
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use reqwest::Method;
 use serde_json::Value;
 
-use tokio_util::sync::CancellationToken;
-
 use super::classify::{RateHeaders, Reply, Transport};
 use super::paths::Paths;
-use crate::ratelimit::Limiter;
 use crate::schema::ObjectKind;
 use crate::secret::Secret;
+
+/// What a setup call got: a 2xx body, a 404, or a 409 (the object exists already).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetupReply {
+    /// 2xx, with the parsed body (`Null` when there is none).
+    Done(Value),
+    /// 404.
+    NotFound,
+    /// 409, with HubSpot's body.
+    AlreadyExists(Value),
+}
 
 /// A HubSpot API client bound to one base URL and token.
 #[derive(Clone)]
@@ -23,8 +32,6 @@ pub struct HubSpotClient {
     token: Secret,
     /// Paths for the configured API edition.
     pub paths: Paths,
-    /// When set, setup calls take permits from the shared limiter like batches do.
-    limiter: Option<Limiter>,
 }
 
 impl HubSpotClient {
@@ -49,14 +56,7 @@ impl HubSpotClient {
             base_url: base_url.trim_end_matches('/').to_string(),
             token: token.into(),
             paths,
-            limiter: None,
         })
-    }
-
-    /// Makes setup calls (properties, groups) count against the shared rate limit.
-    pub fn with_limiter(mut self, limiter: Limiter) -> HubSpotClient {
-        self.limiter = Some(limiter);
-        self
     }
 
     /// The base URL requests go to.
@@ -102,78 +102,6 @@ impl HubSpotClient {
     pub async fn batch_upsert(&self, kind: ObjectKind, body: &Value) -> Result<Reply, Transport> {
         self.send(Method::POST, &self.paths.batch_upsert(kind), Some(body))
             .await
-    }
-
-    /// A setup call (properties, groups): the parsed JSON body on 2xx, `None` on 404, and an
-    /// error naming the call and HubSpot's answer otherwise.
-    pub async fn setup_call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Option<Value>> {
-        let what = format!("{method} {path}");
-        let mut attempt = 0u32;
-        let reply = loop {
-            attempt += 1;
-            if let Some(limiter) = &self.limiter {
-                limiter
-                    .acquire(&CancellationToken::new(), Duration::from_secs(120))
-                    .await
-                    .context("cannot take a permit from the shared rate limiter")?
-                    .map_err(|_| anyhow::anyhow!("{what}: sending is paused by the shared rate limiter (see `hubsync status`); try again later"))?;
-            }
-            let reply = self.send(method.clone(), path, body).await;
-            // Start-up calls wait out a rate limit or a passing failure (several workers may
-            // start at once); anything else is reported as it is.
-            let wait = match &reply {
-                Ok(r) if r.status == 429 => Some(
-                    r.retry_after
-                        .or(r.rate.interval_ms.map(Duration::from_millis))
-                        .unwrap_or(Duration::from_secs(10)),
-                ),
-                Ok(r) if matches!(r.status, 423 | 477 | 500..=599) => {
-                    Some(r.retry_after.unwrap_or(Duration::from_secs(2)))
-                }
-                Err(_) => Some(Duration::from_secs(2)),
-                Ok(_) => None,
-            };
-            match wait {
-                Some(wait) if attempt < 6 => {
-                    tracing::warn!(
-                        attempt,
-                        "{what}: HubSpot is busy or unreachable; trying again in {wait:?}"
-                    );
-                    tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
-                }
-                _ => break reply,
-            }
-        };
-        let reply = reply.map_err(|t| {
-            anyhow::anyhow!(
-                "{what} at {}: {}; check HUBSPOT_BASE_URL and the network",
-                self.base_url,
-                match t {
-                    Transport::Timeout => "no answer in time".to_string(),
-                    Transport::Connection(e) => e,
-                }
-            )
-        })?;
-        match reply.status {
-            200..=299 => Ok(Some(
-                serde_json::from_str(&reply.body).unwrap_or(Value::Null),
-            )),
-            404 => Ok(None),
-            401 => bail!(
-                "{what}: HubSpot refused the access token (401: {}); set HUBSPOT_ACCESS_TOKEN to a valid private app token",
-                reply.body
-            ),
-            403 => bail!(
-                "{what}: HubSpot denied access (403: {}); grant the private app the crm.schemas.contacts.read/write and crm.schemas.companies.read/write scopes",
-                reply.body
-            ),
-            status => bail!("{what}: HubSpot answered {status}: {}", reply.body),
-        }
     }
 }
 

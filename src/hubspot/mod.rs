@@ -1,12 +1,16 @@
 //! Everything about HubSpot's API: paths per API edition, request and response shapes,
 //! `classify` (every response into one outcome), and the HTTP client.
+//! It knows nothing of the shared limiter either: callers take permits before they call.
 //!
 //! This module knows nothing of Postgres; the worker decides what an outcome means for rows.
 
 pub mod classify;
 pub mod client;
 pub mod paths;
+pub mod requests;
 
-pub use classify::{Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify};
-pub use client::HubSpotClient;
+pub use classify::{
+    Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify, classify_associations,
+};
+pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

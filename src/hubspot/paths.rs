@@ -61,6 +61,21 @@ impl Paths {
         }
     }
 
+    /// `POST` removal of contact → company associations.
+    pub fn archive_contacts_to_companies(self) -> String {
+        match self.version {
+            ApiVersion::V2026_03 => {
+                "/crm/associations/2026-03/contacts/companies/batch/archive".into()
+            }
+            ApiVersion::V3 => "/crm/v4/associations/contacts/companies/batch/archive".into(),
+        }
+    }
+
+    /// `GET` the portal's account details (time zone).
+    pub fn account_details(self) -> String {
+        "/account-info/v3/details".into()
+    }
+
     /// `GET` one object by a unique property (read-back).
     pub fn read_object(self, kind: ObjectKind, id: &str) -> String {
         format!("{}/{}/{id}", self.objects(), kind.plural())

@@ -51,8 +51,17 @@ pub struct SimConfig {
     pub requests_per_window: u32,
     /// Length of the rolling window (default 10 s).
     pub window: Duration,
-    /// Requests allowed per UTC day; `None` means unlimited.
+    /// Requests allowed per portal day (it resets at midnight in the portal's time zone);
+    /// `None` means unlimited.
     pub daily_limit: Option<u64>,
+    /// The portal's time zone name, as `GET /account-info/v3/details` reports it (default `UTC`).
+    pub time_zone: String,
+    /// The portal's offset from UTC in minutes (default 0; `-300` for UTC−5): the daily limit
+    /// resets at midnight at this offset.
+    pub utc_offset_minutes: i32,
+    /// Echo each input's `objectWriteTraceId` on its upsert result (default true). HubSpot may
+    /// or may not: tests turn it off to make the client match results another way.
+    pub echo_trace_ids: bool,
     /// Return batch results in an order unrelated to the inputs (default true), as HubSpot does.
     pub shuffle_results: bool,
     /// Keep request bodies in the request log (default true; benchmarks turn it off).
@@ -66,6 +75,9 @@ impl Default for SimConfig {
             requests_per_window: 100,
             window: Duration::from_secs(10),
             daily_limit: None,
+            time_zone: "UTC".to_owned(),
+            utc_offset_minutes: 0,
+            echo_trace_ids: true,
             shuffle_results: true,
             log_bodies: true,
         }
@@ -262,6 +274,33 @@ impl Simulator {
     /// Missing fields get defaults; an unknown object type is ignored.
     pub fn define_property(&self, object_type: &str, property: serde_json::Value) {
         self.shared.lock().define_property(object_type, property);
+    }
+
+    /// Archives a property, as deleting it in HubSpot's UI does: it leaves the list (it is
+    /// listed only with `?archived=true`) and its name can't be used to create another.
+    /// Returns false when there is no such live property.
+    pub fn archive_property(&self, object_type: &str, name: &str) -> bool {
+        self.shared.lock().archive_property(object_type, name)
+    }
+
+    /// Deletes a record (as a user deleting or merging it away would): associations made with
+    /// it go too, and an upsert by its key afterwards creates a new record with a new id.
+    /// Returns false when there is no such record.
+    pub fn delete_record(&self, object_type: &str, id: &str) -> bool {
+        self.shared.lock().delete_record(object_type, id)
+    }
+
+    /// Adds a secondary email to the contact whose primary email is `primary`: an upsert by
+    /// `secondary` then updates that contact, and its result carries the primary email.
+    pub fn add_secondary_email(&self, primary: &str, secondary: &str) -> bool {
+        self.shared.lock().add_secondary_email(primary, secondary)
+    }
+
+    /// Any batch upsert of `object_type` holding an input with this key is refused as a whole
+    /// with 409 `CONFLICT` ("... already exists. Existing ID: ..."), naming no input, as
+    /// HubSpot does when one record of a batch clashes with an existing one.
+    pub fn conflict_on(&self, object_type: &str, key: &str) {
+        self.shared.lock().conflict_on(object_type, key);
     }
 
     /// Changes the accepted token; any other token then gets 401 (a revoked token).

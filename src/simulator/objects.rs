@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use rand::seq::SliceRandom;
 use serde_json::{Map, Value, json};
 
-use super::replies::{Reply, correlation_id};
+use super::SimConfig;
+use super::replies::{Reply, ReplyBody, correlation_id};
 use super::state::{ObjectStore, ObjectType, State, StoredRecord, timestamp};
 use super::values::{ValueError, check_email, check_value};
 
@@ -36,6 +37,7 @@ struct Input<'a> {
 struct Prepared {
     key: String,
     id_property: String,
+    trace_id: Option<String>,
     values: Vec<(String, Option<String>)>,
 }
 
@@ -44,7 +46,7 @@ pub(crate) fn batch_upsert(
     state: &mut State,
     object: ObjectType,
     body: Result<&Value, &str>,
-    shuffle: bool,
+    config: &SimConfig,
 ) -> Reply {
     let started_at = timestamp();
     let raw_inputs = match batch_inputs(body) {
@@ -55,6 +57,27 @@ pub(crate) fn batch_upsert(
         Ok(inputs) => inputs,
         Err(reply) => return reply,
     };
+    // A record that clashes with an existing one fails the whole request, naming no input.
+    if let Some(input) = inputs
+        .iter()
+        .find(|input| state.conflicts_with(object, &input.key))
+    {
+        let existing = state
+            .store(object)
+            .find(input.id_property, &input.key)
+            .unwrap_or(state.next_id);
+        let what = match object {
+            ObjectType::Contacts => "Contact",
+            ObjectType::Companies => "Company",
+        };
+        return Reply::json(
+            409,
+            json!({
+                "status": "error", "message": format!("{what} already exists. Existing ID: {existing}"),
+                "correlationId": correlation_id(), "category": "CONFLICT"
+            }),
+        );
+    }
 
     // HubSpot isolates bad records only when it can name them: every input needs its own trace id.
     let trace_ids: HashSet<&str> = inputs.iter().filter_map(|input| input.trace_id).collect();
@@ -85,11 +108,11 @@ pub(crate) fn batch_upsert(
     let mut errors = Vec::new();
     for (input, checked) in inputs.iter().zip(checked) {
         match checked {
-            Ok(prepared) => results.push(apply(state, object, prepared)),
+            Ok(prepared) => results.push(apply(state, object, prepared, config.echo_trace_ids)),
             Err(problems) => errors.push(record_error(&problems, input.trace_id)),
         }
     }
-    if shuffle {
+    if config.shuffle_results {
         results.shuffle(&mut state.rng);
     }
     batch_reply(results, errors, started_at)
@@ -259,6 +282,7 @@ fn check_inputs(store: &ObjectStore, inputs: &[Input<'_>]) -> Vec<Result<Prepare
             Ok(Prepared {
                 key: input.key.clone(),
                 id_property: input.id_property.to_owned(),
+                trace_id: input.trace_id.map(str::to_owned),
                 values,
             })
         } else {
@@ -271,7 +295,7 @@ fn check_inputs(store: &ObjectStore, inputs: &[Input<'_>]) -> Vec<Result<Prepare
 /// One property value: `Ok(None)` clears it, `Ok(Some(v))` stores `v`.
 fn check_one(store: &ObjectStore, name: &str, value: &str) -> Result<Option<String>, ValueError> {
     let def = store.schema.props.get(name);
-    if name.starts_with("hs_") || def.is_some_and(|def| def.read_only) {
+    if def.map_or(name.starts_with("hs_"), |def| def.read_only) {
         return Err(ValueError {
             code: "READ_ONLY_VALUE",
             message: format!("{name} is a read only property; its value cannot be set."),
@@ -290,7 +314,7 @@ fn check_one(store: &ObjectStore, name: &str, value: &str) -> Result<Option<Stri
 }
 
 /// Writes one checked input and returns its result entry.
-fn apply(state: &mut State, object: ObjectType, prepared: Prepared) -> Value {
+fn apply(state: &mut State, object: ObjectType, prepared: Prepared, echo_trace_id: bool) -> Value {
     let now = timestamp();
     let existing = state
         .store(object)
@@ -316,7 +340,14 @@ fn apply(state: &mut State, object: ObjectType, prepared: Prepared) -> Value {
         }
     };
     let store = state.store_mut(object);
+    // Matched by a secondary email: the primary stays what it was.
+    let by_secondary = object == ObjectType::Contacts
+        && prepared.id_property == "email"
+        && store.is_secondary_email(&prepared.key);
     for (name, value) in &prepared.values {
+        if by_secondary && name == "email" {
+            continue;
+        }
         store.set_value(id, name, value.clone());
     }
     // The record stays findable by the key it was upserted with.
@@ -348,10 +379,14 @@ fn apply(state: &mut State, object: ObjectType, prepared: Prepared) -> Value {
     if object == ObjectType::Contacts {
         echo("email");
     }
-    json!({
+    let mut result = json!({
         "id": id.to_string(), "new": new, "properties": properties,
         "createdAt": record.created_at, "updatedAt": record.updated_at, "archived": false
-    })
+    });
+    if echo_trace_id && let Some(trace_id) = prepared.trace_id {
+        result["objectWriteTraceId"] = Value::from(trace_id);
+    }
+    result
 }
 
 /// One error entry of a 207, or the core of a whole-request 400: every bad value of one record.
@@ -483,17 +518,7 @@ pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply 
     };
     let mut pairs = Vec::with_capacity(inputs.len());
     for (position, input) in inputs.iter().enumerate() {
-        let id = |side: &str| {
-            input
-                .get(side)
-                .and_then(|end| end.get("id"))
-                .and_then(|id| {
-                    id.as_str()
-                        .map(str::to_owned)
-                        .or_else(|| id.as_u64().map(|id| id.to_string()))
-                })
-        };
-        let (Some(from), Some(to)) = (id("from"), id("to")) else {
+        let (Some(from), Some(to)) = (id_of(input.get("from")), id_of(input.get("to"))) else {
             return Reply::validation(
                 &format!("Input {position} needs from.id and to.id"),
                 json!({}),
@@ -510,20 +535,68 @@ pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply 
         match (contact, company) {
             (Some(contact), Some(company)) => {
                 state.associate(contact, company);
+                let spec = |type_id: u32| json!({"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id});
                 results.push(json!({
-                    "fromObjectTypeId": "0-1", "fromObjectId": contact,
-                    "toObjectTypeId": "0-2", "toObjectId": company, "labels": []
+                    "from": {"id": contact.to_string()}, "to": {"id": company.to_string()},
+                    "associationSpec": spec(279)
                 }));
                 results.push(json!({
-                    "fromObjectTypeId": "0-2", "fromObjectId": company,
-                    "toObjectTypeId": "0-1", "toObjectId": contact, "labels": []
+                    "from": {"id": company.to_string()}, "to": {"id": contact.to_string()},
+                    "associationSpec": spec(280)
                 }));
             }
             (None, _) => errors.push(not_found_error("contact", "fromObjectId", &from)),
             (_, None) => errors.push(not_found_error("company", "toObjectId", &to)),
         }
     }
-    batch_reply(results, errors, started_at)
+    // Associations answer 200 even when some pairs failed: only the body tells.
+    let mut reply = batch_reply(results, errors, started_at);
+    reply.status = 200;
+    reply
+}
+
+/// `POST .../associations/contacts/companies/batch/archive` with
+/// `{"inputs":[{"from":{"id"},"to":[{"id"}]}]}`: 204, removing what exists.
+pub(crate) fn archive_associations(state: &mut State, body: Result<&Value, &str>) -> Reply {
+    let inputs = match batch_inputs(body) {
+        Ok(inputs) => inputs,
+        Err(reply) => return reply,
+    };
+    let mut pairs = Vec::new();
+    for (position, input) in inputs.iter().enumerate() {
+        let from = id_of(input.get("from"));
+        let to: Option<Vec<String>> = input
+            .get("to")
+            .and_then(Value::as_array)
+            .map(|to| to.iter().map(|end| id_of(Some(end))).collect())
+            .and_then(|ids: Vec<Option<String>>| ids.into_iter().collect());
+        let (Some(from), Some(to)) = (from, to) else {
+            return Reply::validation(
+                &format!("Input {position} needs from.id and a to array of {{id}}"),
+                json!({}),
+            );
+        };
+        pairs.extend(to.into_iter().map(|to| (from.clone(), to)));
+    }
+    for (from, to) in pairs {
+        if let (Ok(contact), Ok(company)) = (from.parse::<u64>(), to.parse::<u64>()) {
+            state.dissociate(contact, company);
+        }
+    }
+    Reply {
+        status: 204,
+        body: ReplyBody::Empty,
+        retry_after: None,
+    }
+}
+
+/// The `id` of an association end, given as a string or a number.
+fn id_of(end: Option<&Value>) -> Option<String> {
+    end.and_then(|end| end.get("id")).and_then(|id| {
+        id.as_str()
+            .map(str::to_owned)
+            .or_else(|| id.as_u64().map(|id| id.to_string()))
+    })
 }
 
 fn not_found_error(kind: &str, field: &str, id: &str) -> Value {

@@ -32,6 +32,8 @@ enum Route {
     Property(ObjectType, String),
     Groups(ObjectType),
     Associate,
+    ArchiveAssociations,
+    AccountDetails,
     Unknown,
 }
 
@@ -57,26 +59,15 @@ impl Route {
             | ["crm", "properties", "2026-03", kind, name] => {
                 object(kind).map(|kind| Route::Property(kind, percent_decode(name, false)))
             }
-            [
-                "crm",
-                "v4",
-                "associations",
-                "contacts",
-                "companies",
-                "batch",
-                "associate",
-                "default",
-            ]
-            | [
-                "crm",
-                "associations",
-                "2026-03",
-                "contacts",
-                "companies",
-                "batch",
-                "associate",
-                "default",
-            ] => Some(Route::Associate),
+            ["crm", "v4", "associations", rest @ ..]
+            | ["crm", "associations", "2026-03", rest @ ..] => match rest {
+                ["contacts", "companies", "batch", "associate", "default"] => {
+                    Some(Route::Associate)
+                }
+                ["contacts", "companies", "batch", "archive"] => Some(Route::ArchiveAssociations),
+                _ => None,
+            },
+            ["account-info", "v3", "details"] => Some(Route::AccountDetails),
             _ => None,
         };
         route.unwrap_or(Route::Unknown)
@@ -84,7 +75,10 @@ impl Route {
 
     /// Batch endpoints: their `inputs` are counted in the log.
     fn is_batch(&self) -> bool {
-        matches!(self, Route::Upsert(_) | Route::Associate)
+        matches!(
+            self,
+            Route::Upsert(_) | Route::Associate | Route::ArchiveAssociations
+        )
     }
 }
 
@@ -259,18 +253,28 @@ fn decide(
 fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
     let method = &parsed.method;
     let body = parsed.body();
+    let archived = parsed
+        .query
+        .iter()
+        .any(|(key, value)| key == "archived" && value == "true");
     let invalid_json =
         |err: &str| Reply::validation(&format!("Invalid input JSON: {err}"), json!({}));
     match &parsed.route {
         Route::Unknown => Reply::not_found(),
         Route::Upsert(object) if method == Method::POST => {
-            objects::batch_upsert(state, *object, body, shared.config.shuffle_results)
+            objects::batch_upsert(state, *object, body, &shared.config)
         }
         Route::Associate if method == Method::POST => objects::associate(state, body),
+        Route::ArchiveAssociations if method == Method::POST => {
+            objects::archive_associations(state, body)
+        }
+        Route::AccountDetails if method == Method::GET => account_details(&shared.config),
         Route::ReadOne(object, id) if method == Method::GET => {
             objects::read_one(state, *object, id, &parsed.query)
         }
-        Route::Properties(object) if method == Method::GET => state.store(*object).schema.list(),
+        Route::Properties(object) if method == Method::GET => {
+            state.store(*object).schema.list(archived)
+        }
         Route::Properties(object) if method == Method::POST => match body {
             Ok(body) => {
                 let store = state.store_mut(*object);
@@ -281,7 +285,7 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
             Err(err) => invalid_json(err),
         },
         Route::Property(object, name) if method == Method::GET => {
-            state.store(*object).schema.get(name)
+            state.store(*object).schema.get(name, archived)
         }
         Route::Property(object, name) if method == Method::PATCH => match body {
             Ok(body) => {
@@ -301,11 +305,29 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
     }
 }
 
+/// `GET /account-info/v3/details`: the portal's id, currency and time zone.
+fn account_details(config: &super::SimConfig) -> Reply {
+    let offset = config.utc_offset_minutes;
+    let sign = if offset < 0 { '-' } else { '+' };
+    let magnitude = offset.unsigned_abs();
+    Reply::json(
+        200,
+        json!({
+            "portalId": 1512050, "accountType": "STANDARD",
+            "timeZone": config.time_zone, "companyCurrency": "USD", "additionalCurrencies": [],
+            "utcOffset": format!("{sign}{:02}:{:02}", magnitude / 60, magnitude % 60),
+            "utcOffsetMilliseconds": i64::from(offset) * 60_000,
+            "uiDomain": "app.hubspot.com", "dataHostingLocation": "na1"
+        }),
+    )
+}
+
 /// The HTTP response, with the rate-limit headers every HubSpot response carries.
 fn into_response(reply: Reply, admission: &Admission) -> Response<Full<Bytes>> {
     let (content_type, body) = match reply.body {
         ReplyBody::Json(value) => ("application/json;charset=utf-8", value.to_string()),
         ReplyBody::Html(html) => ("text/html", html),
+        ReplyBody::Empty => ("text/plain", String::new()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     // A scripted fault may name a status hyper can't send (outside 100..=999).

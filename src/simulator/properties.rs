@@ -82,7 +82,11 @@ impl PropDef {
         if kind == PropKind::Bool && options.is_empty() {
             options = vec!["true".to_owned(), "false".to_owned()];
         }
-        let read_only = name.starts_with("hs_")
+        let calculated = json
+            .get("calculated")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let read_only = calculated
             || json
                 .pointer("/modificationMetadata/readOnlyValue")
                 .and_then(Value::as_bool)
@@ -118,39 +122,212 @@ pub(crate) struct Schema {
     pub object: ObjectType,
     /// Definitions by name.
     pub props: BTreeMap<String, PropDef>,
+    /// Archived definitions by name: listed only with `?archived=true`, their names taken.
+    pub archived: BTreeMap<String, PropDef>,
     /// Groups by name, as `GET .../groups` returns them.
     pub groups: BTreeMap<String, Value>,
 }
 
-/// `(name, label, type, fieldType, read-only value)` of the default properties.
-type Seed = (&'static str, &'static str, &'static str, &'static str, bool);
+/// How a default property may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Any value of its type.
+    Writable,
+    /// `modificationMetadata.readOnlyValue`: writes fail with `READ_ONLY_VALUE`.
+    ReadOnly,
+    /// `calculated: true` (a rollup or formula), read-only as well.
+    Calculated,
+}
+
+/// `(name, label, type, fieldType, access, option values)` of the default properties: a
+/// realistic sample of what HubSpot defines on every portal (`hubspotDefined: true`).
+type Seed = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Access,
+    &'static [&'static str],
+);
+
+const LIFECYCLE: &[&str] = &[
+    "subscriber",
+    "lead",
+    "marketingqualifiedlead",
+    "salesqualifiedlead",
+    "opportunity",
+    "customer",
+    "evangelist",
+    "other",
+];
 
 const CONTACT_SEEDS: &[Seed] = &[
-    ("email", "Email", "string", "text", false),
-    ("firstname", "First Name", "string", "text", false),
-    ("lastname", "Last Name", "string", "text", false),
-    ("hs_object_id", "Record ID", "number", "number", true),
-    ("createdate", "Create Date", "datetime", "date", true),
+    ("email", "Email", "string", "text", Access::Writable, &[]),
+    (
+        "firstname",
+        "First Name",
+        "string",
+        "text",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "lastname",
+        "Last Name",
+        "string",
+        "text",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "phone",
+        "Phone Number",
+        "string",
+        "phonenumber",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "company",
+        "Company Name",
+        "string",
+        "text",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "hs_lead_status",
+        "Lead Status",
+        "enumeration",
+        "radio",
+        Access::Writable,
+        &[
+            "NEW",
+            "OPEN",
+            "IN_PROGRESS",
+            "OPEN_DEAL",
+            "UNQUALIFIED",
+            "ATTEMPTED_TO_CONTACT",
+            "CONNECTED",
+            "BAD_TIMING",
+        ],
+    ),
+    (
+        "num_associated_deals",
+        "Number of Associated Deals",
+        "number",
+        "number",
+        Access::Calculated,
+        &[],
+    ),
+    (
+        "hs_additional_emails",
+        "Additional email addresses",
+        "enumeration",
+        "checkbox",
+        Access::ReadOnly,
+        &[],
+    ),
+];
+
+/// What contacts and companies both have: the lifecycle stage, the revenue rollup, the record
+/// id and its timestamps.
+const SHARED_SEEDS: &[Seed] = &[
+    (
+        "lifecyclestage",
+        "Lifecycle Stage",
+        "enumeration",
+        "radio",
+        Access::Writable,
+        LIFECYCLE,
+    ),
+    (
+        "total_revenue",
+        "Total Revenue",
+        "number",
+        "number",
+        Access::Calculated,
+        &[],
+    ),
+    (
+        "hs_object_id",
+        "Record ID",
+        "number",
+        "number",
+        Access::ReadOnly,
+        &[],
+    ),
+    (
+        "createdate",
+        "Create Date",
+        "datetime",
+        "date",
+        Access::ReadOnly,
+        &[],
+    ),
     (
         "lastmodifieddate",
         "Last Modified Date",
         "datetime",
         "date",
-        true,
+        Access::ReadOnly,
+        &[],
     ),
 ];
 
 const COMPANY_SEEDS: &[Seed] = &[
-    ("name", "Company name", "string", "text", false),
-    ("domain", "Company Domain Name", "string", "text", false),
-    ("hs_object_id", "Record ID", "number", "number", true),
-    ("createdate", "Create Date", "datetime", "date", true),
     (
-        "lastmodifieddate",
-        "Last Modified Date",
-        "datetime",
-        "date",
-        true,
+        "name",
+        "Company name",
+        "string",
+        "text",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "domain",
+        "Company Domain Name",
+        "string",
+        "text",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "industry",
+        "Industry",
+        "enumeration",
+        "select",
+        Access::Writable,
+        &[
+            "ACCOUNTING",
+            "COMPUTER_SOFTWARE",
+            "FINANCIAL_SERVICES",
+            "INFORMATION_TECHNOLOGY_AND_SERVICES",
+        ],
+    ),
+    (
+        "annualrevenue",
+        "Annual Revenue",
+        "number",
+        "number",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "numberofemployees",
+        "Number of Employees",
+        "number",
+        "number",
+        Access::Writable,
+        &[],
+    ),
+    (
+        "num_associated_contacts",
+        "Number of Associated Contacts",
+        "number",
+        "number",
+        Access::Calculated,
+        &[],
     ),
 ];
 
@@ -167,19 +344,32 @@ impl Schema {
         let mut schema = Schema {
             object,
             props: BTreeMap::new(),
+            archived: BTreeMap::new(),
             groups: BTreeMap::new(),
         };
         schema.groups.insert(
             group.to_owned(),
             json!({"name": group, "label": group_label, "displayOrder": -1, "archived": false}),
         );
-        for (order, &(name, label, kind, field_type, read_only)) in seeds.iter().enumerate() {
+        for (order, &(name, label, kind, field_type, access, options)) in
+            seeds.iter().chain(SHARED_SEEDS).enumerate()
+        {
+            let options: Vec<Value> = options
+                .iter()
+                .enumerate()
+                .map(|(i, value)| {
+                    json!({"label": value, "value": value, "displayOrder": i, "hidden": false, "description": ""})
+                })
+                .collect();
             let mut json = json!({
                 "name": name, "label": label, "type": kind, "fieldType": field_type,
-                "groupName": group, "displayOrder": order,
+                "groupName": group, "displayOrder": order, "options": options,
+                "hubspotDefined": true,
+                "calculated": access == Access::Calculated,
                 // HubSpot's own properties can't be redefined through the API.
                 "modificationMetadata": {
-                    "archivable": false, "readOnlyDefinition": true, "readOnlyValue": read_only
+                    "archivable": false, "readOnlyDefinition": true,
+                    "readOnlyValue": access != Access::Writable
                 },
             });
             complete(&mut json, now);
@@ -200,18 +390,43 @@ impl Schema {
             .insert(name, PropDef::from_json(json, self.object));
     }
 
-    /// `GET /properties/{type}`.
-    pub(crate) fn list(&self) -> Reply {
-        let results: Vec<&Value> = self.props.values().map(|def| &def.json).collect();
+    /// `GET /properties/{type}`: the live definitions, or with `archived` only the archived.
+    pub(crate) fn list(&self, archived: bool) -> Reply {
+        let source = if archived {
+            &self.archived
+        } else {
+            &self.props
+        };
+        let results: Vec<&Value> = source.values().map(|def| &def.json).collect();
         Reply::json(200, json!({ "results": results }))
     }
 
-    /// `GET /properties/{type}/{name}`.
-    pub(crate) fn get(&self, name: &str) -> Reply {
-        match self.props.get(name) {
+    /// `GET /properties/{type}/{name}`: an archived one only with `archived`.
+    pub(crate) fn get(&self, name: &str, archived: bool) -> Reply {
+        let source = if archived {
+            &self.archived
+        } else {
+            &self.props
+        };
+        match source.get(name) {
             Some(def) => Reply::json(200, def.json.clone()),
             None => Reply::not_found(),
         }
+    }
+
+    /// Archives a live property (as deleting it in HubSpot's UI does); false if there is none.
+    pub(crate) fn archive(&mut self, name: &str, now: &str) -> bool {
+        let Some(def) = self.props.remove(name) else {
+            return false;
+        };
+        let mut json = def.json;
+        if let Some(object) = json.as_object_mut() {
+            object.insert("archived".to_owned(), Value::from(true));
+            object.insert("archivedAt".to_owned(), Value::from(now));
+        }
+        self.archived
+            .insert(name.to_owned(), PropDef::from_json(json, self.object));
+        true
     }
 
     /// `POST /properties/{type}`: validates like HubSpot and answers 201, 409 or 400.
@@ -227,7 +442,9 @@ impl Schema {
         if let Err(message) = check_property_name(name) {
             return Reply::validation(&message, json!({"name": [name]}));
         }
-        if self.props.contains_key(name) {
+        // An archived property keeps its name until it is purged: the same 409, which says
+        // nothing of the archive.
+        if self.props.contains_key(name) || self.archived.contains_key(name) {
             return Reply::error(
                 409,
                 "OBJECT_ALREADY_EXISTS",

@@ -23,6 +23,8 @@ pub(crate) enum ReplyBody {
     Json(Value),
     /// `text/html`.
     Html(String),
+    /// No body (204).
+    Empty,
 }
 
 /// A fresh correlation id, as HubSpot puts in every error.

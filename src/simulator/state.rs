@@ -57,6 +57,11 @@ pub(crate) fn timestamp() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Today in the portal's time zone: the day the daily limit counts.
+fn portal_today(config: &SimConfig) -> NaiveDate {
+    (Utc::now() + chrono::Duration::minutes(i64::from(config.utc_offset_minutes))).date_naive()
+}
+
 /// One stored record.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredRecord {
@@ -78,6 +83,8 @@ pub(crate) struct ObjectStore {
     /// For each unique property (and the contact email): value → record id. Keeps a 100-input
     /// upsert at 100 hash lookups however many records exist.
     indexes: HashMap<String, HashMap<String, u64>>,
+    /// Contacts' secondary emails (normalised) → record id: an upsert by email matches them too.
+    secondary_emails: HashMap<String, u64>,
 }
 
 impl ObjectStore {
@@ -86,6 +93,7 @@ impl ObjectStore {
             schema: Schema::seeded(object, now),
             records: BTreeMap::new(),
             indexes: HashMap::new(),
+            secondary_emails: HashMap::new(),
         };
         store.refresh_indexes();
         store
@@ -119,6 +127,12 @@ impl ObjectStore {
                 .filter(|id| self.records.contains_key(id));
         }
         let value = self.normalise(name, value);
+        if self.object() == ObjectType::Contacts
+            && name == "email"
+            && let Some(id) = self.secondary_emails.get(&value)
+        {
+            return Some(*id);
+        }
         match self.indexes.get(name) {
             Some(index) => index.get(&value).copied(),
             None => self
@@ -174,6 +188,27 @@ impl ObjectStore {
                 index.insert(value, id);
             }
         }
+    }
+
+    /// Whether `email` (normalised) is a secondary email of some contact.
+    pub(crate) fn is_secondary_email(&self, email: &str) -> bool {
+        self.secondary_emails.contains_key(email)
+    }
+
+    /// Removes record `id` and its index entries; false if there is none.
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
+        let Some(record) = self.records.remove(&id) else {
+            return false;
+        };
+        for (name, value) in &record.properties {
+            if let Some(index) = self.indexes.get_mut(name)
+                && index.get(value) == Some(&id)
+            {
+                index.remove(value);
+            }
+        }
+        self.secondary_emails.retain(|_, owner| *owner != id);
+        true
     }
 
     /// The record as the public accessors return it.
@@ -234,6 +269,8 @@ pub(crate) struct State {
     window: VecDeque<Instant>,
     day: NaiveDate,
     used_today: u64,
+    /// (object, normalised key) pairs whose upserts answer 409 `CONFLICT`.
+    conflicts: HashSet<(ObjectType, String)>,
 }
 
 impl State {
@@ -256,8 +293,9 @@ impl State {
             log: Vec::new(),
             log_forgotten: 0,
             window: VecDeque::new(),
-            day: Utc::now().date_naive(),
+            day: portal_today(config),
             used_today: 0,
+            conflicts: HashSet::new(),
         }
     }
 
@@ -308,6 +346,76 @@ impl State {
             self.associations.push((contact, company));
         }
         added
+    }
+
+    /// Removes an association; false if there was none.
+    pub(crate) fn dissociate(&mut self, contact: u64, company: u64) -> bool {
+        let removed = self.association_set.remove(&(contact, company));
+        if removed {
+            self.associations.retain(|pair| *pair != (contact, company));
+        }
+        removed
+    }
+
+    /// Archives a live property.
+    pub(crate) fn archive_property(&mut self, object_type: &str, name: &str) -> bool {
+        let Some(object) = ObjectType::parse(object_type) else {
+            return false;
+        };
+        let store = self.store_mut(object);
+        let archived = store.schema.archive(name, &timestamp());
+        store.refresh_indexes();
+        archived
+    }
+
+    /// Deletes a record and its associations.
+    pub(crate) fn delete_record(&mut self, object_type: &str, id: &str) -> bool {
+        let (Some(object), Ok(id)) = (ObjectType::parse(object_type), id.parse::<u64>()) else {
+            return false;
+        };
+        if !self.store_mut(object).remove(id) {
+            return false;
+        }
+        let gone = |(contact, company): &(u64, u64)| match object {
+            ObjectType::Contacts => *contact == id,
+            ObjectType::Companies => *company == id,
+        };
+        self.associations.retain(|pair| !gone(pair));
+        self.association_set.retain(|pair| !gone(pair));
+        true
+    }
+
+    /// Adds a secondary email to the contact with primary email `primary`.
+    pub(crate) fn add_secondary_email(&mut self, primary: &str, secondary: &str) -> bool {
+        let Some(id) = self.contacts.find("email", primary) else {
+            return false;
+        };
+        let secondary = normalise_email(secondary);
+        self.contacts.secondary_emails.insert(secondary.clone(), id);
+        let listed = self
+            .contacts
+            .records
+            .get(&id)
+            .and_then(|record| record.properties.get("hs_additional_emails"))
+            .map(|list| format!("{list};{secondary}"))
+            .unwrap_or(secondary);
+        self.contacts
+            .set_value(id, "hs_additional_emails", Some(listed));
+        true
+    }
+
+    /// Makes upserts of this key answer 409.
+    pub(crate) fn conflict_on(&mut self, object_type: &str, key: &str) {
+        if let Some(object) = ObjectType::parse(object_type) {
+            // Contacts are upserted by email, compared normalised; company keys as they are.
+            let key = self.store(object).normalise("email", key);
+            self.conflicts.insert((object, key));
+        }
+    }
+
+    /// Whether an upsert of `object` with this (normalised) key is scripted to answer 409.
+    pub(crate) fn conflicts_with(&self, object: ObjectType, key: &str) -> bool {
+        self.conflicts.contains(&(object, key.to_owned()))
     }
 
     /// Every association as (contact id, company id).
@@ -382,7 +490,7 @@ impl State {
     /// Counts one request against the daily limit and the rolling window, at `now`.
     /// Every request counts, refused ones included (the stricter reading).
     pub(crate) fn admit(&mut self, config: &SimConfig, now: Instant) -> Admission {
-        let today = Utc::now().date_naive();
+        let today = portal_today(config);
         if today != self.day {
             self.day = today;
             self.used_today = 0;

@@ -60,7 +60,7 @@ impl Snapshot {
             json!(if requests_per_10s.is_some() {
                 "hubsync.toml"
             } else {
-                "assumed: no valid hubsync.toml found"
+                "assumed: not set in hubsync.toml (or no valid hubsync.toml found)"
             }),
         );
         fields.insert("dlq_by_category".into(), dlq);

@@ -1,6 +1,7 @@
 //! The worker: `run_once` does one unit of each kind of work; `run` only decides when to call
 //! the steps again, with ingest, several sync loops and upkeep running side by side.
 
+pub mod associate;
 pub mod ingest;
 pub mod retry;
 pub mod sync;
@@ -10,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::Method;
-use serde_json::{Value, json};
+use chrono::{DateTime, FixedOffset, Offset, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::db;
-use crate::hubspot::HubSpotClient;
+use crate::hubspot::{HubSpotClient, Outcome};
 use crate::ratelimit::Limiter;
 use crate::schema::ObjectKind;
 pub use sync::SyncReport;
@@ -41,6 +41,9 @@ pub struct Worker {
     pub jitter: Jitter,
     /// This worker's metrics and readiness.
     pub telemetry: crate::telemetry::Telemetry,
+    /// The portal's offset from UTC (its daily limit resets at its midnight); `None` when it
+    /// could not be read: a daily pause then lasts an hour, and the next request probes.
+    pub portal: Option<FixedOffset>,
     /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
     /// and send fuller, fewer batches.
     backlog: AtomicBool,
@@ -75,7 +78,7 @@ pub struct Step {
     pub refused: usize,
     /// Sync results, contacts and companies together.
     pub sync: SyncReport,
-    /// Associations made.
+    /// Association pairs handled (made, retried or given up on).
     pub associated: usize,
     /// Dead-letter rows replayed (events folded again, objects queued again).
     pub replayed: usize,
@@ -112,6 +115,13 @@ impl Worker {
         )
         .await
         .context("failed to set up the shared rate limiter")?;
+        let setup = crate::setup::Setup::new(
+            client.clone(),
+            Some(limiter.clone()),
+            config.worker.auth_probe_interval,
+        );
+        let portal = crate::setup::portal_offset(&setup).await;
+        let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
         let id = Uuid::new_v4();
         let (canonical, properties) = config.declarations();
         let registered = db::generations::register(&pool, id, &canonical, &properties)
@@ -127,6 +137,7 @@ impl Worker {
             config,
             client,
             limiter,
+            portal,
             jitter: Arc::new(rand::random::<f64>),
             telemetry: crate::telemetry::Telemetry::new(),
             backlog: AtomicBool::new(false),
@@ -181,6 +192,48 @@ impl Worker {
     pub fn with_telemetry(mut self, telemetry: crate::telemetry::Telemetry) -> Worker {
         self.telemetry = telemetry;
         self
+    }
+
+    /// Now, in the portal's time zone (UTC when unknown).
+    pub fn portal_now(&self) -> DateTime<FixedOffset> {
+        let offset = self.portal.unwrap_or_else(|| Utc.fix());
+        Utc::now().with_timezone(&offset)
+    }
+
+    /// A daily 429 waits for the portal's midnight; when the portal's time zone is unknown, an
+    /// hour at most, after which the next request probes whether the day has turned.
+    pub fn daily_wait(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::RateLimited {
+                daily: true,
+                wait,
+                reason,
+            } if self.portal.is_none() => Outcome::RateLimited {
+                daily: true,
+                wait: wait.min(Duration::from_secs(3600)),
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    /// A 429: every worker waits `wait` (not an attempt against anything).
+    pub async fn pause_everyone(&self, wait: Duration, reason: &str) -> anyhow::Result<()> {
+        tracing::warn!(
+            wait_ms = wait.as_millis() as u64,
+            "{reason}; pausing every worker"
+        );
+        Ok(self.limiter.pause(wait, reason).await?)
+    }
+
+    /// A 401/403: every worker stops sending until the next probe; nothing is consumed.
+    pub async fn halt(&self, status: u16, reason: &str) -> anyhow::Result<()> {
+        let probe = self.config.worker.auth_probe_interval;
+        tracing::error!(
+            status,
+            "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {probe:?}"
+        );
+        Ok(self.limiter.pause(probe, reason).await?)
     }
 
     /// Replaces the jitter source (tests).
@@ -300,46 +353,7 @@ impl Worker {
 
     /// Associates synced contacts with their synced companies (HUBSPOT.md §7).
     async fn associate_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        if self.config.companies.is_none() {
-            return Ok(0);
-        }
-        let pending = db::objects::pending_associations(&self.pool, 100).await?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        if self
-            .limiter
-            .acquire(cancel, Duration::from_secs(15))
-            .await?
-            .is_err()
-        {
-            return Ok(0);
-        }
-        let inputs: Vec<Value> = pending
-            .iter()
-            .map(|(contact, company, _, _)| json!({"from": {"id": contact}, "to": {"id": company}}))
-            .collect();
-        let path = self.client.paths.associate_contacts_to_companies();
-        let reply = self
-            .client
-            .send(Method::POST, &path, Some(&json!({ "inputs": inputs })))
-            .await;
-        match reply {
-            Ok(r) if (200..300).contains(&r.status) => {
-                let contacts: Vec<String> = pending.iter().map(|p| p.2.clone()).collect();
-                let companies: Vec<String> = pending.iter().map(|p| p.3.clone()).collect();
-                db::objects::record_associated(&self.pool, &contacts, &companies).await?;
-                Ok(pending.len())
-            }
-            Ok(r) => {
-                tracing::warn!(status = r.status, body = %r.body, "association request failed; will retry");
-                Ok(0)
-            }
-            Err(e) => {
-                tracing::warn!("association request failed: {e:?}; will retry");
-                Ok(0)
-            }
-        }
+        associate::associate_once(self, cancel).await
     }
 
     /// Holds `LISTEN hubsync` on a connection of its own and passes each notification on:

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -18,6 +17,7 @@ use super::Worker;
 use super::retry::retry_delay;
 use crate::db;
 use crate::db::objects::{Leased, ObjectFailure, Written};
+use crate::hubspot::requests::{self, UpsertInput};
 use crate::hubspot::{Outcome, RecordError, SentInput, classify};
 use crate::ratelimit::NoPermit;
 use crate::schema::{ObjectKind, ObjectState};
@@ -140,19 +140,14 @@ fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> Built {
 }
 
 fn body(key_property: &str, inputs: &[Input], group: &[usize]) -> Value {
-    let items: Vec<Value> = group
-        .iter()
-        .map(|&i| {
-            let input = &inputs[i];
-            json!({
-                "id": input.leased.key,
-                "idProperty": key_property,
-                "objectWriteTraceId": input.trace_id,
-                "properties": input.properties,
-            })
-        })
-        .collect();
-    json!({ "inputs": items })
+    requests::upsert_body(
+        key_property,
+        group.iter().map(|&i| UpsertInput {
+            key: &inputs[i].leased.key,
+            trace_id: &inputs[i].trace_id,
+            properties: &inputs[i].properties,
+        }),
+    )
 }
 
 /// The fate of one leased object after the step.
@@ -203,6 +198,7 @@ pub async fn sync_once(
         .map(|i| SentInput {
             key: i.leased.key.clone(),
             trace_id: i.trace_id.clone(),
+            hubspot_id: i.leased.hubspot_id.clone(),
         })
         .collect();
     let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();
@@ -245,10 +241,13 @@ pub async fn sync_once(
             .batch_upsert(kind, w.client.batch_upsert(kind, &request))
             .await;
         report.requests += 1;
-        if let Ok(r) = &reply {
-            w.limiter.observe(&r.rate).await?;
-        }
-        let outcome = classify(&group_sent, &key_property, reply.as_ref(), Utc::now());
+        crate::setup::observe(&w.limiter, &reply).await?;
+        let outcome = w.daily_wait(classify(
+            &group_sent,
+            &key_property,
+            reply.as_ref(),
+            w.portal_now(),
+        ));
         match outcome {
             Outcome::Completed { written, failed } => {
                 for (j, id) in written {
@@ -269,29 +268,13 @@ pub async fn sync_once(
                 }
                 w.limiter.clear().await?;
             }
-            Outcome::RateLimited {
-                wait,
-                reason,
-                daily,
-            } => {
-                tracing::warn!(
-                    daily,
-                    wait_ms = wait.as_millis() as u64,
-                    "{reason}; pausing every worker"
-                );
-                w.limiter.pause(wait, &reason).await?;
+            Outcome::RateLimited { wait, reason, .. } => {
+                w.pause_everyone(wait, &reason).await?;
                 // Not an attempt: the same inputs go again once the pause is over.
                 stack.push(group);
             }
             Outcome::Halt { reason, status, .. } => {
-                tracing::error!(
-                    status,
-                    "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {:?}",
-                    w.config.worker.auth_probe_interval
-                );
-                w.limiter
-                    .pause(w.config.worker.auth_probe_interval, &reason)
-                    .await?;
+                w.halt(status, &reason).await?;
                 report.halted = true;
                 for i in group.into_iter().chain(stack.drain(..).flatten()) {
                     fates.insert(i, Fate::Released);

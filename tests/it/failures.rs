@@ -562,15 +562,17 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
 
 #[sqlx::test(migrations = false)]
 async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(pool: PgPool) {
+    // Start-up reads and creates the properties first; the rest is left for upserts.
+    const DAILY: u64 = 24;
     let sim = SimConfig {
-        daily_limit: Some(14),
+        daily_limit: Some(DAILY),
         ..SimConfig::default()
     };
     let h = Harness::with(pool, CONFIG, sim).await;
     h.setup().await;
     let setup_calls = h.sim.requests().len();
-    assert!(setup_calls < 14);
-    for i in 0..(14 - setup_calls) {
+    assert!(setup_calls < DAILY as usize);
+    for i in 0..(DAILY as usize - setup_calls) {
         // One contact per request: drain each on its own.
         h.enqueue(&format!("d{i}@acme.com"), json!({"total_sessions": 1}))
             .await;
@@ -596,7 +598,7 @@ async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(poo
     // Nothing more is sent while paused, and the object has spent no attempt.
     h.drain().await;
     assert_eq!(h.upserts().last().unwrap().status, 429);
-    assert_eq!(h.upserts().len(), 14 - setup_calls + 1);
+    assert_eq!(h.upserts().len(), DAILY as usize - setup_calls + 1);
     let attempts: i32 = sqlx::query_scalar(
         "SELECT attempts FROM hubsync.objects WHERE object_key = 'over@acme.com'",
     )
@@ -605,4 +607,47 @@ async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(poo
     .unwrap();
     assert_eq!(attempts, 0);
     assert_eq!(h.count("dlq").await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_daily_limit_in_a_portal_at_utc_minus_5_pauses_until_its_local_midnight(pool: PgPool) {
+    let sim = SimConfig {
+        daily_limit: Some(1),
+        time_zone: "US/Eastern".into(),
+        utc_offset_minutes: -300,
+        ..SimConfig::default()
+    };
+    // The worker reads the portal's time zone before the day's budget is known to be spent.
+    let h = Harness::with(pool, CONFIG, sim).await;
+    assert_eq!(
+        h.worker.portal,
+        chrono::FixedOffset::west_opt(5 * 3600),
+        "read from the account details"
+    );
+    h.enqueue("over@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.drain().await;
+    assert_eq!(h.upserts().last().map(|r| r.status), Some(429));
+    let paused_until: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT paused_until FROM hubsync.limiter WHERE name = 'hubspot'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    let eastern = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
+    let local_now = chrono::Utc::now().with_timezone(&eastern);
+    let local_midnight = local_now
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_local_timezone(eastern)
+        .unwrap();
+    let off = (paused_until - local_midnight.with_timezone(&chrono::Utc))
+        .num_milliseconds()
+        .abs();
+    assert!(
+        off < 5_000,
+        "paused until {paused_until}, local midnight is {local_midnight}"
+    );
 }

@@ -79,7 +79,9 @@ impl Harness {
         )
         .await
         .unwrap();
-        hubsync::reconcile::ensure(&self.client().with_limiter(limiter), config)
+        let setup =
+            hubsync::setup::Setup::new(self.client(), Some(limiter), Duration::from_secs(60));
+        hubsync::reconcile::ensure(&setup, config)
             .await
             .expect("start-up reconciliation succeeds");
     }
@@ -91,7 +93,7 @@ impl Harness {
             "options = [\"free\", \"pro\", \"enterprise\"]",
             "options = [\"free\", \"pro\", \"enterprise\", \"platinum\"]",
         ));
-        hubsync::reconcile::ensure(&self.client(), &fixed)
+        hubsync::reconcile::ensure(&self.client().into(), &fixed)
             .await
             .expect("the new option is added");
         worker_for(&self.pool, &self.sim, &fixed).await

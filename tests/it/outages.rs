@@ -203,18 +203,28 @@ async fn a_permit_is_never_granted_past_the_callers_deadline(pool: PgPool) {
     crate::harness::migrate(&pool).await;
     // One request per second, and a competitor that takes every permit the moment it frees:
     // each single wait is short, but together they outlast a batch's lease.
-    let limiter = Limiter::new(pool.clone(), 1, Duration::from_secs(1), Duration::ZERO)
-        .await
-        .unwrap();
+    let limiter = Limiter::new(
+        pool.clone(),
+        Some(1),
+        Duration::from_secs(1),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
     let stop = CancellationToken::new();
     let competitor = {
         let pool = pool.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                let _ =
-                    hubsync::db::limiter::try_acquire(&pool, LIMITER, 1, Duration::from_secs(1))
-                        .await;
+                let bounds = hubsync::db::limiter::Bounds {
+                    ceiling: Some(1),
+                    window: Duration::from_secs(1),
+                    margin: Duration::ZERO,
+                    daily_budget: None,
+                    day_ends: chrono::Utc::now() + chrono::Duration::hours(1),
+                };
+                let _ = hubsync::db::limiter::try_acquire(&pool, LIMITER, bounds).await;
             }
         })
     };

@@ -144,16 +144,24 @@ async fn no_command_prints_the_token_or_the_database_password(pool: PgPool) {
         Some(1)
     );
     sim.set_token(TOKEN);
+    let checked = run(&["check"], UNREACHABLE[0], &base).await;
     assert_eq!(
-        run(&["check"], UNREACHABLE[0], &base).await.status.code(),
-        Some(0)
+        checked.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
     );
 
     // The whole path with the password in the URL, a refused event included.
     let [in_userinfo, in_query] = reachable_urls(&pool);
     for url in [&in_userinfo, &in_query] {
         let out = run(&["migrate"], url, &base).await;
-        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for (key, props) in [
         ("s@acme.com", json!({"total_sessions": 2})),

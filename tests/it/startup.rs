@@ -201,7 +201,9 @@ async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPo
     );
     let config = crate::harness::parse_config(CONFIG);
     let client = crate::harness::client_for(&sim, &config);
-    hubsync::reconcile::ensure(&client, &config).await.unwrap();
+    hubsync::reconcile::ensure(&client.clone().into(), &config)
+        .await
+        .unwrap();
     let plan = sim.property("contacts", "current_plan").unwrap();
     let values: Vec<&str> = plan["options"]
         .as_array()
@@ -222,7 +224,9 @@ async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPo
         "datetime"
     );
     // A second start has nothing left to do.
-    let again = hubsync::reconcile::plan(&client, &config).await.unwrap();
+    let again = hubsync::reconcile::plan(&client.clone().into(), &config)
+        .await
+        .unwrap();
     assert!(
         again.create.is_empty() && again.add_options.is_empty() && again.create_groups.is_empty()
     );
@@ -242,9 +246,9 @@ async fn the_v3_api_edition_uses_the_older_paths(pool: PgPool) {
     );
     let paths: Vec<String> = h.sim.requests().into_iter().map(|r| r.path).collect();
     assert!(
-        paths
-            .iter()
-            .all(|p| p.starts_with("/crm/v3/") || p.starts_with("/crm/v4/")),
+        paths.iter().all(|p| p.starts_with("/crm/v3/")
+            || p.starts_with("/crm/v4/")
+            || p == "/account-info/v3/details"),
         "{paths:?}"
     );
     assert!(paths.contains(&"/crm/v3/objects/contacts/batch/upsert".to_string()));

@@ -1,0 +1,234 @@
+//! Setup calls (property and group reads and writes, the portal's account details): each takes a
+//! permit from the shared limiter when there is one, and its reply goes through `classify` like
+//! every batch does: a 429 pauses every worker, a 401/403 halts them, a passing failure (5xx, 423,
+//! 477, no answer) is waited out a few times. The client itself never paces anything.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use chrono::{FixedOffset, Utc};
+use reqwest::Method;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::hubspot::{HubSpotClient, Outcome, Reply, SetupReply, Transport, classify};
+use crate::ratelimit::Limiter;
+
+/// Feeds a reply's rate-limit headers to the shared limiter (the limit it states, the daily
+/// budget left).
+pub async fn observe(
+    limiter: &Limiter,
+    reply: &Result<Reply, Transport>,
+) -> Result<(), sqlx::Error> {
+    match reply {
+        Ok(r) => {
+            let rate = &r.rate;
+            limiter
+                .observe(rate.max, rate.interval_ms, rate.daily, rate.daily_remaining)
+                .await
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Tries per setup call while HubSpot is busy or unreachable.
+const TRIES: u32 = 6;
+
+/// A client for setup calls, paced by the shared limiter when there is one.
+#[derive(Clone)]
+pub struct Setup {
+    client: HubSpotClient,
+    limiter: Option<Limiter>,
+    /// How long every worker stops when HubSpot refuses the credentials.
+    halt_for: Duration,
+}
+
+impl From<HubSpotClient> for Setup {
+    /// Setup calls not paced by any limiter (a single process, or no database).
+    fn from(client: HubSpotClient) -> Setup {
+        Setup {
+            client,
+            limiter: None,
+            halt_for: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Setup {
+    /// Setup calls through `client`, each taking a permit from `limiter`; a 401/403 pauses every
+    /// worker for `halt_for`.
+    pub fn new(client: HubSpotClient, limiter: Option<Limiter>, halt_for: Duration) -> Setup {
+        Setup {
+            client,
+            limiter,
+            halt_for,
+        }
+    }
+
+    /// The client (for its paths).
+    pub fn client(&self) -> &HubSpotClient {
+        &self.client
+    }
+
+    /// The parsed JSON body on 2xx, `None` on 404, and an error naming the call and HubSpot's
+    /// answer otherwise (409 included).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Option<Value>> {
+        let what = format!("{method} {path}");
+        match self.request(method, path, body).await? {
+            SetupReply::Done(value) => Ok(Some(value)),
+            SetupReply::NotFound => Ok(None),
+            SetupReply::AlreadyExists(body) => {
+                bail!("{what}: HubSpot answered 409 (it already exists): {body}")
+            }
+        }
+    }
+
+    /// One setup call whose 404 and 409 the caller handles.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<SetupReply> {
+        let what = format!("{method} {path}");
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if let Some(limiter) = &self.limiter {
+                let permit = limiter
+                    .acquire(&CancellationToken::new(), Duration::from_secs(120))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{what}: cannot take a permit from the shared rate limiter in hubsync.limiter ({e}); check the database"))?;
+                if permit.is_err() {
+                    bail!(
+                        "{what}: sending is paused by the shared rate limiter (see `hubsync status` for why and until when); try again later"
+                    );
+                }
+            }
+            let reply = self.client.send(method.clone(), path, body).await;
+            if let (Some(limiter), Ok(r)) = (&self.limiter, &reply) {
+                limiter
+                    .observe(
+                        r.rate.max,
+                        r.rate.interval_ms,
+                        r.rate.daily,
+                        r.rate.daily_remaining,
+                    )
+                    .await?;
+            }
+            if let Ok(r) = &reply {
+                match r.status {
+                    404 => return Ok(SetupReply::NotFound),
+                    409 => {
+                        return Ok(SetupReply::AlreadyExists(
+                            serde_json::from_str(&r.body)
+                                .unwrap_or_else(|_| Value::String(r.body.clone())),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let wait = match classify(&[], "", reply.as_ref(), Utc::now()) {
+                Outcome::Completed { .. } => {
+                    let text = reply.map(|r| r.body).unwrap_or_default();
+                    return Ok(SetupReply::Done(
+                        serde_json::from_str(&text).unwrap_or(Value::Null),
+                    ));
+                }
+                Outcome::Halt { reason, .. } => {
+                    if let Some(limiter) = &self.limiter {
+                        limiter.pause(self.halt_for, &reason).await?;
+                    }
+                    bail!("{what}: {reason}");
+                }
+                Outcome::Rejected { error, .. } => {
+                    bail!("{what}: HubSpot refused the request: {}", error.raw)
+                }
+                Outcome::RateLimited {
+                    daily,
+                    wait,
+                    reason,
+                } => {
+                    if let Some(limiter) = &self.limiter {
+                        limiter.pause(wait, &reason).await?;
+                    }
+                    if daily {
+                        bail!(
+                            "{what}: {reason}; every worker waits {}s, until the portal's day ends; start again then",
+                            wait.as_secs()
+                        );
+                    }
+                    wait
+                }
+                Outcome::Retry {
+                    after,
+                    min_wait,
+                    reason,
+                } => {
+                    if attempt >= TRIES {
+                        let hint = match &reply {
+                            Err(Transport::Timeout | Transport::Connection(_)) => format!(
+                                " at {}; check HUBSPOT_BASE_URL and the network",
+                                self.client.base_url()
+                            ),
+                            Ok(_) => "; HubSpot is having trouble, try again later".to_string(),
+                        };
+                        bail!("{what}: {reason}{hint}");
+                    }
+                    after.unwrap_or(Duration::from_secs(2)).max(min_wait)
+                }
+            };
+            if attempt >= TRIES {
+                bail!("{what}: HubSpot kept answering 429 (rate limited); try again later");
+            }
+            tracing::warn!(
+                attempt,
+                "{what}: HubSpot is busy or unreachable; trying again in {wait:?}"
+            );
+            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+        }
+    }
+}
+
+/// The portal's offset from UTC, from `GET /account-info/v3/details` (`utcOffsetMilliseconds`,
+/// else `utcOffset` as `±HH:MM`): HubSpot's daily limit resets at the portal's midnight. `None`,
+/// with a warning, when the call is not allowed or the answer can't be read.
+pub async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
+    let path = setup.client().paths.account_details();
+    let details = match setup.call(Method::GET, &path, None).await {
+        Ok(Some(details)) => details,
+        Ok(None) => Value::Null,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the portal's time zone ({e:#}); after a daily 429, hubsync tries again once an hour instead of waiting for the portal's midnight"
+            );
+            return None;
+        }
+    };
+    let offset = details
+        .get("utcOffsetMilliseconds")
+        .and_then(Value::as_i64)
+        .and_then(|ms| i32::try_from(ms / 1000).ok())
+        .or_else(|| {
+            let text = details.get("utcOffset")?.as_str()?;
+            let (sign, rest) = match text.strip_prefix('-') {
+                Some(rest) => (-1, rest),
+                None => (1, text.strip_prefix('+').unwrap_or(text)),
+            };
+            let (hours, minutes) = rest.split_once(':').unwrap_or((rest, "0"));
+            let seconds = hours.parse::<i32>().ok()? * 3600 + minutes.parse::<i32>().ok()? * 60;
+            Some(sign * seconds)
+        })
+        .and_then(FixedOffset::east_opt);
+    if offset.is_none() {
+        tracing::warn!(
+            "the portal's account details carry no readable UTC offset; after a daily 429, hubsync tries again once an hour"
+        );
+    }
+    offset
+}

@@ -1,0 +1,232 @@
+//! Contact → company associations (HUBSPOT.md §7): made once a contact and its company both
+//! have HubSpot ids, made again when the contact's id changes, and the one hubsync made to a
+//! previous company removed when the contact's company changes. Every reply is read pair by pair
+//! through `classify_associations`; a refused pair is retried with the objects' backoff, then
+//! dead-lettered (category `association_refused`, object_type `association`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use super::retry::retry_delay;
+use crate::db;
+use crate::db::objects::{AssociationFailure, PendingAssociation};
+use crate::hubspot::requests::{archive_body, associate_body};
+use crate::hubspot::{Outcome, RecordError, Reply, Transport, classify, classify_associations};
+
+/// Pairs per request.
+const BATCH: i64 = 100;
+
+/// Removes stale associations, then makes the due ones; returns how many pairs were handled.
+pub async fn associate_once(w: &Worker, cancel: &CancellationToken) -> anyhow::Result<usize> {
+    if w.config.companies.is_none() {
+        return Ok(0);
+    }
+    let pending = db::objects::pending_associations(&w.pool, BATCH).await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let handled = pending.len();
+
+    // The association hubsync made with the previous company goes first: writing the new
+    // company does not replace it.
+    let stale: Vec<&PendingAssociation> = pending
+        .iter()
+        .filter(|p| p.previous_company_id.is_some())
+        .collect();
+    let mut held_up: BTreeSet<String> = BTreeSet::new();
+    if !stale.is_empty() {
+        let pairs: Vec<(String, String)> = stale
+            .iter()
+            .filter_map(|p| Some((p.contact_id.clone(), p.previous_company_id.clone()?)))
+            .collect();
+        let path = w.client.paths.archive_contacts_to_companies();
+        let Some(reply) = send(w, cancel, &path, &archive_body(&pairs)).await? else {
+            return Ok(0);
+        };
+        match w.daily_wait(classify(&[], "", reply.as_ref(), w.portal_now())) {
+            Outcome::Completed { .. } => {}
+            other => {
+                let stale: Vec<PendingAssociation> = stale.into_iter().cloned().collect();
+                if !settle_failure(w, &stale, other).await? {
+                    return Ok(0);
+                }
+                held_up.extend(stale.iter().map(|p| p.contact_key.clone()));
+            }
+        }
+    }
+
+    let due: Vec<PendingAssociation> = pending
+        .into_iter()
+        .filter(|p| !held_up.contains(&p.contact_key))
+        .collect();
+    if due.is_empty() {
+        return Ok(handled);
+    }
+    let pairs: Vec<(String, String)> = due
+        .iter()
+        .map(|p| (p.contact_id.clone(), p.company_id.clone()))
+        .collect();
+    let path = w.client.paths.associate_contacts_to_companies();
+    let Some(reply) = send(w, cancel, &path, &associate_body(&pairs)).await? else {
+        return Ok(0);
+    };
+    match w.daily_wait(classify_associations(
+        &pairs,
+        reply.as_ref(),
+        w.portal_now(),
+    )) {
+        Outcome::Completed { written, failed } => {
+            let done: Vec<PendingAssociation> =
+                written.iter().map(|(i, _)| due[*i].clone()).collect();
+            if !done.is_empty() {
+                db::objects::record_associated(&w.pool, &done).await?;
+            }
+            let failed: Vec<(PendingAssociation, RecordError)> = failed
+                .into_iter()
+                .map(|(i, e)| (due[i].clone(), e))
+                .collect();
+            retry_or_park(w, &failed, None, Duration::ZERO).await?;
+            w.limiter.clear().await?;
+        }
+        other => {
+            settle_failure(w, &due, other).await?;
+        }
+    }
+    Ok(handled)
+}
+
+/// Takes a permit and sends; `None` when no permit came (paused, shutting down).
+async fn send(
+    w: &Worker,
+    cancel: &CancellationToken,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<Option<Result<Reply, Transport>>> {
+    if w.limiter
+        .acquire(cancel, Duration::from_secs(15))
+        .await?
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let reply = w.client.send(Method::POST, path, Some(body)).await;
+    crate::setup::observe(&w.limiter, &reply).await?;
+    Ok(Some(reply))
+}
+
+/// A whole request that did not go through: a 429 pauses every worker and a 401/403 halts them
+/// (no try is counted against the pairs); anything else is a try for each pair. Returns whether
+/// the pairs were charged a try.
+async fn settle_failure(
+    w: &Worker,
+    pairs: &[PendingAssociation],
+    outcome: Outcome,
+) -> anyhow::Result<bool> {
+    match outcome {
+        Outcome::RateLimited { wait, reason, .. } => {
+            w.pause_everyone(wait, &reason).await?;
+            Ok(false)
+        }
+        Outcome::Halt { reason, status, .. } => {
+            w.halt(status, &reason).await?;
+            Ok(false)
+        }
+        Outcome::Retry {
+            after,
+            min_wait,
+            reason,
+        } => {
+            let failed = with_error(pairs, "association_failed", &reason, Value::Null);
+            retry_or_park(w, &failed, after, min_wait).await?;
+            Ok(true)
+        }
+        Outcome::Rejected { error, .. } => {
+            let failed = with_error(pairs, "association_refused", &error.message, error.raw);
+            retry_or_park(w, &failed, None, Duration::ZERO).await?;
+            Ok(true)
+        }
+        Outcome::Completed { .. } => Ok(false),
+    }
+}
+
+fn with_error(
+    pairs: &[PendingAssociation],
+    category: &'static str,
+    message: &str,
+    raw: Value,
+) -> Vec<(PendingAssociation, RecordError)> {
+    pairs
+        .iter()
+        .map(|p| {
+            (
+                p.clone(),
+                RecordError {
+                    category,
+                    code: None,
+                    message: message.to_string(),
+                    raw: raw.clone(),
+                    permanent: false,
+                    properties: Vec::new(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Schedules another try with the objects' backoff, or parks the pair once it is out of tries.
+async fn retry_or_park(
+    w: &Worker,
+    failed: &[(PendingAssociation, RecordError)],
+    after: Option<Duration>,
+    min_wait: Duration,
+) -> anyhow::Result<()> {
+    let max_attempts = w.config.worker.max_attempts;
+    let mut keys = Vec::new();
+    let mut delays = Vec::new();
+    let mut parked = Vec::new();
+    for (p, e) in failed {
+        if p.attempts + 1 >= max_attempts {
+            let message = format!(
+                "{} (gave up after {} tries). Fix the records in HubSpot, then replay this row to try again",
+                e.message,
+                p.attempts + 1
+            );
+            tracing::warn!(contact = %p.contact_key, company = %p.company_key, "association dead-lettered: {message}");
+            parked.push(AssociationFailure {
+                contact_key: p.contact_key.clone(),
+                payload: json!({
+                    "contact": p.contact_key, "company": p.company_key,
+                    "from": {"id": p.contact_id}, "to": {"id": p.company_id}
+                })
+                .to_string(),
+                category: if e.category == "association_failed" {
+                    "association_failed".into()
+                } else {
+                    "association_refused".into()
+                },
+                error: if e.raw.is_null() {
+                    json!({"source": "hubsync", "message": message}).to_string()
+                } else {
+                    e.raw.to_string()
+                },
+                message,
+            });
+        } else {
+            tracing::info!(contact = %p.contact_key, "{}; will try again", e.message);
+            keys.push(p.contact_key.clone());
+            delays.push(retry_delay(p.attempts, after, min_wait, (w.jitter)()).as_secs_f64());
+        }
+    }
+    if !keys.is_empty() {
+        db::objects::retry_associations(&w.pool, &keys, &delays).await?;
+    }
+    if !parked.is_empty() {
+        db::objects::park_associations(&w.pool, &parked).await?;
+    }
+    Ok(())
+}

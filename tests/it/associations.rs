@@ -1,0 +1,146 @@
+//! Contact → company associations through the worker against the simulator: HubSpot's per-pair
+//! answers are read, a refused pair is retried and then dead-lettered while the others are made,
+//! and an association follows the contact's record id and company.
+
+use hubsync::schema::ObjectKind;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::Harness;
+
+async fn contact_at(h: &Harness, email: &str, company: &str) {
+    sqlx::query(
+        "SELECT hubsync.enqueue(event_id => gen_random_uuid(), object_type => 'contact',
+                object_key => $1, properties => '{\"total_sessions\": 1}', company_key => $2)",
+    )
+    .bind(email)
+    .bind(company)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+}
+
+async fn company(h: &Harness, key: &str) {
+    sqlx::query(
+        "SELECT hubsync.enqueue(event_id => gen_random_uuid(), object_type => 'company',
+                object_key => $1, properties => '{\"seats\": 1}')",
+    )
+    .bind(key)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+}
+
+fn company_id(h: &Harness, key: &str) -> String {
+    h.sim
+        .company("product_account_id", key)
+        .expect("company stored")
+        .id
+}
+
+/// Ingests and syncs both types, without associating.
+async fn sync_only(h: &Harness) {
+    let cancel = CancellationToken::new();
+    h.worker.ingest_once().await.unwrap();
+    for kind in [ObjectKind::Company, ObjectKind::Contact] {
+        h.worker.sync_once(kind, &cancel).await.unwrap();
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_refused_pair_is_retried_then_dead_lettered_and_the_others_are_made(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    for (email, key) in [
+        ("a@acme.com", "acct_1"),
+        ("b@acme.com", "acct_2"),
+        ("c@acme.com", "acct_3"),
+    ] {
+        company(&h, key).await;
+        contact_at(&h, email, key).await;
+    }
+    sync_only(&h).await;
+    // Someone deletes b in HubSpot before it is associated: HubSpot refuses that pair.
+    let b = h.contact("b@acme.com").id;
+    assert!(h.sim.delete_record("contacts", &b));
+    h.sim.reset_requests();
+    h.drain().await;
+
+    let mut made = h.sim.associations();
+    made.sort();
+    let mut wanted = vec![
+        (h.contact("a@acme.com").id, company_id(&h, "acct_1")),
+        (h.contact("c@acme.com").id, company_id(&h, "acct_3")),
+    ];
+    wanted.sort();
+    assert_eq!(made, wanted);
+    let tries = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/associate/default"))
+        .filter(|r| {
+            r.body
+                .as_ref()
+                .is_some_and(|body| body.to_string().contains(&format!("\"{b}\"")))
+        })
+        .count();
+    assert_eq!(
+        tries, h.config.worker.max_attempts as usize,
+        "retried, then given up"
+    );
+    let (object_type, key, category, error): (String, String, String, String) = sqlx::query_as(
+        "SELECT object_type, object_key, error_category, error::text FROM hubsync.dlq
+         WHERE kind = 'object'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (object_type.as_str(), key.as_str(), category.as_str()),
+        ("association", "b@acme.com", "association_refused")
+    );
+    assert!(error.contains(&b), "HubSpot's error is kept: {error}");
+    // Nothing more is sent for it.
+    h.sim.reset_requests();
+    h.drain().await;
+    assert!(h.sim.requests().is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_company_change_removes_the_old_association_and_makes_the_new_one(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    company(&h, "acct_2").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    h.drain().await;
+    let a = h.contact("a@acme.com").id;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(a.clone(), company_id(&h, "acct_1"))]
+    );
+
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    h.drain().await;
+    assert_eq!(h.sim.associations(), vec![(a, company_id(&h, "acct_2"))]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_re_created_contact_is_associated_again(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    h.drain().await;
+    let old = h.contact("a@acme.com").id;
+    assert!(h.sim.delete_record("contacts", &old));
+    assert!(h.sim.associations().is_empty());
+
+    // The next event re-creates the contact under a new id.
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    h.drain().await;
+    let new = h.contact("a@acme.com").id;
+    assert_ne!(new, old);
+    assert_eq!(h.sim.associations(), vec![(new, company_id(&h, "acct_1"))]);
+}

@@ -1,0 +1,123 @@
+//! How the worker reads HubSpot's replies: results matched to inputs by trace id, then by the
+//! record id hubsync knows, then by key; a whole-batch 4xx of unknown kind narrowed to the
+//! record that causes it.
+
+use hubsync::simulator::SimConfig;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::{CONFIG, Harness};
+
+async fn object(pool: &PgPool, key: &str) -> (bool, Option<String>) {
+    sqlx::query_as("SELECT dirty, hubspot_id FROM hubsync.objects WHERE object_key = $1")
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn dlq(pool: &PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT object_key, error_category, error::text FROM hubsync.dlq ORDER BY object_key",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// `main@acme.com` synced, then `other@acme.com` added to it as a secondary email; returns
+/// the contact's id.
+async fn merged(h: &Harness) -> String {
+    h.setup().await;
+    h.enqueue("main@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.drain().await;
+    assert!(!object(&h.pool, "main@acme.com").await.0, "matched by key");
+    let main = h.contact("main@acme.com").id;
+    assert!(h.sim.add_secondary_email("main@acme.com", "other@acme.com"));
+    h.enqueue("other@acme.com", json!({"total_sessions": 5}))
+        .await;
+    main
+}
+
+/// The event for `other@acme.com` reached the contact `main`, and hubsync recorded it so.
+async fn written_to_the_primary(h: &Harness, main: String) {
+    assert_eq!(object(&h.pool, "other@acme.com").await, (false, Some(main)));
+    assert_eq!(
+        h.prop("main@acme.com", "total_sessions").as_deref(),
+        Some("5")
+    );
+    assert!(dlq(&h.pool).await.is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_upsert_by_a_secondary_email_is_matched_by_its_trace_id(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    let main = merged(&h).await;
+    h.drain().await;
+    written_to_the_primary(&h, main).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPool) {
+    let sim = SimConfig {
+        echo_trace_ids: false,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
+    let main = merged(&h).await;
+    h.worker.ingest_once().await.unwrap();
+    // hubsync learnt this contact's id earlier (say, before the two were merged in HubSpot).
+    sqlx::query("UPDATE hubsync.objects SET hubspot_id = $1 WHERE object_key = 'other@acme.com'")
+        .bind(&main)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.drain().await;
+    written_to_the_primary(&h, main).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_409_for_one_record_of_a_full_batch_dead_letters_only_that_record(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    h.sim.conflict_on("contacts", "clash@acme.com");
+    for i in 0..99 {
+        h.enqueue(
+            &format!("user{i:02}@acme.com"),
+            json!({"total_sessions": 1}),
+        )
+        .await;
+    }
+    h.enqueue("clash@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.sim.reset_requests();
+    h.drain().await;
+    let upserts = h.upserts();
+    assert_eq!(upserts[0].inputs, 100, "one full batch first");
+    assert!(
+        upserts.len() <= 1 + 24,
+        "{} requests: isolating one record must cost at most 24 extra",
+        upserts.len()
+    );
+    assert_eq!(
+        h.sim.records("contacts").len(),
+        99,
+        "its batch-mates are written"
+    );
+    let parked = dlq(&h.pool).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let (key, category, error) = &parked[0];
+    assert_eq!(key, "clash@acme.com");
+    assert_eq!(category, "hubspot_rejected");
+    assert!(
+        error.contains("Contact already exists"),
+        "HubSpot's body is kept: {error}"
+    );
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM hubsync.objects WHERE attempts > 0")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 0, "no batch-mate is charged an attempt");
+}
