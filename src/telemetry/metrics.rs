@@ -336,7 +336,15 @@ impl Telemetry {
         kind: ObjectKind,
         send: impl Future<Output = Result<Reply, Transport>>,
     ) -> Result<Reply, Transport> {
-        let endpoint = batch_endpoint(kind);
+        self.timed(batch_endpoint(kind), send).await
+    }
+
+    /// Sends any other request (`send`) to `endpoint`, counting it by outcome and timing it.
+    pub async fn timed(
+        &self,
+        endpoint: &'static str,
+        send: impl Future<Output = Result<Reply, Transport>>,
+    ) -> Result<Reply, Transport> {
         let started = Instant::now();
         let reply = send.await;
         self.request_done(endpoint, &reply, started.elapsed());

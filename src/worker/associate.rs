@@ -114,7 +114,15 @@ async fn send(
     {
         return Ok(None);
     }
-    let reply = w.client.send(Method::POST, path, Some(body)).await;
+    let endpoint = if path.contains("/archive") {
+        "associations/batch/archive"
+    } else {
+        "associations/batch/associate"
+    };
+    let reply = w
+        .telemetry
+        .timed(endpoint, w.client.send(Method::POST, path, Some(body)))
+        .await;
     crate::setup::observe(&w.limiter, &reply).await?;
     Ok(Some(reply))
 }
