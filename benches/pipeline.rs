@@ -1,4 +1,4 @@
-//! The pipeline benchmarks P1–P5 of `docs/DESIGN.md` §4: a program that prints one table per
+//! The pipeline benchmarks P1–P5 of `docs/ARCHITECTURE.md` §4: a program that prints one table per
 //! measure and asserts nothing on time (`BENCHMARKS.md` records the latest results).
 //!
 //! Run: `cargo bench --bench pipeline -- <p1|p2|p3|p4|p5|all> [--events N]`. Each scenario

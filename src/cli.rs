@@ -34,7 +34,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The commands of DESIGN.md §1.
+/// The commands of `docs/ARCHITECTURE.md` §1.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or upgrade the hubsync schema.

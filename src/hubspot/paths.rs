@@ -1,4 +1,4 @@
-//! Every HubSpot path hubsync calls, in one place, for both API editions (HUBSPOT.md §1).
+//! Every HubSpot path hubsync calls, in one place, for both API editions (`docs/HUBSPOT.md` §1).
 
 use crate::config::ApiVersion;
 use crate::schema::ObjectKind;

@@ -1,4 +1,4 @@
-//! The Prometheus series of one worker (DESIGN.md §1 names them), its readiness, and the log
+//! The Prometheus series of one worker (`docs/ARCHITECTURE.md` §1 names them), its readiness, and the log
 //! line per batch and per ingest chunk.
 //!
 //! Counters and histograms count what this process did. The gauges that describe the shared

@@ -1,4 +1,4 @@
-//! DESIGN.md §2 under concurrency and crashes: several workers at once, workers killed with
+//! `docs/ARCHITECTURE.md` §2 under concurrency and crashes: several workers at once, workers killed with
 //! SIGKILL mid-batch, SIGTERM finishing the batch in flight, the shared rate limit.
 
 use std::collections::BTreeMap;
