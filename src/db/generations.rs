@@ -70,27 +70,9 @@ pub async fn register(
         fingerprint,
         generation,
     };
-    seen(&mut tx, worker, &registered).await?;
+    beat(&mut tx, worker, &registered).await?;
     tx.commit().await?;
     Ok(registered)
-}
-
-async fn seen(
-    conn: &mut PgConnection,
-    worker: Uuid,
-    registered: &Registered,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO hubsync.workers (id, fingerprint, host, pid)
-         VALUES ($1, $2, coalesce(inet_client_addr()::text, 'local'), $3)
-         ON CONFLICT (id) DO UPDATE SET seen_at = now()",
-    )
-    .bind(worker)
-    .bind(&registered.fingerprint)
-    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Marks the worker alive and returns the newest live generation above its own, if any, in
@@ -101,23 +83,32 @@ pub async fn heartbeat(
     worker: Uuid,
     registered: &Registered,
 ) -> Result<Option<Newer>, sqlx::Error> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
+    let mut conn = pool.acquire().await?;
+    beat(&mut conn, worker, registered).await
+}
+
+async fn beat(
+    conn: &mut PgConnection,
+    worker: Uuid,
+    registered: &Registered,
+) -> Result<Option<Newer>, sqlx::Error> {
+    let sql = format!(
         "WITH me AS (
              INSERT INTO hubsync.workers (id, fingerprint, host, pid)
              VALUES ($1, $2, coalesce(inet_client_addr()::text, 'local'), $3)
              ON CONFLICT (id) DO UPDATE SET seen_at = now()
          )
-         SELECT c.generation, count(*) FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
-         WHERE c.generation > $4 AND w.seen_at > now() - make_interval(secs => $5)
-         GROUP BY c.generation ORDER BY c.generation DESC LIMIT 1",
-    )
-    .bind(worker)
-    .bind(&registered.fingerprint)
-    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
-    .bind(registered.generation)
-    .bind(ALIVE_SECS)
-    .fetch_optional(pool)
-    .await?;
+         {}",
+        newer_sql(4, 5)
+    );
+    let row: Option<(i64, i64)> = sqlx::query_as(&sql)
+        .bind(worker)
+        .bind(&registered.fingerprint)
+        .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+        .bind(registered.generation)
+        .bind(ALIVE_SECS)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(row.map(|(generation, workers)| Newer {
         generation,
         workers,
@@ -125,16 +116,22 @@ pub async fn heartbeat(
 }
 
 /// The newest live generation above `generation`, if any. Locks nothing.
-async fn newer(conn: &mut PgConnection, generation: i64) -> Result<Option<Newer>, sqlx::Error> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
+/// The newest live generation above parameter `$generation` (`$alive`: seconds a worker counts
+/// as alive after its last heartbeat), with its live workers.
+fn newer_sql(generation: usize, alive: usize) -> String {
+    format!(
         "SELECT c.generation, count(*) FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
-         WHERE c.generation > $1 AND w.seen_at > now() - make_interval(secs => $2)
-         GROUP BY c.generation ORDER BY c.generation DESC LIMIT 1",
+         WHERE c.generation > ${generation} AND w.seen_at > now() - make_interval(secs => ${alive})
+         GROUP BY c.generation ORDER BY c.generation DESC LIMIT 1"
     )
-    .bind(generation)
-    .bind(ALIVE_SECS)
-    .fetch_optional(&mut *conn)
-    .await?;
+}
+
+async fn newer(conn: &mut PgConnection, generation: i64) -> Result<Option<Newer>, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(&newer_sql(1, 2))
+        .bind(generation)
+        .bind(ALIVE_SECS)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(row.map(|(generation, workers)| Newer {
         generation,
         workers,

@@ -496,7 +496,7 @@ async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: PgPool) {
-    use hubsync::db::objects::{ObjectFailure, dead_letter, lease};
+    use hubsync::db::objects::dead_letter;
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
     h.enqueue("r@acme.com", json!({"total_sessions": 1})).await;
@@ -509,28 +509,12 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
             .execute(&pool)
             .await
             .unwrap();
-        let token = uuid::Uuid::new_v4();
-        let leased = lease(
-            &pool,
-            "contact",
-            100,
-            Duration::from_secs(60),
-            token,
-            i64::MAX,
-        )
-        .await
-        .unwrap();
+        let (token, leased) = crate::harness::lease_contacts(&pool).await;
         assert_eq!(leased.len(), 1);
-        let failure = ObjectFailure {
-            key: leased[0].key.clone(),
-            version: leased[0].version,
-            payload: "{}".into(),
-            category: "hubspot_error".into(),
-            message: format!("HubSpot refused the record: something odd ({attempt})"),
-            error: "{}".into(),
-            permanent: false,
-            hold: None,
-        };
+        let failure = crate::harness::retryable_failure(
+            &leased[0],
+            format!("HubSpot refused the record: something odd ({attempt})"),
+        );
         dead_letter(&pool, "contact", token, &[failure], max_attempts)
             .await
             .unwrap();

@@ -321,3 +321,36 @@ pub fn psql(pool: &PgPool, file: &str, vars: &[(&str, &str)]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Leases every due contact (up to 100) with a fresh token, as a sync step would.
+pub async fn lease_contacts(pool: &PgPool) -> (Uuid, Vec<hubsync::db::objects::Leased>) {
+    let token = Uuid::new_v4();
+    let leased = hubsync::db::objects::lease(
+        pool,
+        "contact",
+        100,
+        Duration::from_secs(60),
+        token,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
+    (token, leased)
+}
+
+/// A retryable per-record failure of a leased object, as HubSpot's 207 would give.
+pub fn retryable_failure(
+    leased: &hubsync::db::objects::Leased,
+    message: String,
+) -> hubsync::db::objects::ObjectFailure {
+    hubsync::db::objects::ObjectFailure {
+        key: leased.key.clone(),
+        version: leased.version,
+        payload: "{}".into(),
+        category: "hubspot_error".into(),
+        message,
+        error: "{}".into(),
+        permanent: false,
+        hold: None,
+    }
+}

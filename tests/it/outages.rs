@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hubsync::db::objects::{ObjectFailure, Written, dead_letter, lease, record_written};
+use hubsync::db::objects::{Written, dead_letter, lease, record_written};
 use hubsync::ratelimit::{LIMITER, Limiter};
 use hubsync::simulator::SimConfig;
 use serde_json::json;
@@ -116,17 +116,7 @@ async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: 
         .execute(&pool)
         .await
         .unwrap();
-        let token = uuid::Uuid::new_v4();
-        let leased = lease(
-            &pool,
-            "contact",
-            100,
-            Duration::from_secs(60),
-            token,
-            i64::MAX,
-        )
-        .await
-        .unwrap();
+        let (token, leased) = crate::harness::lease_contacts(&pool).await;
         let (written, failed) = leased.split_at(leased.len() / 2);
         let written: Vec<Written> = written
             .iter()
@@ -137,18 +127,9 @@ async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: 
                 held: None,
             })
             .collect();
-        let failures: Vec<ObjectFailure> = failed
+        let failures: Vec<_> = failed
             .iter()
-            .map(|l| ObjectFailure {
-                key: l.key.clone(),
-                version: l.version,
-                payload: "{}".into(),
-                category: "hubspot_error".into(),
-                message: "x".into(),
-                error: "{}".into(),
-                permanent: false,
-                hold: None,
-            })
+            .map(|l| crate::harness::retryable_failure(l, "x".into()))
             .collect();
         let (a, b, c) = tokio::join!(
             hubsync::db::dlq::requeue_due_objects(&pool, 100),
