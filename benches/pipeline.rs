@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hubsync::config::{Config, DEFAULT_DATABASE_URL};
+use hubsync::core::vocabulary::ObjectType;
 use hubsync::hubspot::{HubSpotClient, Paths};
-use hubsync::schema::ObjectKind;
 use hubsync::simulator::{SimConfig, SimRequest, Simulator};
 use hubsync::worker::Worker;
 use reqwest::Method;
@@ -760,7 +760,7 @@ async fn naive_batches(
     events: &[(String, String)],
     dedupe: bool,
 ) -> anyhow::Result<(usize, usize, f64)> {
-    let path = client.paths.batch_upsert(ObjectKind::Contact);
+    let path = client.paths.batch_upsert(ObjectType::Contact);
     let (mut sent, mut refused, mut inputs_total) = (0, 0, 0);
     for chunk in events.chunks(100) {
         let mut inputs: Vec<(String, Value)> = Vec::new();

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::schema::{MergeRule, PropertyDef, PropertyType};
+pub use crate::core::vocabulary::{CompanyConfig, ObjectConfig};
+use crate::core::vocabulary::{Declared, MergeRule, PropertyDef, PropertyType};
 use crate::secret::Secret;
 
 /// Default HubSpot API base URL.
@@ -136,24 +137,6 @@ pub struct WorkerSettings {
     /// Postgres `idle_in_transaction_session_timeout` on worker sessions: a worker cut off
     /// mid-transaction releases its locks after this long instead of when TCP gives up.
     pub idle_in_transaction_timeout: Duration,
-}
-
-/// One object type's declared properties.
-#[derive(Debug, Clone, Default)]
-pub struct ObjectConfig {
-    /// Declared properties by name.
-    pub properties: BTreeMap<String, PropertyDef>,
-    /// The config-file line each property is declared on, for messages.
-    pub lines: BTreeMap<String, usize>,
-}
-
-/// The `[companies]` table.
-#[derive(Debug, Clone)]
-pub struct CompanyConfig {
-    /// The unique property companies are upserted by.
-    pub id_property: String,
-    /// Declared properties.
-    pub objects: ObjectConfig,
 }
 
 /// The whole validated configuration.
@@ -380,6 +363,14 @@ pub fn check_property_name(name: &str) -> Result<(), String> {
 }
 
 impl Config {
+    /// What this config declares, as event preparation reads it.
+    pub fn declared(&self) -> Declared<'_> {
+        Declared {
+            contacts: &self.contacts,
+            companies: self.companies.as_ref(),
+        }
+    }
+
     /// What this config declares, as deployments compare it: every property's name, type and
     /// merge rule (and options), and the company key; not labels, descriptions or tuning.
     /// Returns the canonical text (whose digest identifies the declarations) and the declared
@@ -391,7 +382,10 @@ impl Config {
                 .values()
                 .map(|d| {
                     let options = match &d.ptype {
-                        crate::schema::PropertyType::Enumeration { options, multiple } => {
+                        crate::core::vocabulary::PropertyType::Enumeration {
+                            options,
+                            multiple,
+                        } => {
                             serde_json::json!({"options": options, "multiple": multiple})
                         }
                         _ => serde_json::Value::Null,

@@ -3,13 +3,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod db;
 pub mod demo;
-pub mod event;
 pub mod hubspot;
 pub mod ratelimit;
 pub mod reconcile;
-pub mod schema;
 pub mod secret;
 pub mod setup;
 pub mod simulator;

@@ -15,20 +15,20 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::config::{Config, ObjectConfig};
+use crate::core::vocabulary::{ObjectType, PropertyDef, PropertyType};
 use crate::hubspot::SetupReply;
-use crate::schema::{ObjectKind, PropertyDef, PropertyType};
 use crate::setup::Setup;
 
 /// What `check` and `run` found when comparing config and portal.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Plan {
     /// Property groups to create: (object, group name).
-    pub create_groups: Vec<(ObjectKind, String)>,
+    pub create_groups: Vec<(ObjectType, String)>,
     /// Properties to create: (object, JSON body).
-    pub create: Vec<(ObjectKind, String, Value)>,
+    pub create: Vec<(ObjectType, String, Value)>,
     /// Enumerations to PATCH: (object, name, the full option list to send: every existing
     /// option exactly as read, then the missing values).
-    pub add_options: Vec<(ObjectKind, String, Vec<Value>)>,
+    pub add_options: Vec<(ObjectType, String, Vec<Value>)>,
     /// Refusals: each says what clashes and how to fix it.
     pub mismatches: Vec<String>,
 }
@@ -169,7 +169,7 @@ fn owned_by_hubspot(p: &Value) -> Option<&'static str> {
 
 /// A declared name that must not be synced into, or `None` when it may be.
 fn refusal(
-    kind: ObjectKind,
+    kind: ObjectType,
     name: &str,
     live: Option<&Value>,
     archived: bool,
@@ -195,7 +195,7 @@ fn refusal(
 /// One object type as declared: its kind, properties, and (companies) the unique id property.
 pub struct Declared<'a> {
     /// Contact or company.
-    pub kind: ObjectKind,
+    pub kind: ObjectType,
     /// Declared properties.
     pub objects: &'a ObjectConfig,
     /// The unique property companies are upserted by.
@@ -344,7 +344,7 @@ async fn list_by_name(setup: &Setup, path: &str) -> anyhow::Result<BTreeMap<Stri
         .unwrap_or_default())
 }
 
-async fn fetch_object(setup: &Setup, kind: ObjectKind) -> anyhow::Result<Remote> {
+async fn fetch_object(setup: &Setup, kind: ObjectType) -> anyhow::Result<Remote> {
     let paths = setup.client().paths;
     let properties = list_by_name(setup, &paths.property_list(kind)).await?;
     let groups = list_by_name(setup, &paths.groups(kind)).await?;
@@ -367,19 +367,19 @@ pub async fn plan(setup: &Setup, config: &Config) -> anyhow::Result<Plan> {
     let file = config.path.display().to_string();
     let group = &config.hubspot.property_group;
     let contacts = Declared {
-        kind: ObjectKind::Contact,
+        kind: ObjectType::Contact,
         objects: &config.contacts,
         unique_id: None,
     };
-    let remote = fetch_object(setup, ObjectKind::Contact).await?;
+    let remote = fetch_object(setup, ObjectType::Contact).await?;
     plan_object(&contacts, &remote, group, &file, &mut plan);
     if let Some(companies) = &config.companies {
         let declared = Declared {
-            kind: ObjectKind::Company,
+            kind: ObjectType::Company,
             objects: &companies.objects,
             unique_id: Some(&companies.id_property),
         };
-        let remote = fetch_object(setup, ObjectKind::Company).await?;
+        let remote = fetch_object(setup, ObjectType::Company).await?;
         plan_object(&declared, &remote, group, &file, &mut plan);
     }
     Ok(plan)
@@ -437,7 +437,7 @@ pub async fn apply(setup: &Setup, config: &Config, plan: &Plan) -> anyhow::Resul
 async fn check_existing(
     setup: &Setup,
     config: &Config,
-    kind: ObjectKind,
+    kind: ObjectType,
     name: &str,
     body: &Value,
     answer: &Value,
@@ -479,10 +479,10 @@ async fn check_existing(
     Ok(())
 }
 
-fn declared_def<'a>(config: &'a Config, kind: ObjectKind, name: &str) -> Option<&'a PropertyDef> {
+fn declared_def<'a>(config: &'a Config, kind: ObjectType, name: &str) -> Option<&'a PropertyDef> {
     match kind {
-        ObjectKind::Contact => config.contacts.properties.get(name),
-        ObjectKind::Company => config
+        ObjectType::Contact => config.contacts.properties.get(name),
+        ObjectType::Company => config
             .companies
             .as_ref()
             .and_then(|c| c.objects.properties.get(name)),

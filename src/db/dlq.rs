@@ -5,7 +5,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::ingest::OutboxEvent;
+use crate::core::dlq::Category;
+
+use crate::core::event::OutboxEvent;
 
 /// An event refused at ingest.
 #[derive(Debug, Clone)]
@@ -18,8 +20,8 @@ pub struct EventFailure {
     pub object_key: String,
     /// The whole event as JSON text.
     pub payload: String,
-    /// DLQ category.
-    pub category: String,
+    /// Why it was refused.
+    pub category: Category,
     /// Property, value and reason, for a person.
     pub message: String,
     /// Structured detail (JSON text).
@@ -54,7 +56,7 @@ pub async fn insert_event_failures(
     .bind(col(|f| f.object_type.clone()))
     .bind(col(|f| f.object_key.clone()))
     .bind(col(|f| f.payload.clone()))
-    .bind(col(|f| f.category.clone()))
+    .bind(col(|f| f.category.as_str().to_string()))
     .bind(col(|f| f.message.clone()))
     .bind(col(|f| f.error.clone()))
     .execute(&mut *tx)

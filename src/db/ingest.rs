@@ -7,29 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-/// One outbox row, as claimed. Every column is read in a form that cannot fail to decode, so
-/// whatever a producer wrote reaches validation, where it is folded or dead-lettered.
-#[derive(Debug, Clone)]
-pub struct OutboxEvent {
-    /// Outbox sequence (`id`): the tie-breaker for equal `occurred_at`.
-    pub seq: i64,
-    /// The producer's idempotency key.
-    pub event_id: Uuid,
-    /// `contact` or `company` (unchecked).
-    pub object_type: String,
-    /// Email or company key (not normalised).
-    pub object_key: String,
-    /// The properties object as JSON text (numbers exact).
-    pub properties: String,
-    /// When it happened, or the time as Postgres wrote it when it is outside 1970-01-01 to
-    /// 9999-12-31 (`infinity`, a year past what a timestamp here can hold): refused at
-    /// validation.
-    pub occurred_at: Result<DateTime<Utc>, String>,
-    /// Company to associate a contact with.
-    pub company_key: Option<String>,
-    /// When the row entered the outbox (none for an event replayed from the DLQ).
-    pub enqueued_at: Option<DateTime<Utc>>,
-}
+use crate::core::event::OutboxEvent;
 
 /// `occurred_at` as a time only when it is within bounds; always as text too. Shared by the
 /// claim and by the statements that read events back.

@@ -6,6 +6,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use crate::core::dlq::Category;
+
 /// Starts a transaction holding the object rows of `keys`, locked in key order (the one lock
 /// order `db` states). A row held by another session for longer than the session's
 /// `lock_timeout` is left out rather than waited on: the returned keys are those held. A
@@ -260,8 +262,8 @@ pub struct ObjectFailure {
     pub version: i64,
     /// The input as sent (JSON text).
     pub payload: String,
-    /// DLQ category.
-    pub category: String,
+    /// Why it is parked.
+    pub category: Category,
     /// Message for a person.
     pub message: String,
     /// HubSpot's error (JSON text).
@@ -337,7 +339,7 @@ pub async fn dead_letter(
     .bind(object_type)
     .bind(mine.iter().map(|f| f.key.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.payload.clone()).collect::<Vec<_>>())
-    .bind(mine.iter().map(|f| f.category.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.category.as_str()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.message.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
     .bind(max_attempts)
@@ -473,8 +475,8 @@ pub struct AssociationFailure {
     pub contact_key: String,
     /// The pair, as JSON text.
     pub payload: String,
-    /// DLQ `error_category`.
-    pub category: String,
+    /// Why it is parked.
+    pub category: Category,
     /// For a person.
     pub message: String,
     /// HubSpot's error, as JSON text.
@@ -519,7 +521,7 @@ pub async fn park_associations(
             .collect::<Vec<_>>(),
     )
     .bind(mine.iter().map(|f| f.payload.clone()).collect::<Vec<_>>())
-    .bind(mine.iter().map(|f| f.category.clone()).collect::<Vec<_>>())
+    .bind(mine.iter().map(|f| f.category.as_str()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.message.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)

@@ -8,9 +8,9 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::classify::{RateHeaders, Reply, Transport};
 use super::paths::Paths;
-use crate::schema::ObjectKind;
+use crate::core::classify::{RateHeaders, Reply, Transport};
+use crate::core::vocabulary::ObjectType;
 use crate::secret::Secret;
 
 /// What a setup call got: a 2xx body, a 404, or a 409 (the object exists already).
@@ -81,7 +81,7 @@ impl HubSpotClient {
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let rate = RateHeaders::from_headers(resp.headers());
+        let rate = rate_headers(resp.headers());
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -99,7 +99,7 @@ impl HubSpotClient {
     }
 
     /// Sends a batch upsert body for `kind`.
-    pub async fn batch_upsert(&self, kind: ObjectKind, body: &Value) -> Result<Reply, Transport> {
+    pub async fn batch_upsert(&self, kind: ObjectType, body: &Value) -> Result<Reply, Transport> {
         self.send(Method::POST, &self.paths.batch_upsert(kind), Some(body))
             .await
     }
@@ -118,5 +118,22 @@ fn transport(e: reqwest::Error) -> Transport {
             source = s.source();
         }
         Transport::Connection(text)
+    }
+}
+
+/// Reads HubSpot's rate-limit headers, ignoring any that are absent or malformed.
+fn rate_headers(headers: &reqwest::header::HeaderMap) -> RateHeaders {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    RateHeaders {
+        max: get("x-hubspot-ratelimit-max"),
+        remaining: get("x-hubspot-ratelimit-remaining"),
+        interval_ms: get("x-hubspot-ratelimit-interval-milliseconds"),
+        daily: get("x-hubspot-ratelimit-daily"),
+        daily_remaining: get("x-hubspot-ratelimit-daily-remaining"),
     }
 }

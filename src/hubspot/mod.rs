@@ -4,12 +4,11 @@
 //!
 //! This module knows nothing of Postgres; the worker decides what an outcome means for rows.
 
-pub mod classify;
 pub mod client;
 pub mod paths;
 pub mod requests;
 
-pub use classify::{
+pub use crate::core::classify::{
     Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify, classify_associations,
 };
 pub use client::{HubSpotClient, SetupReply};

@@ -1,7 +1,7 @@
 //! Every HubSpot path hubsync calls, in one place, for both API editions (`docs/HUBSPOT.md` §1).
 
 use crate::config::ApiVersion;
-use crate::schema::ObjectKind;
+use crate::core::vocabulary::ObjectType;
 
 /// Builds request paths for the configured API edition.
 #[derive(Debug, Clone, Copy)]
@@ -30,22 +30,22 @@ impl Paths {
     }
 
     /// `POST` batch upsert.
-    pub fn batch_upsert(self, kind: ObjectKind) -> String {
+    pub fn batch_upsert(self, kind: ObjectType) -> String {
         format!("{}/{}/batch/upsert", self.objects(), kind.plural())
     }
 
     /// `GET` list / `POST` create properties.
-    pub fn property_list(self, kind: ObjectKind) -> String {
+    pub fn property_list(self, kind: ObjectType) -> String {
         format!("{}/{}", self.properties(), kind.plural())
     }
 
     /// `GET` / `PATCH` one property.
-    pub fn property(self, kind: ObjectKind, name: &str) -> String {
+    pub fn property(self, kind: ObjectType, name: &str) -> String {
         format!("{}/{}/{name}", self.properties(), kind.plural())
     }
 
     /// `GET` list / `POST` create property groups.
-    pub fn groups(self, kind: ObjectKind) -> String {
+    pub fn groups(self, kind: ObjectType) -> String {
         format!("{}/{}/groups", self.properties(), kind.plural())
     }
 
@@ -77,7 +77,7 @@ impl Paths {
     }
 
     /// `GET` one object by a unique property (read-back).
-    pub fn read_object(self, kind: ObjectKind, id: &str) -> String {
+    pub fn read_object(self, kind: ObjectType, id: &str) -> String {
         format!("{}/{}/{id}", self.objects(), kind.plural())
     }
 }
@@ -91,19 +91,19 @@ mod tests {
         let new = Paths::new(ApiVersion::V2026_03);
         let old = Paths::new(ApiVersion::V3);
         assert_eq!(
-            new.batch_upsert(ObjectKind::Contact),
+            new.batch_upsert(ObjectType::Contact),
             "/crm/objects/2026-03/contacts/batch/upsert"
         );
         assert_eq!(
-            old.batch_upsert(ObjectKind::Company),
+            old.batch_upsert(ObjectType::Company),
             "/crm/v3/objects/companies/batch/upsert"
         );
         assert_eq!(
-            new.property(ObjectKind::Contact, "plan"),
+            new.property(ObjectType::Contact, "plan"),
             "/crm/properties/2026-03/contacts/plan"
         );
         assert_eq!(
-            old.groups(ObjectKind::Contact),
+            old.groups(ObjectType::Contact),
             "/crm/v3/properties/contacts/groups"
         );
         assert!(

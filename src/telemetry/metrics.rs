@@ -21,8 +21,9 @@ use prometheus_client::registry::{Metric, Registry};
 use sqlx::PgPool;
 
 use super::Trace;
+use crate::core::dlq::Category;
+use crate::core::vocabulary::ObjectType;
 use crate::hubspot::{Reply, Transport};
-use crate::schema::ObjectKind;
 use crate::worker::SyncReport;
 use crate::worker::ingest::Ingested;
 
@@ -177,7 +178,7 @@ impl Telemetry {
         daily_budget.set(-1);
         // The usual series exist (at 0) before anything happens, so that rates and alerts
         // see them from the first scrape.
-        for kind in [ObjectKind::Contact, ObjectKind::Company] {
+        for kind in [ObjectType::Contact, ObjectType::Company] {
             let _ = objects_synced.get_or_create(&object_type(kind));
             let _ = objects_dead_lettered.get_or_create(&object_type(kind));
             let _ = dirty.get_or_create(&object_type(kind));
@@ -186,7 +187,7 @@ impl Telemetry {
                 ("outcome", "ok".to_string()),
             ]);
         }
-        for c in EVENT_CATEGORIES {
+        for c in Category::EVENT {
             let _ = events_dead_lettered.get_or_create(&vec![("category", c.to_string())]);
             let _ = dlq_rows.get_or_create(&vec![("category", c.to_string())]);
         }
@@ -211,9 +212,7 @@ impl Telemetry {
                 daily_budget,
                 halted,
                 ready,
-                dlq_categories: Mutex::new(
-                    EVENT_CATEGORIES.iter().map(|c| c.to_string()).collect(),
-                ),
+                dlq_categories: Mutex::new(Category::EVENT.iter().map(|c| c.to_string()).collect()),
                 database_ok: AtomicBool::new(true),
                 queue_read: tokio::sync::Mutex::new(None),
                 reconciled: AtomicBool::new(false),
@@ -260,7 +259,7 @@ impl Telemetry {
                 i.backlog.set(q.backlog);
                 i.oldest_age.set(q.oldest_age_s);
                 i.daily_budget.set(q.daily_remaining.unwrap_or(-1));
-                for kind in [ObjectKind::Contact, ObjectKind::Company] {
+                for kind in [ObjectType::Contact, ObjectType::Company] {
                     let n = q.dirty.get(kind.as_str()).copied().unwrap_or(0);
                     i.dirty.get_or_create(&object_type(kind)).set(n);
                 }
@@ -333,7 +332,7 @@ impl Telemetry {
     /// Sends a batch upsert of `kind` (`send`), counting it by outcome and timing it.
     pub async fn batch_upsert(
         &self,
-        kind: ObjectKind,
+        kind: ObjectType,
         send: impl Future<Output = Result<Reply, Transport>>,
     ) -> Result<Reply, Transport> {
         self.timed(batch_endpoint(kind), send).await
@@ -390,7 +389,7 @@ impl Telemetry {
     /// Runs one sync step (a batch of `kind`), then records and logs it.
     pub async fn batch(
         &self,
-        kind: ObjectKind,
+        kind: ObjectType,
         step: impl Future<Output = anyhow::Result<SyncReport>>,
     ) -> anyhow::Result<SyncReport> {
         let started = Instant::now();
@@ -414,7 +413,7 @@ impl Telemetry {
     /// neither counted nor logged.
     pub fn batch_done(
         &self,
-        kind: ObjectKind,
+        kind: ObjectType,
         report: &anyhow::Result<SyncReport>,
         trace: &Trace,
         took: Duration,
@@ -494,19 +493,11 @@ impl Telemetry {
     }
 }
 
-/// The categories ingest dead-letters events under.
-const EVENT_CATEGORIES: [&str; 4] = [
-    "invalid_event",
-    "invalid_key",
-    "invalid_value",
-    "unknown_property",
-];
-
 /// The `endpoint` label of a batch upsert of `kind`.
-fn batch_endpoint(kind: ObjectKind) -> &'static str {
+fn batch_endpoint(kind: ObjectType) -> &'static str {
     match kind {
-        ObjectKind::Contact => "contacts/batch/upsert",
-        ObjectKind::Company => "companies/batch/upsert",
+        ObjectType::Contact => "contacts/batch/upsert",
+        ObjectType::Company => "companies/batch/upsert",
     }
 }
 
@@ -516,7 +507,7 @@ fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric:
     metric
 }
 
-fn object_type(kind: ObjectKind) -> Labels {
+fn object_type(kind: ObjectType) -> Labels {
     vec![("object_type", kind.as_str().to_string())]
 }
 

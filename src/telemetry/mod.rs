@@ -17,6 +17,8 @@ use std::future::Future;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::core::dlq::Category;
+
 pub use metrics::Telemetry;
 
 /// The log formats `HUBSYNC_LOG_FORMAT` selects.
@@ -122,10 +124,10 @@ fn note(f: impl FnOnce(&mut Trace)) {
 }
 
 /// Notes events dead-lettered at ingest, by category (call once their DLQ rows are written).
-pub fn note_refused<'a>(categories: impl IntoIterator<Item = &'a str>) {
+pub fn note_refused(categories: impl IntoIterator<Item = Category>) {
     note(|t| {
         for c in categories {
-            *t.refused.entry(c.to_string()).or_default() += 1;
+            *t.refused.entry(c.as_str().to_string()).or_default() += 1;
         }
     });
 }

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
-use super::retry::retry_delay;
+use crate::core::dlq::Category;
+use crate::core::retry::retry_delay;
 use crate::db;
 use crate::db::objects::{AssociationFailure, PendingAssociation};
 use crate::hubspot::requests::{archive_body, associate_body};
@@ -149,12 +150,17 @@ async fn settle_failure(
             min_wait,
             reason,
         } => {
-            let failed = with_error(pairs, "association_failed", &reason, Value::Null);
+            let failed = with_error(pairs, Category::AssociationFailed, &reason, Value::Null);
             retry_or_park(w, &failed, after, min_wait).await?;
             Ok(true)
         }
         Outcome::Rejected { error, .. } => {
-            let failed = with_error(pairs, "association_refused", &error.message, error.raw);
+            let failed = with_error(
+                pairs,
+                Category::AssociationRefused,
+                &error.message,
+                error.raw,
+            );
             retry_or_park(w, &failed, None, Duration::ZERO).await?;
             Ok(true)
         }
@@ -164,7 +170,7 @@ async fn settle_failure(
 
 fn with_error(
     pairs: &[PendingAssociation],
-    category: &'static str,
+    category: Category,
     message: &str,
     raw: Value,
 ) -> Vec<(PendingAssociation, RecordError)> {
@@ -212,10 +218,10 @@ async fn retry_or_park(
                     "from": {"id": p.contact_id}, "to": {"id": p.company_id}
                 })
                 .to_string(),
-                category: if e.category == "association_failed" {
-                    "association_failed".into()
+                category: if e.category == Category::AssociationFailed {
+                    Category::AssociationFailed
                 } else {
-                    "association_refused".into()
+                    Category::AssociationRefused
                 },
                 error: if e.raw.is_null() {
                     json!({"source": "hubsync", "message": message}).to_string()

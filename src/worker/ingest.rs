@@ -16,11 +16,13 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::core::dlq::Category;
+use crate::core::event::{OutboxEvent, Prepared, payload, prepare};
+use crate::core::fold::fold as fold_events;
+use crate::core::merge::ObjectState;
+use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::db::dlq::EventFailure;
-use crate::db::ingest::OutboxEvent;
-use crate::event::{Prepared, payload, prepare};
-use crate::schema::{ObjectKind, ObjectState, merge, merge_company};
 
 /// What one fold did.
 #[derive(Debug, Default, Clone)]
@@ -47,7 +49,7 @@ impl Folded {
 
 fn event_failure(
     event: &OutboxEvent,
-    category: &str,
+    category: Category,
     message: String,
     detail: serde_json::Value,
 ) -> EventFailure {
@@ -56,8 +58,9 @@ fn event_failure(
         object_type: event.object_type.clone(),
         object_key: event.object_key.clone(),
         payload: payload(event),
-        category: category.to_string(),
-        error: json!({"source": "hubsync", "category": category, "detail": detail}).to_string(),
+        category,
+        error: json!({"source": "hubsync", "category": category.as_str(), "detail": detail})
+            .to_string(),
         message,
     }
 }
@@ -72,10 +75,10 @@ pub async fn fold(
     let mut failures: Vec<EventFailure> = Vec::new();
     let mut deferred: Vec<OutboxEvent> = Vec::new();
     // (kind, key) → the events for it, by index into `events`.
-    let mut by_object: BTreeMap<(ObjectKind, String), Vec<(usize, Prepared)>> = BTreeMap::new();
+    let mut by_object: BTreeMap<(ObjectType, String), Vec<(usize, Prepared)>> = BTreeMap::new();
     let mut referenced_companies: BTreeSet<String> = BTreeSet::new();
     for (i, event) in events.iter().enumerate() {
-        match prepare(event, config) {
+        match prepare(event, config.declared()) {
             Ok(p) => {
                 if let Some(c) = &p.company_key {
                     referenced_companies.insert(c.clone());
@@ -90,9 +93,9 @@ pub async fn fold(
     }
     // A company a contact points at is created (by its key alone) if no event names it.
     for c in referenced_companies {
-        by_object.entry((ObjectKind::Company, c)).or_default();
+        by_object.entry((ObjectType::Company, c)).or_default();
     }
-    for kind in [ObjectKind::Contact, ObjectKind::Company] {
+    for kind in [ObjectType::Contact, ObjectType::Company] {
         // BTreeMap order: keys sorted, so rows are locked in key order.
         let keys: Vec<String> = by_object
             .keys()
@@ -102,12 +105,8 @@ pub async fn fold(
         if keys.is_empty() {
             continue;
         }
-        let objects = match kind {
-            ObjectKind::Contact => &config.contacts,
-            ObjectKind::Company => match &config.companies {
-                Some(c) => &c.objects,
-                None => continue,
-            },
+        let Some(objects) = config.declared().of(kind) else {
+            continue;
         };
         let locked = db::ingest::lock_objects(tx, kind.as_str(), &keys)
             .await
@@ -138,7 +137,7 @@ pub async fn fold(
                     for (i, _) in prepared {
                         failures.push(event_failure(
                             &events[*i],
-                            "invalid_state",
+                            Category::InvalidState,
                             format!(
                                 "not folded: {problem}; fix or reset that state (see the object's row in hubsync.dlq), then replay this event"
                             ),
@@ -156,30 +155,15 @@ pub async fn fold(
                 }
             };
             let before = state.clone();
-            'events: for (i, p) in prepared {
-                // An event is applied whole or not at all: merge every property first.
-                let mut merged = Vec::with_capacity(p.contributions.len());
-                for (name, contribution) in &p.contributions {
-                    let Some(def) = objects.properties.get(name) else {
-                        continue;
-                    };
-                    match merge(def, state.props.get(name), contribution) {
-                        Ok(m) => merged.push((name.clone(), m)),
-                        Err(reason) => {
-                            failures.push(event_failure(
-                                &events[*i],
-                                "invalid_value",
-                                format!("{reason}; the sum is left as it was"),
-                                json!({"problems": [{"property": name, "value": contribution.v, "reason": reason}]}),
-                            ));
-                            continue 'events;
-                        }
-                    }
-                }
-                state.props.extend(merged);
-                if let Some(c) = &p.company_key {
-                    merge_company(&mut state, c, p.at, p.seq);
-                }
+            let mine: Vec<&Prepared> = prepared.iter().map(|(_, p)| p).collect();
+            for u in fold_events(&mut state, &objects.properties, &mine) {
+                let r = u.refusal;
+                failures.push(event_failure(
+                    &events[prepared[u.event].0],
+                    r.category,
+                    r.message,
+                    r.detail,
+                ));
             }
             if state != before || row.version == 0 {
                 out_keys.push(row.key);
@@ -208,7 +192,7 @@ pub async fn fold(
     db::dlq::insert_event_failures(tx, &failures)
         .await
         .context("failed to write refused events to hubsync.dlq")?;
-    crate::telemetry::note_refused(failures.iter().map(|f| f.category.as_str()));
+    crate::telemetry::note_refused(failures.iter().map(|f| f.category));
     Ok(Folded {
         accepted: events.len() - failures.len() - deferred.len(),
         refused: failures.len(),
@@ -273,7 +257,7 @@ pub async fn fold_isolating(
             tracing::warn!(event_id = %event.event_id, "Postgres refused to store an event: {reason}");
             let failure = event_failure(
                 event,
-                "invalid_event",
+                Category::InvalidEvent,
                 format!(
                     "Postgres refused to store this event: {reason}; fix the producer's data, then replay or discard this row"
                 ),
@@ -282,7 +266,7 @@ pub async fn fold_isolating(
             db::dlq::insert_event_failures(tx, std::slice::from_ref(&failure))
                 .await
                 .context("failed to dead-letter an event Postgres refused")?;
-            crate::telemetry::note_refused([failure.category.as_str()]);
+            crate::telemetry::note_refused([failure.category]);
             total.refused += 1;
             total.refused_ids.insert(event.event_id);
         } else {
@@ -345,7 +329,7 @@ pub async fn ingest_once(
         .map(|(e, _)| e.event_id)
         .collect();
     let events: Vec<OutboxEvent> = events.into_iter().map(|(e, _)| e).collect();
-    let fresh = crate::event::dedupe(events, &fresh_ids);
+    let fresh = crate::core::event::dedupe(events, &fresh_ids);
     let folded = fold_isolating(&mut tx, config, &fresh).await?;
     if !folded.deferred.is_empty() {
         db::ingest::put_back(&mut tx, &folded.deferred)

@@ -3,7 +3,6 @@
 
 pub mod associate;
 pub mod ingest;
-pub mod retry;
 pub mod sync;
 
 use std::sync::Arc;
@@ -18,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::hubspot::{HubSpotClient, Outcome};
 use crate::ratelimit::Limiter;
-use crate::schema::ObjectKind;
 pub use sync::SyncReport;
 
 /// A random unit in [0, 1] for retry jitter (injected so tests can fix it).
@@ -259,7 +258,7 @@ impl Worker {
     /// Syncs one batch of `kind`.
     pub async fn sync_once(
         &self,
-        kind: ObjectKind,
+        kind: ObjectType,
         cancel: &CancellationToken,
     ) -> anyhow::Result<SyncReport> {
         let batch = sync::sync_once(self, kind, cancel);
@@ -299,7 +298,7 @@ impl Worker {
             // Fold the whole backlog first: many events per object collapse into one input.
             return Ok(step);
         }
-        for kind in [ObjectKind::Company, ObjectKind::Contact] {
+        for kind in [ObjectType::Company, ObjectType::Contact] {
             let r = self.sync_once(kind, cancel).await?;
             step.sync.add(&r);
         }
@@ -510,9 +509,9 @@ impl Worker {
                     let mut step = SyncReport::default();
                     // Alternate which type goes first so neither starves the other.
                     let kinds = if n % 2 == 0 {
-                        [ObjectKind::Contact, ObjectKind::Company]
+                        [ObjectType::Contact, ObjectType::Company]
                     } else {
-                        [ObjectKind::Company, ObjectKind::Contact]
+                        [ObjectType::Company, ObjectType::Contact]
                     };
                     for kind in kinds {
                         match w.sync_once(kind, &cancel).await {
@@ -645,7 +644,7 @@ impl Streak {
             );
         }
         self.failures += 1;
-        retry::outage_delay(self.failures)
+        crate::core::retry::outage_delay(self.failures)
     }
 
     /// Records a condition worth one warning per streak (not a failure: no wait).

@@ -14,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Worker;
-use super::retry::retry_delay;
+use crate::core::dlq::Category;
+use crate::core::merge::ObjectState;
+use crate::core::retry::retry_delay;
+use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::db::objects::{Leased, ObjectFailure, Written};
 use crate::hubspot::requests::{self, UpsertInput};
 use crate::hubspot::{Outcome, RecordError, SentInput, classify};
 use crate::ratelimit::NoPermit;
-use crate::schema::{ObjectKind, ObjectState};
 
 /// Tries at recording a sent batch's outcome while the database is away (about 15 s).
 const RECORD_RETRIES: u32 = 5;
@@ -83,10 +85,10 @@ struct Built {
     unreadable: Vec<(Leased, String)>,
 }
 
-fn build_inputs(w: &Worker, kind: ObjectKind, leased: Vec<Leased>) -> Built {
+fn build_inputs(w: &Worker, kind: ObjectType, leased: Vec<Leased>) -> Built {
     let (key_property, objects) = match kind {
-        ObjectKind::Contact => ("email".to_string(), &w.config.contacts),
-        ObjectKind::Company => match &w.config.companies {
+        ObjectType::Contact => ("email".to_string(), &w.config.contacts),
+        ObjectType::Company => match &w.config.companies {
             Some(c) => (c.id_property.clone(), &c.objects),
             None => ("".to_string(), &w.config.contacts),
         },
@@ -154,7 +156,12 @@ fn body(key_property: &str, inputs: &[Input], group: &[usize]) -> Value {
 enum Fate {
     Written(Option<String>),
     Failed(RecordError),
-    Transient(Duration, String, &'static str),
+    /// Try again after `wait`; parked under `category` once out of attempts.
+    Transient {
+        wait: Duration,
+        reason: String,
+        category: Category,
+    },
     Released,
 }
 
@@ -162,10 +169,10 @@ enum Fate {
 /// handed back untouched); a request already sent is always finished and recorded.
 pub async fn sync_once(
     w: &Worker,
-    kind: ObjectKind,
+    kind: ObjectType,
     cancel: &CancellationToken,
 ) -> anyhow::Result<SyncReport> {
-    if kind == ObjectKind::Company && w.config.companies.is_none() {
+    if kind == ObjectType::Company && w.config.companies.is_none() {
         return Ok(SyncReport::default());
     }
     let token = Uuid::new_v4();
@@ -254,13 +261,13 @@ pub async fn sync_once(
                     fates.insert(group[j], Fate::Written(id));
                 }
                 for (j, e) in failed {
-                    let fate = if e.category == "not_written" {
+                    let fate = if e.category == Category::NotWritten {
                         let attempts = inputs[group[j]].leased.attempts;
-                        Fate::Transient(
-                            retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
-                            e.message.clone(),
-                            "not_written",
-                        )
+                        Fate::Transient {
+                            wait: retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
+                            reason: e.message.clone(),
+                            category: Category::NotWritten,
+                        }
                     } else {
                         Fate::Failed(e)
                     };
@@ -291,7 +298,11 @@ pub async fn sync_once(
                     let delay = retry_delay(attempts, after, min_wait, (w.jitter)());
                     fates.insert(
                         i,
-                        Fate::Transient(delay, reason.clone(), "hubspot_unavailable"),
+                        Fate::Transient {
+                            wait: delay,
+                            reason: reason.clone(),
+                            category: Category::HubspotUnavailable,
+                        },
                     );
                 }
             }
@@ -322,14 +333,14 @@ pub async fn sync_once(
                         let attempts = inputs[i].leased.attempts;
                         fates.insert(
                             i,
-                            Fate::Transient(
-                                retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
-                                format!(
+                            Fate::Transient {
+                                wait: retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
+                                reason: format!(
                                     "isolating a refused batch ran out of requests: {}",
                                     error.message
                                 ),
-                                "hubspot_rejected",
-                            ),
+                                category: Category::HubspotRejected,
+                            },
                         );
                     }
                 }
@@ -346,7 +357,7 @@ pub async fn sync_once(
             Err(e) if failures < RECORD_RETRIES => {
                 failures += 1;
                 tracing::warn!("recording a batch's outcome failed: {e:#}; trying again");
-                tokio::time::sleep(super::retry::outage_delay(failures)).await;
+                tokio::time::sleep(crate::core::retry::outage_delay(failures)).await;
             }
             Err(e) => return Err(e),
         }
@@ -356,7 +367,7 @@ pub async fn sync_once(
 
 async fn record(
     w: &Worker,
-    kind: ObjectKind,
+    kind: ObjectType,
     token: Uuid,
     key_property: &str,
     inputs: &[Input],
@@ -387,15 +398,21 @@ async fn record(
                 Some(hold) => held_back(input, e, hold),
                 None => failure(input, e.category, &e.message, &e.raw, e.permanent),
             }),
-            Fate::Transient(_, reason, category) if input.leased.attempts + 1 >= max_attempts => {
+            Fate::Transient {
+                reason, category, ..
+            } if input.leased.attempts + 1 >= max_attempts => {
                 // Out of attempts: parked in the DLQ with the last reason.
                 let message = format!(
                     "{reason} (gave up after {} attempts)",
                     input.leased.attempts + 1
                 );
-                failures.push(failure(input, category, &message, &Value::Null, true));
+                failures.push(failure(input, *category, &message, &Value::Null, true));
             }
-            Fate::Transient(delay, reason, _) => {
+            Fate::Transient {
+                wait: delay,
+                reason,
+                ..
+            } => {
                 let entry = transient.entry(reason.clone()).or_default();
                 entry.0.push(key);
                 entry.1.push(delay.as_secs_f64());
@@ -467,7 +484,7 @@ fn held_back(input: &Input, e: &RecordError, hold: BTreeMap<String, String>) -> 
         key: input.leased.key.clone(),
         version: input.leased.version,
         payload: json!({"id": input.leased.key, "properties": hold, "held": true}).to_string(),
-        category: e.category.to_string(),
+        category: e.category,
         message,
         error: e.raw.to_string(),
         permanent: true,
@@ -478,7 +495,7 @@ fn held_back(input: &Input, e: &RecordError, hold: BTreeMap<String, String>) -> 
 /// Parks leased objects whose stored state cannot be read, leaving the state as it is.
 async fn park_unreadable(
     w: &Worker,
-    kind: ObjectKind,
+    kind: ObjectType,
     token: Uuid,
     unreadable: Vec<(Leased, String)>,
     report: &mut SyncReport,
@@ -496,7 +513,7 @@ async fn park_unreadable(
                 payload: json!({"id": l.key, "state": l.state}).to_string(),
                 key: l.key,
                 version: l.version,
-                category: "invalid_state".into(),
+                category: Category::InvalidState,
                 error: json!({"source": "hubsync", "message": message}).to_string(),
                 message,
                 permanent: true,
@@ -519,7 +536,7 @@ async fn park_unreadable(
 
 fn failure(
     input: &Input,
-    category: &str,
+    category: Category,
     message: &str,
     raw: &Value,
     permanent: bool,
@@ -528,7 +545,7 @@ fn failure(
         key: input.leased.key.clone(),
         version: input.leased.version,
         payload: json!({"id": input.leased.key, "properties": input.properties}).to_string(),
-        category: category.to_string(),
+        category,
         message: message.to_string(),
         error: if raw.is_null() {
             json!({"source": "hubsync", "message": message}).to_string()

@@ -2,7 +2,7 @@
 //! answers are read, a refused pair is retried and then dead-lettered while the others are made,
 //! and an association follows the contact's record id and company.
 
-use hubsync::schema::ObjectKind;
+use hubsync::core::vocabulary::ObjectType;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,7 @@ fn company_id(h: &Harness, key: &str) -> String {
 async fn sync_only(h: &Harness) {
     let cancel = CancellationToken::new();
     h.worker.ingest_once().await.unwrap();
-    for kind in [ObjectKind::Company, ObjectKind::Contact] {
+    for kind in [ObjectType::Company, ObjectType::Contact] {
         h.worker.sync_once(kind, &cancel).await.unwrap();
     }
 }

@@ -347,7 +347,7 @@ pub fn retryable_failure(
         key: leased.key.clone(),
         version: leased.version,
         payload: "{}".into(),
-        category: "hubspot_error".into(),
+        category: hubsync::core::dlq::Category::HubspotError,
         message,
         error: "{}".into(),
         permanent: false,

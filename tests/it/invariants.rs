@@ -415,7 +415,7 @@ async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    use hubsync::schema::ObjectKind;
+    use hubsync::core::vocabulary::ObjectType;
     let pool = connect_pool(&pool_options, &connect, 6).await;
     let h = Arc::new(Harness::new(pool.clone()).await);
     h.setup().await;
@@ -438,7 +438,7 @@ async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
         let h = h.clone();
         tokio::spawn(async move {
             h.worker
-                .sync_once(ObjectKind::Contact, &CancellationToken::new())
+                .sync_once(ObjectType::Contact, &CancellationToken::new())
                 .await
                 .unwrap()
         })
@@ -457,7 +457,7 @@ async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
     .await;
     other.ingest_once().await.unwrap();
     let b = other
-        .sync_once(ObjectKind::Contact, &CancellationToken::new())
+        .sync_once(ObjectType::Contact, &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(
@@ -474,7 +474,7 @@ async fn a_batch_in_flight_keeps_its_objects_and_a_newer_value_is_sent_after_it(
     assert!(dirty, "A sent an older version, so the object stays dirty");
     h.sim.set_latency(Duration::ZERO);
     let b = other
-        .sync_once(ObjectKind::Contact, &CancellationToken::new())
+        .sync_once(ObjectType::Contact, &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(b.written, 1);

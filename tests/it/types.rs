@@ -1,19 +1,12 @@
-//! Property types and merge rules end to end, and the order-proof property: any permutation
-//! and duplication of the same events gives the same object state.
-
-use std::collections::HashSet;
+//! Property types and merge rules end to end, through the worker and the simulator. The
+//! order-proof property of the fold itself is tested beside it, in `core::fold`.
 
 use chrono::{Duration, TimeZone, Utc};
-use hubsync::db::ingest::OutboxEvent;
-use hubsync::event::{dedupe, prepare};
-use hubsync::schema::{ObjectState, merge};
 use hubsync::simulator::SimConfig;
-use proptest::prelude::*;
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
-use crate::harness::{Harness, enqueue_at, parse_config};
+use crate::harness::{Harness, enqueue_at};
 
 const TYPES: &str = r#"
 [hubspot]
@@ -270,108 +263,4 @@ async fn an_older_event_arriving_late_costs_no_request(pool: PgPool) {
         1,
         "a stale value changes nothing, so nothing is sent"
     );
-}
-
-// ---- the order-proof property, on the functions ingest uses ----
-
-fn event(n: usize, minute: i64, plan: &str, delta: &str, seen: i64) -> OutboxEvent {
-    let base = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    OutboxEvent {
-        seq: n as i64 + 1,
-        event_id: Uuid::from_u128(n as u128 + 1),
-        object_type: "contact".into(),
-        object_key: "p@acme.com".into(),
-        // Written as text: the deltas keep every digit (no float on the way).
-        properties: format!(
-            r#"{{"current_plan": "{plan}", "total_sessions": {delta}, "score": {delta},
-                "trial_started_on": "2026-10-{:02}", "last_active_at": "{}", "first_seen_at": "{}"}}"#,
-            1 + (seen % 28),
-            (base + Duration::minutes(seen)).to_rfc3339(),
-            (base + Duration::minutes(seen)).to_rfc3339(),
-        ),
-        occurred_at: Ok(base + Duration::minutes(minute)),
-        company_key: None,
-        enqueued_at: None,
-    }
-}
-
-/// Ingest's fold, batch by batch, with the ledger remembering processed ids.
-fn fold_batches(batches: &[Vec<OutboxEvent>], config: &hubsync::config::Config) -> ObjectState {
-    let mut state = ObjectState::default();
-    let mut ledger: HashSet<Uuid> = HashSet::new();
-    for batch in batches {
-        let new_ids: HashSet<Uuid> = batch
-            .iter()
-            .map(|e| e.event_id)
-            .filter(|id| !ledger.contains(id))
-            .collect();
-        let fresh = dedupe(batch.clone(), &new_ids);
-        for e in &fresh {
-            let p = prepare(e, config).expect("valid");
-            for (name, c) in &p.contributions {
-                let def = &config.contacts.properties[name];
-                let merged = merge(def, state.props.get(name), c).expect("within bounds");
-                state.props.insert(name.clone(), merged);
-            }
-            ledger.insert(e.event_id);
-        }
-    }
-    state
-}
-
-fn events_strategy() -> impl Strategy<Value = Vec<(i64, usize, String, i64)>> {
-    prop::collection::vec(
-        (
-            0i64..6, // few minutes: many ties, broken by sequence
-            0usize..3,
-            prop_oneof![
-                Just("1".to_string()),
-                Just("0.1".to_string()),
-                Just("-2.5".to_string()),
-                Just("12345678901234567890".to_string())
-            ],
-            0i64..20,
-        ),
-        1..25,
-    )
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
-
-    #[test]
-    fn any_order_and_duplication_of_the_same_events_gives_the_same_state(
-        spec in events_strategy(),
-        dups in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
-        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..5),
-        seed in any::<u64>(),
-    ) {
-        let config = parse_config(TYPES);
-        let plans = ["free", "pro", "enterprise"];
-        let events: Vec<OutboxEvent> = spec
-            .iter()
-            .enumerate()
-            .map(|(n, (minute, plan, delta, seen))| event(n, *minute, plans[*plan], delta, *seen))
-            .collect();
-        let reference = fold_batches(std::slice::from_ref(&events), &config);
-
-        // A permutation (seeded shuffle), with duplicates, cut into batches.
-        let mut shuffled = events.clone();
-        for d in &dups {
-            shuffled.push(events[d.index(events.len())].clone());
-        }
-        let mut s = seed | 1;
-        for i in (1..shuffled.len()).rev() {
-            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
-        }
-        let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(shuffled.len() + 1)).collect();
-        bounds.push(0);
-        bounds.push(shuffled.len());
-        bounds.sort_unstable();
-        let batches: Vec<Vec<OutboxEvent>> =
-            bounds.windows(2).map(|w| shuffled[w[0]..w[1]].to_vec()).collect();
-
-        prop_assert_eq!(fold_batches(&batches, &config), reference);
-    }
 }

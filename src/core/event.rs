@@ -6,20 +6,45 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::config::Config;
-use crate::db::ingest::OutboxEvent;
-use crate::schema::{
-    Contribution, ObjectKind, normalize_email, parse_properties, serialize_value, shown,
-};
+use super::dlq::Category;
+
+use super::merge::Contribution;
+use super::values::{normalize_email, parse_properties, serialize_value, shown};
+use super::vocabulary::{Declared, ObjectType};
+
+/// One outbox row, as claimed. Every column is read in a form that cannot fail to decode, so
+/// whatever a producer wrote reaches validation, where it is folded or dead-lettered.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Outbox sequence (`id`): the tie-breaker for equal `occurred_at`.
+    pub seq: i64,
+    /// The producer's idempotency key.
+    pub event_id: Uuid,
+    /// `contact` or `company` (unchecked).
+    pub object_type: String,
+    /// Email or company key (not normalised).
+    pub object_key: String,
+    /// The properties object as JSON text (numbers exact).
+    pub properties: String,
+    /// When it happened, or the time as Postgres wrote it when it is outside 1970-01-01 to
+    /// 9999-12-31 (`infinity`, a year past what a timestamp here can hold): refused at
+    /// validation.
+    pub occurred_at: Result<DateTime<Utc>, String>,
+    /// Company to associate a contact with.
+    pub company_key: Option<String>,
+    /// When the row entered the outbox (none for an event replayed from the DLQ).
+    pub enqueued_at: Option<DateTime<Utc>>,
+}
 
 /// An accepted event: what it contributes to which object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     /// Contact or company.
-    pub kind: ObjectKind,
+    pub kind: ObjectType,
     /// Normalised key.
     pub key: String,
     /// (property, contribution), in property-name order.
@@ -35,8 +60,8 @@ pub struct Prepared {
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    /// DLQ category: `invalid_key`, `unknown_property`, `invalid_value`, `invalid_event`.
-    pub category: &'static str,
+    /// One of [`Category::EVENT`].
+    pub category: Category,
     /// Property, value and reason.
     pub message: String,
     /// Structured detail for `hubsync.dlq.error`.
@@ -63,7 +88,7 @@ fn company_key(raw: &str) -> Result<String, String> {
     Ok(key.to_string())
 }
 
-fn refuse(category: &'static str, message: String, detail: Value) -> Refusal {
+fn refuse(category: Category, message: String, detail: Value) -> Refusal {
     Refusal {
         category,
         message,
@@ -81,11 +106,11 @@ pub fn dedupe(events: Vec<OutboxEvent>, fresh: &HashSet<Uuid>) -> Vec<OutboxEven
         .collect()
 }
 
-/// Validates an event against the config and prepares its contributions.
-pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal> {
-    let Some(kind) = ObjectKind::parse(&event.object_type) else {
+/// Validates an event against what the config declares and prepares its contributions.
+pub fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Prepared, Refusal> {
+    let Some(kind) = ObjectType::parse(&event.object_type) else {
         return Err(refuse(
-            "invalid_event",
+            Category::InvalidEvent,
             format!(
                 "object_type \"{}\" is not known; use 'contact' or 'company'",
                 shown(&event.object_type)
@@ -97,7 +122,7 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
         Ok(t) => *t,
         Err(text) => {
             return Err(refuse(
-                "invalid_event",
+                Category::InvalidEvent,
                 format!(
                     "occurred_at {} is not a time between 1970-01-01 and 9999-12-31; enqueue the event with the time it happened (or leave occurred_at out for now())",
                     shown(text)
@@ -107,27 +132,27 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
         }
     };
     let (objects, key) = match kind {
-        ObjectKind::Contact => {
+        ObjectType::Contact => {
             let key = normalize_email(&event.object_key).map_err(|reason| {
                 refuse(
-                    "invalid_key",
+                    Category::InvalidKey,
                     format!("object_key: {reason}; contacts are keyed by email"),
                     json!({"field": "object_key", "value": shown(&event.object_key), "reason": reason}),
                 )
             })?;
-            (&config.contacts, key)
+            (declared.contacts, key)
         }
-        ObjectKind::Company => {
-            let Some(companies) = &config.companies else {
+        ObjectType::Company => {
+            let Some(companies) = declared.companies else {
                 return Err(refuse(
-                    "invalid_event",
+                    Category::InvalidEvent,
                     "a company event arrived but hubsync.toml has no [companies] table; add one with id_property".into(),
                     json!({"field": "object_type", "value": "company"}),
                 ));
             };
             let key = company_key(&event.object_key).map_err(|reason| {
                 refuse(
-                    "invalid_key",
+                    Category::InvalidKey,
                     format!("object_key {reason}"),
                     json!({"field": "object_key", "value": shown(&event.object_key), "reason": reason}),
                 )
@@ -137,7 +162,7 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
     };
     let props = parse_properties(&event.properties).map_err(|reason| {
         refuse(
-            "invalid_event",
+            Category::InvalidEvent,
             format!("properties: {reason}"),
             json!({"field": "properties", "reason": reason}),
         )
@@ -191,23 +216,23 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
             message.push_str(&invalid.join("; "));
         }
         return Err(refuse(
-            "unknown_property",
+            Category::UnknownProperty,
             message,
             json!({"problems": details}),
         ));
     }
     if !invalid.is_empty() {
         return Err(refuse(
-            "invalid_value",
+            Category::InvalidValue,
             invalid.join("; "),
             json!({"problems": details}),
         ));
     }
     let company_key = match (kind, &event.company_key) {
-        (ObjectKind::Contact, Some(c)) if !c.trim().is_empty() => {
-            if config.companies.is_none() {
+        (ObjectType::Contact, Some(c)) if !c.trim().is_empty() => {
+            if declared.companies.is_none() {
                 return Err(refuse(
-                    "invalid_event",
+                    Category::InvalidEvent,
                     format!(
                         "company_key \"{}\" given but hubsync.toml has no [companies] table; add one with id_property, or stop sending company_key",
                         shown(c)
@@ -217,7 +242,7 @@ pub fn prepare(event: &OutboxEvent, config: &Config) -> Result<Prepared, Refusal
             }
             Some(company_key(c).map_err(|reason| {
                 refuse(
-                    "invalid_key",
+                    Category::InvalidKey,
                     format!("company_key {reason}"),
                     json!({"field": "company_key", "value": shown(c), "reason": reason}),
                 )

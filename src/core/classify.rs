@@ -10,6 +10,8 @@ use chrono::Utc;
 use chrono::{DateTime, Days, TimeZone};
 use serde_json::Value;
 
+use super::dlq::Category;
+
 /// Per-record error codes that will fail again until someone changes the data, the config or
 /// the portal: such records are parked at once.
 const PERMANENT_CODES: &[&str] = &[
@@ -54,25 +56,6 @@ pub struct RateHeaders {
     pub daily_remaining: Option<u64>,
 }
 
-impl RateHeaders {
-    /// Reads the headers, ignoring any that are absent or malformed.
-    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> RateHeaders {
-        let get = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        RateHeaders {
-            max: get("x-hubspot-ratelimit-max"),
-            remaining: get("x-hubspot-ratelimit-remaining"),
-            interval_ms: get("x-hubspot-ratelimit-interval-milliseconds"),
-            daily: get("x-hubspot-ratelimit-daily"),
-            daily_remaining: get("x-hubspot-ratelimit-daily-remaining"),
-        }
-    }
-}
-
 /// An HTTP reply, as far as classification needs it.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -98,8 +81,8 @@ pub enum Transport {
 /// Why one record failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordError {
-    /// DLQ `error_category`.
-    pub category: &'static str,
+    /// The DLQ category it is parked under, if it comes to that.
+    pub category: Category,
     /// HubSpot's error code, when one was given.
     pub code: Option<String>,
     /// A sentence for a person.
@@ -209,7 +192,7 @@ fn property_problems(err: &Value) -> Vec<(Option<String>, Option<String>, String
     out
 }
 
-fn record_error(err: &Value, default_category: &'static str) -> RecordError {
+fn record_error(err: &Value, default_category: Category) -> RecordError {
     let problems = property_problems(err);
     let code = problems.iter().find_map(|(c, _, _)| c.clone()).or_else(|| {
         str_field(err, "subCategory")
@@ -246,7 +229,7 @@ fn record_error(err: &Value, default_category: &'static str) -> RecordError {
     properties.dedup();
     RecordError {
         category: if permanent {
-            "hubspot_validation"
+            Category::HubspotValidation
         } else {
             default_category
         },
@@ -381,9 +364,9 @@ pub fn classify<Tz: TimeZone>(
                 };
             }
             let offenders = offenders(inputs, &body, &message);
-            let mut error = record_error(&body, "hubspot_rejected");
-            if error.category != "hubspot_validation" {
-                error.category = "hubspot_rejected";
+            let mut error = record_error(&body, Category::HubspotRejected);
+            if error.category != Category::HubspotValidation {
+                error.category = Category::HubspotRejected;
             }
             if error.code.is_none() {
                 error.code = Some(status.to_string());
@@ -473,7 +456,7 @@ pub fn classify_associations<Tz: TimeZone>(
             .find(|(_, named)| named.iter().any(|n| n == contact || n == company));
         let error = match refusal {
             Some((e, _)) => RecordError {
-                category: "association_refused",
+                category: Category::AssociationRefused,
                 code: str_field(e, "category").map(String::from),
                 message: format!(
                     "HubSpot refused to associate contact {contact} with company {company}: {}",
@@ -484,7 +467,7 @@ pub fn classify_associations<Tz: TimeZone>(
                 properties: Vec::new(),
             },
             None => RecordError {
-                category: "not_written",
+                category: Category::NotWritten,
                 code: None,
                 message: format!(
                     "HubSpot answered success but its reply does not mention the association of contact {contact} with company {company}, so it was not made"
@@ -569,7 +552,7 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
                     .collect();
             }
             for i in hit {
-                fate[i] = Some(Err(record_error(err, "hubspot_error")));
+                fate[i] = Some(Err(record_error(err, Category::HubspotError)));
             }
         }
     }
@@ -607,7 +590,7 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
             None => failed.push((
                 i,
                 RecordError {
-                    category: "not_written",
+                    category: Category::NotWritten,
                     code: None,
                     message: "HubSpot answered success but its reply does not mention this record, so it was not written".into(),
                     raw: Value::Null,
@@ -712,7 +695,7 @@ mod tests {
         assert!(
             failed
                 .iter()
-                .all(|(_, e)| e.category == "not_written" && !e.permanent)
+                .all(|(_, e)| e.category == Category::NotWritten && !e.permanent)
         );
     }
 
@@ -742,7 +725,7 @@ mod tests {
                 "message": "Contact already exists. Existing ID: 5"});
             assert!(
                 matches!(run(status, body, 3), Outcome::Rejected { offenders, error }
-                    if offenders.is_empty() && error.category == "hubspot_rejected" && error.permanent),
+                    if offenders.is_empty() && error.category == Category::HubspotRejected && error.permanent),
                 "{status}"
             );
         }
