@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::core::vocabulary::{CompanyConfig, ObjectConfig};
+pub use crate::core::vocabulary::{ApiVersion, CompanyConfig, ObjectConfig};
 use crate::core::vocabulary::{Declared, MergeRule, PropertyDef, PropertyType};
 use crate::secret::Secret;
 
@@ -68,15 +68,6 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         message: String,
     },
-}
-
-/// HubSpot API edition: date-versioned paths, or the older v3/v4 ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiVersion {
-    /// `/crm/objects/2026-03/...` and friends (the default).
-    V2026_03,
-    /// `/crm/v3/...` and `/crm/v4/associations/...`, for older portals.
-    V3,
 }
 
 /// The `[hubspot]` table, validated.

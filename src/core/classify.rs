@@ -354,7 +354,12 @@ pub fn classify<Tz: TimeZone>(
         // Any other 4xx (400, 409 `CONFLICT`, 413, 422, ...) can be caused by one record of the
         // batch: narrow it down to its offenders and let the rest through.
         status @ 400..=499 if !matches!(status, 423 | 477) => {
-            if status == 400 && concerns_company_id(&message, key_property) {
+            let not_unique = matches!(
+                BatchError::read(&message),
+                BatchError::NonUniqueIdProperty { property } if property == key_property
+            );
+            // Contacts are upserted by `email`, which HubSpot keeps unique itself.
+            if status == 400 && key_property != "email" && not_unique {
                 return Outcome::Halt {
                     status,
                     reason: format!(
@@ -363,7 +368,7 @@ pub fn classify<Tz: TimeZone>(
                     scopes: Vec::new(),
                 };
             }
-            let offenders = offenders(inputs, &body, &message);
+            let offenders = offenders(inputs, &body);
             let mut error = record_error(&body, Category::HubspotRejected);
             if error.category != Category::HubspotValidation {
                 error.category = Category::HubspotRejected;
@@ -388,14 +393,34 @@ pub fn classify<Tz: TimeZone>(
     }
 }
 
-/// Whether a 400 says the batch's id property is not unique: only ever about the company id
-/// property (contacts are upserted by `email`, which HubSpot keeps unique itself).
-fn concerns_company_id(message: &str, key_property: &str) -> bool {
-    key_property != "email"
-        && message.contains("non-unique")
-        && message
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .any(|word| word == key_property)
+/// A whole-request error HubSpot describes only in words, read once here into a type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// `Unable to perform update/upsert by non-unique <object> property <name>`: the batch's
+    /// `idProperty` was not created with `hasUniqueValue`. HubSpot gives no code or context
+    /// for it, so its words are the only signal.
+    NonUniqueIdProperty {
+        /// The property named.
+        property: String,
+    },
+    /// Anything else: its offenders, if any, are named in `context`.
+    Other,
+}
+
+impl BatchError {
+    /// Reads HubSpot's `message` of a 400 refusing a whole batch.
+    pub fn read(message: &str) -> BatchError {
+        const NON_UNIQUE: &str = "by non-unique ";
+        match message.find(NON_UNIQUE) {
+            Some(at) => match message[at + NON_UNIQUE.len()..].rsplit(' ').next() {
+                Some(property) if !property.is_empty() => BatchError::NonUniqueIdProperty {
+                    property: property.trim_end_matches(['.', '"']).to_string(),
+                },
+                _ => BatchError::Other,
+            },
+            None => BatchError::Other,
+        }
+    }
 }
 
 /// Classifies a batch-association reply for `pairs` (contact id, company id). A 2xx lists each
@@ -482,7 +507,7 @@ pub fn classify_associations<Tz: TimeZone>(
     Outcome::Completed { written, failed }
 }
 
-fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
+fn offenders(inputs: &[SentInput], body: &Value) -> Vec<usize> {
     let by_trace: HashMap<&str, usize> = inputs
         .iter()
         .enumerate()
@@ -495,18 +520,7 @@ fn offenders(inputs: &[SentInput], body: &Value, message: &str) -> Vec<usize> {
             out.push(*i);
         }
     }
-    let mut ids = strings(context.and_then(|c| c.get("ids")));
-    if ids.is_empty()
-        && message.starts_with("Duplicate IDs")
-        && let (Some(a), Some(b)) = (message.find('['), message.find(']'))
-        && a < b
-    {
-        ids = message[a + 1..b]
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect();
-    }
-    for id in ids {
+    for id in strings(context.and_then(|c| c.get("ids"))) {
         let id = id.trim().to_lowercase();
         for (i, s) in inputs.iter().enumerate() {
             if s.key.to_lowercase() == id && !out.contains(&i) {
@@ -804,5 +818,20 @@ mod tests {
         );
         let out = classify(&inputs(1), "email", Err(&Transport::Timeout), Utc::now());
         assert!(matches!(out, Outcome::Retry { .. }));
+    }
+
+    #[test]
+    fn a_non_unique_id_property_is_read_into_its_name() {
+        assert_eq!(
+            BatchError::read("Unable to perform update/upsert by non-unique 0-2 property domain"),
+            BatchError::NonUniqueIdProperty {
+                property: "domain".into()
+            }
+        );
+        assert_eq!(
+            BatchError::read("Duplicate IDs found in batch input: [a@b.com]. IDs must be unique"),
+            BatchError::Other
+        );
+        assert_eq!(BatchError::read("non-unique"), BatchError::Other);
     }
 }

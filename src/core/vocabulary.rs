@@ -115,6 +115,15 @@ impl MergeRule {
     }
 }
 
+/// HubSpot API edition: date-versioned paths, or the older v3/v4 ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `/crm/objects/2026-03/...` and friends (the default).
+    V2026_03,
+    /// `/crm/v3/...` and `/crm/v4/associations/...`, for older portals.
+    V3,
+}
+
 /// The two HubSpot object types hubsync writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjectType {

@@ -1,7 +1,6 @@
 //! Every HubSpot path hubsync calls, in one place, for both API editions (`docs/HUBSPOT.md` §1).
 
-use crate::config::ApiVersion;
-use crate::core::vocabulary::ObjectType;
+use crate::core::vocabulary::{ApiVersion, ObjectType};
 
 /// Builds request paths for the configured API edition.
 #[derive(Debug, Clone, Copy)]
