@@ -460,7 +460,6 @@ struct P1Result {
 }
 
 async fn p1(args: &Args, base_url: &str) -> anyhow::Result<()> {
-    let window = Duration::from_millis(args.window_ms);
     let limit = args.limit;
     // Full batches all the way through: a third more objects than the measured windows can send.
     let contacts = (args.windows as usize * limit as usize * 100 * 4).div_ceil(3);
@@ -518,30 +517,7 @@ async fn p1(args: &Args, base_url: &str) -> anyhow::Result<()> {
         ],
         &rows,
     );
-    if let Some(edge) = hubsync_edge_margin() {
-        let ceiling = window.as_secs_f64() / (window + edge).as_secs_f64();
-        println!(
-            "Note: the worker's limiter adds a {} ms edge margin to the window (src/ratelimit.rs), \
-             so it allows at most L per {} ms: a ceiling of {} of L on this window \
-             ({} on HubSpot's real 10 s window).\n",
-            edge.as_millis(),
-            (window + edge).as_millis(),
-            pct(ceiling),
-            pct(10.0 / (10.0 + edge.as_secs_f64())),
-        );
-    }
     Ok(())
-}
-
-/// The margin `ratelimit::Limiter` adds to the configured window (its private `EDGE_MARGIN`),
-/// read from the source this benchmark was built with; `None` if it can no longer be found.
-fn hubsync_edge_margin() -> Option<Duration> {
-    let source = include_str!("../src/ratelimit.rs");
-    let tail = source
-        .split("EDGE_MARGIN: Duration = Duration::from_millis(")
-        .nth(1)?;
-    let ms: String = tail.chars().take_while(char::is_ascii_digit).collect();
-    ms.parse().ok().map(Duration::from_millis)
 }
 
 async fn p1_run(
