@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::core::dlq::Category;
 
 use crate::core::event::OutboxEvent;
+use crate::core::vocabulary::ObjectType;
 
 /// An event refused at ingest.
 #[derive(Debug, Clone)]
@@ -80,7 +81,7 @@ pub struct UnreadableObject {
 /// already holds the object rows (objects before DLQ rows, the order `db` states).
 pub async fn park_unreadable_objects(
     tx: &mut PgConnection,
-    object_type: &str,
+    object_type: ObjectType,
     objects: &[UnreadableObject],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -95,7 +96,7 @@ pub async fn park_unreadable_objects(
              error_message = EXCLUDED.error_message, error = EXCLUDED.error,
              attempts = d.attempts + 1, last_failed_at = now(), next_retry_at = NULL",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>())
     .bind(objects.iter().map(|o| o.state.clone()).collect::<Vec<_>>())
     .bind(
@@ -205,12 +206,11 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
     let mut requeued = 0;
     // An association's row is keyed by its contact: replaying it makes the contact's
     // association due again.
-    for object_type in ["contact", "company", "association"] {
-        let row_type = if object_type == "association" {
-            "contact"
-        } else {
-            object_type
-        };
+    for (object_type, row_type) in [
+        ("contact", ObjectType::Contact),
+        ("company", ObjectType::Company),
+        ("association", ObjectType::Contact),
+    ] {
         let mut keys: Vec<String> = due
             .iter()
             .filter(|(t, _)| t == object_type)
@@ -251,7 +251,7 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
                  dirty_since = CASE WHEN dirty THEN dirty_since ELSE now() END
              WHERE object_type = $1 AND object_key = ANY($2)",
         )
-        .bind(object_type)
+        .bind(row_type.as_str())
         .bind(&still_due)
         .execute(&mut *tx)
         .await?

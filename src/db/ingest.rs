@@ -8,6 +8,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::core::event::OutboxEvent;
+use crate::core::vocabulary::ObjectType;
 
 /// `occurred_at` as a time only when it is within bounds; always as text too. Shared by the
 /// claim and by the statements that read events back.
@@ -93,7 +94,7 @@ pub struct Locked {
 /// else waits, so ingest cannot deadlock with sync, an operator, or an outside session.
 pub async fn lock_objects(
     tx: &mut PgConnection,
-    object_type: &str,
+    object_type: ObjectType,
     keys: &[String],
 ) -> Result<Locked, sqlx::Error> {
     let mut objects = select_for_update(tx, object_type, keys).await?;
@@ -114,7 +115,7 @@ pub async fn lock_objects(
          SELECT $1, k FROM unnest($2::text[]) AS k ORDER BY k
          ON CONFLICT DO NOTHING RETURNING object_key",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(&missing)
     .fetch_all(&mut *tx)
     .await?;
@@ -147,15 +148,14 @@ pub async fn lock_objects(
 
 async fn select_for_update(
     tx: &mut PgConnection,
-    object_type: &str,
+    object_type: ObjectType,
     keys: &[String],
 ) -> Result<Vec<LockedObject>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT object_key, state::text AS state, version FROM hubsync.objects
-         WHERE object_type = $1 AND object_key = ANY($2)
-         ORDER BY object_key FOR UPDATE SKIP LOCKED",
-    )
-    .bind(object_type)
+    let rows = sqlx::query(&super::lock_in_key_order(
+        "object_key, state::text AS state, version",
+        " SKIP LOCKED",
+    ))
+    .bind(object_type.as_str())
     .bind(keys)
     .fetch_all(&mut *tx)
     .await?;
@@ -252,7 +252,7 @@ pub async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Er
 /// (already locked by `lock_objects`).
 pub async fn store_objects(
     tx: &mut PgConnection,
-    object_type: &str,
+    object_type: ObjectType,
     keys: &[String],
     states: &[String],
     company_keys: &[Option<String>],
@@ -265,7 +265,7 @@ pub async fn store_objects(
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, company_key)
          WHERE o.object_type = $1 AND o.object_key = u.key",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(keys)
     .bind(states)
     .bind(company_keys)

@@ -156,6 +156,16 @@ async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result
         })
 }
 
+/// The statement that locks object rows in the one order `db` states (by key, within one
+/// object type), selecting `columns`; `wait` is `""` (wait up to `lock_timeout`) or
+/// `" SKIP LOCKED"`. Binds: `$1` object type, `$2` the keys.
+pub(crate) fn lock_in_key_order(columns: &str, wait: &str) -> String {
+    format!(
+        "SELECT {columns} FROM hubsync.objects WHERE object_type = $1 AND object_key = ANY($2)
+         ORDER BY object_key FOR UPDATE{wait}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;

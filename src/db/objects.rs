@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::core::dlq::Category;
+use crate::core::vocabulary::ObjectType;
 
 /// Starts a transaction holding the object rows of `keys`, locked in key order (the one lock
 /// order `db` states). A row held by another session for longer than the session's
@@ -14,7 +15,7 @@ use crate::core::dlq::Category;
 /// leased object left out keeps its lease; when the lease runs out, it is sent again.
 pub async fn begin_locked(
     pool: &PgPool,
-    object_type: &str,
+    object_type: ObjectType,
     keys: &[String],
 ) -> Result<(Transaction<'static, Postgres>, Vec<String>), sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -27,7 +28,7 @@ pub async fn begin_locked(
     let mut tx = pool.begin().await?;
     let held = lock_rows(&mut tx, object_type, keys, " SKIP LOCKED").await?;
     tracing::warn!(
-        object = object_type,
+        object = object_type.as_str(),
         locked = keys.len() - held.len(),
         "object rows held by another session; their outcome is recorded once they are free"
     );
@@ -36,18 +37,15 @@ pub async fn begin_locked(
 
 async fn lock_rows(
     tx: &mut PgConnection,
-    object_type: &str,
+    object_type: ObjectType,
     keys: &[String],
     wait: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT object_key FROM hubsync.objects WHERE object_type = $1 AND object_key = ANY($2)
-         ORDER BY object_key FOR UPDATE{wait}"
-    ))
-    .bind(object_type)
-    .bind(keys)
-    .fetch_all(&mut *tx)
-    .await
+    sqlx::query_scalar(&super::lock_in_key_order("object_key", wait))
+        .bind(object_type.as_str())
+        .bind(keys)
+        .fetch_all(&mut *tx)
+        .await
 }
 
 /// A lock wait ended by the session's `lock_timeout` (SQLSTATE 55P03).
@@ -81,7 +79,7 @@ pub struct Leased {
 /// batch is recorded or the lease expires. No transaction stays open across the HTTP call.
 pub async fn lease(
     pool: &PgPool,
-    object_type: &str,
+    object_type: ObjectType,
     limit: i64,
     lease: Duration,
     token: Uuid,
@@ -107,7 +105,7 @@ pub async fn lease(
          RETURNING o.object_key, o.state::text AS state, o.version, o.company_key,
                    o.hubspot_id, o.attempts, o.held::text AS held",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(token)
@@ -136,7 +134,7 @@ pub async fn lease(
 /// keys actually recorded (a lost lease, or a row another session holds, records nothing).
 pub async fn record_written(
     pool: &PgPool,
-    object_type: &str,
+    object_type: ObjectType,
     token: Uuid,
     written: &[Written],
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -157,7 +155,7 @@ pub async fn record_written(
            AND o.object_key = ANY($7)
          RETURNING o.object_key",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(&keys)
     .bind(written.iter().map(|w| w.version).collect::<Vec<_>>())
     .bind(
@@ -178,7 +176,7 @@ pub async fn record_written(
            AND o.object_type = d.object_type AND o.object_key = d.object_key
            AND o.held IS NULL",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(&done)
     .execute(&mut *tx)
     .await?;
@@ -203,7 +201,7 @@ pub struct Written {
 /// attempt. Fenced by `token`. Locks: those rows, briefly.
 pub async fn release(
     pool: &PgPool,
-    object_type: &str,
+    object_type: ObjectType,
     token: Uuid,
     keys: &[String],
 ) -> Result<(), sqlx::Error> {
@@ -212,7 +210,7 @@ pub async fn release(
         "UPDATE hubsync.objects SET leased_until = NULL, lease_token = NULL
          WHERE object_type = $1 AND object_key = ANY($2) AND lease_token = $3",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(&locked)
     .bind(token)
     .execute(&mut *tx)
@@ -224,7 +222,7 @@ pub async fn release(
 /// matching delay. Fenced by `token`. Locks: those rows, briefly. Returns (key, attempts).
 pub async fn record_transient(
     pool: &PgPool,
-    object_type: &str,
+    object_type: ObjectType,
     token: Uuid,
     keys: &[String],
     delays: &[f64],
@@ -241,7 +239,7 @@ pub async fn record_transient(
            AND o.object_key = ANY($6)
          RETURNING o.object_key, o.attempts",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(keys)
     .bind(delays)
     .bind(token)
@@ -282,7 +280,7 @@ pub struct ObjectFailure {
 /// rows, briefly.
 pub async fn dead_letter(
     pool: &PgPool,
-    object_type: &str,
+    object_type: ObjectType,
     token: Uuid,
     failures: &[ObjectFailure],
     max_attempts: i32,
@@ -307,7 +305,7 @@ pub async fn dead_letter(
            AND o.object_key = ANY($7)
          RETURNING o.object_key",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(&keys)
     .bind(&versions)
     .bind(&messages)
@@ -336,7 +334,7 @@ pub async fn dead_letter(
                                                 interval '1 minute' * power(2, d.attempts))
              END",
     )
-    .bind(object_type)
+    .bind(object_type.as_str())
     .bind(mine.iter().map(|f| f.key.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.payload.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.category.as_str()).collect::<Vec<_>>())
@@ -404,7 +402,7 @@ pub async fn record_associated(
     done: &[PendingAssociation],
 ) -> Result<(), sqlx::Error> {
     let keys: Vec<String> = done.iter().map(|p| p.contact_key.clone()).collect();
-    let (mut tx, locked) = begin_locked(pool, "contact", &keys).await?;
+    let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects o
          SET associated_company_key = u.company, associated_contact_id = u.contact_id,
@@ -451,7 +449,7 @@ pub async fn retry_associations(
     contact_keys: &[String],
     delays: &[f64],
 ) -> Result<(), sqlx::Error> {
-    let (mut tx, locked) = begin_locked(pool, "contact", contact_keys).await?;
+    let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, contact_keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects o
          SET association_attempts = o.association_attempts + 1,
@@ -491,7 +489,7 @@ pub async fn park_associations(
     failures: &[AssociationFailure],
 ) -> Result<(), sqlx::Error> {
     let keys: Vec<String> = failures.iter().map(|f| f.contact_key.clone()).collect();
-    let (mut tx, locked) = begin_locked(pool, "contact", &keys).await?;
+    let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
     sqlx::query(
         "UPDATE hubsync.objects SET association_attempts = 0, association_next_at = 'infinity'
          WHERE object_type = 'contact' AND object_key = ANY($1)",

@@ -108,7 +108,7 @@ pub async fn fold(
         let Some(objects) = config.declared().of(kind) else {
             continue;
         };
-        let locked = db::ingest::lock_objects(tx, kind.as_str(), &keys)
+        let locked = db::ingest::lock_objects(tx, kind, &keys)
             .await
             .context("failed to lock object rows")?;
         for key in &locked.busy {
@@ -172,7 +172,7 @@ pub async fn fold(
             }
         }
         if !out_keys.is_empty() {
-            db::ingest::store_objects(tx, kind.as_str(), &out_keys, &out_states, &out_companies)
+            db::ingest::store_objects(tx, kind, &out_keys, &out_states, &out_companies)
                 .await
                 .context("failed to store merged object state")?;
         }
@@ -180,7 +180,7 @@ pub async fn fold(
             for u in &unreadable {
                 tracing::error!(object = kind.as_str(), key = %u.key, "object parked: {}", u.message);
             }
-            db::dlq::park_unreadable_objects(tx, kind.as_str(), &unreadable)
+            db::dlq::park_unreadable_objects(tx, kind, &unreadable)
                 .await
                 .context("failed to park objects whose state cannot be read")?;
         }

@@ -179,7 +179,7 @@ pub async fn sync_once(
     let lease = w.config.worker.lease;
     let leased_at = Instant::now();
     let limit = i64::try_from(w.config.worker.batch_size).unwrap_or(100);
-    let leased = db::objects::lease(&w.pool, kind.as_str(), limit, lease, token, w.generation())
+    let leased = db::objects::lease(&w.pool, kind, limit, lease, token, w.generation())
         .await
         .context("failed to lease dirty objects")?;
     let mut report = SyncReport {
@@ -374,7 +374,6 @@ async fn record(
     fates: &BTreeMap<usize, Fate>,
     report: &mut SyncReport,
 ) -> anyhow::Result<()> {
-    let object_type = kind.as_str();
     let mut written: Vec<Written> = Vec::new();
     let mut failures: Vec<ObjectFailure> = Vec::new();
     let mut released = Vec::new();
@@ -421,20 +420,19 @@ async fn record(
         }
     }
     if !written.is_empty() {
-        let done = db::objects::record_written(&w.pool, object_type, token, &written)
+        let done = db::objects::record_written(&w.pool, kind, token, &written)
             .await
             .context("failed to record written objects")?;
         report.written += done.len();
     }
     if !released.is_empty() {
-        db::objects::release(&w.pool, object_type, token, &released).await?;
+        db::objects::release(&w.pool, kind, token, &released).await?;
         report.released += released.len();
     }
     for (reason, (keys, delays)) in transient {
-        let after =
-            db::objects::record_transient(&w.pool, object_type, token, &keys, &delays, &reason)
-                .await
-                .context("failed to schedule retries")?;
+        let after = db::objects::record_transient(&w.pool, kind, token, &keys, &delays, &reason)
+            .await
+            .context("failed to schedule retries")?;
         report.retrying += after.len();
         let soonest = delays.iter().copied().fold(f64::INFINITY, f64::min);
         if soonest.is_finite() {
@@ -444,9 +442,9 @@ async fn record(
     }
     if !failures.is_empty() {
         for f in &failures {
-            tracing::warn!(object = object_type, key = %f.key, category = %f.category, "dead-lettered: {}", f.message);
+            tracing::warn!(object = kind.as_str(), key = %f.key, category = %f.category, "dead-lettered: {}", f.message);
         }
-        db::objects::dead_letter(&w.pool, object_type, token, &failures, max_attempts)
+        db::objects::dead_letter(&w.pool, kind, token, &failures, max_attempts)
             .await
             .context("failed to write failed objects to hubsync.dlq")?;
         report.dead_lettered += failures.len();
@@ -523,7 +521,7 @@ async fn park_unreadable(
         .collect();
     db::objects::dead_letter(
         &w.pool,
-        kind.as_str(),
+        kind,
         token,
         &failures,
         w.config.worker.max_attempts,

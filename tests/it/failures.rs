@@ -515,9 +515,15 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
             &leased[0],
             format!("HubSpot refused the record: something odd ({attempt})"),
         );
-        dead_letter(&pool, "contact", token, &[failure], max_attempts)
-            .await
-            .unwrap();
+        dead_letter(
+            &pool,
+            hubsync::core::vocabulary::ObjectType::Contact,
+            token,
+            &[failure],
+            max_attempts,
+        )
+        .await
+        .unwrap();
         let (attempts, delay): (i32, Option<f64>) = sqlx::query_as(
             "SELECT attempts, extract(epoch FROM next_retry_at - now())::float8 FROM hubsync.dlq",
         )

@@ -327,7 +327,7 @@ pub async fn lease_contacts(pool: &PgPool) -> (Uuid, Vec<hubsync::db::objects::L
     let token = Uuid::new_v4();
     let leased = hubsync::db::objects::lease(
         pool,
-        "contact",
+        hubsync::core::vocabulary::ObjectType::Contact,
         100,
         Duration::from_secs(60),
         token,

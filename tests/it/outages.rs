@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hubsync::core::vocabulary::ObjectType;
 use hubsync::db::objects::{Written, dead_letter, lease, record_written};
 use hubsync::ratelimit::{LIMITER, Limiter};
 use hubsync::simulator::SimConfig;
@@ -133,8 +134,8 @@ async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: 
             .collect();
         let (a, b, c) = tokio::join!(
             hubsync::db::dlq::requeue_due_objects(&pool, 100),
-            record_written(&pool, "contact", token, &written),
-            dead_letter(&pool, "contact", token, &failures, 10),
+            record_written(&pool, ObjectType::Contact, token, &written),
+            dead_letter(&pool, ObjectType::Contact, token, &failures, 10),
         );
         a.unwrap_or_else(|e| panic!("round {round}: replay: {e}"));
         b.unwrap_or_else(|e| panic!("round {round}: record: {e}"));
@@ -164,7 +165,7 @@ async fn an_object_in_backoff_is_leased_when_due_even_under_a_storm_of_fresh_one
     .unwrap();
     let leased = lease(
         &pool,
-        "contact",
+        ObjectType::Contact,
         100,
         Duration::from_secs(60),
         uuid::Uuid::new_v4(),
