@@ -29,20 +29,20 @@ pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 /// Everything a worker step needs.
 pub struct Worker {
     /// The database.
-    pub pool: PgPool,
+    pub(crate) pool: PgPool,
     /// Validated config.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// HubSpot.
-    pub client: HubSpotClient,
+    pub(crate) client: HubSpotClient,
     /// The shared rate limiter.
-    pub limiter: Limiter,
+    pub(crate) limiter: Limiter,
     /// Jitter source.
-    pub jitter: Jitter,
+    pub(crate) jitter: Jitter,
     /// This worker's metrics and readiness.
-    pub telemetry: crate::telemetry::Telemetry,
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     /// The portal's offset from UTC (its daily limit resets at its midnight); `None` when it
     /// could not be read: a daily pause then lasts an hour, and the next request probes.
-    pub portal: Option<FixedOffset>,
+    pub(crate) portal: Option<FixedOffset>,
     /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
     /// and send fuller, fewer batches.
     backlog: AtomicBool,
@@ -100,6 +100,16 @@ impl Step {
 }
 
 impl Worker {
+    /// This worker's metrics and readiness.
+    pub fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        &self.telemetry
+    }
+
+    /// The portal's offset from UTC, when it could be read.
+    pub fn portal(&self) -> Option<FixedOffset> {
+        self.portal
+    }
+
     /// A worker over these parts, with random jitter.
     pub async fn new(
         pool: PgPool,

@@ -610,7 +610,7 @@ async fn a_daily_limit_in_a_portal_at_utc_minus_5_pauses_until_its_local_midnigh
     // The worker reads the portal's time zone before the day's budget is known to be spent.
     let h = Harness::with(pool, CONFIG, sim).await;
     assert_eq!(
-        h.worker.portal,
+        h.worker.portal(),
         chrono::FixedOffset::west_opt(5 * 3600),
         "read from the account details"
     );

@@ -429,11 +429,11 @@ async fn readyz_says_a_worker_stands_aside_for_a_newer_config_and_serves_its_own
         "{CONFIG}\n[contacts.properties.reports_run]\ntype = \"number\"\nmerge = \"increment\"\n"
     ));
     h.setup_with(&newer).await;
-    h.worker.telemetry.set_reconciled();
-    assert_eq!(h.worker.telemetry.readiness(Ok(())), Readiness::Ready);
+    h.worker.telemetry().set_reconciled();
+    assert_eq!(h.worker.telemetry().readiness(Ok(())), Readiness::Ready);
     let new = crate::harness::worker_for(&pool, &h.sim, &newer).await;
     h.worker.heartbeat().await.unwrap();
-    let Readiness::NotReady(why) = h.worker.telemetry.readiness(Ok(())) else {
+    let Readiness::NotReady(why) = h.worker.telemetry().readiness(Ok(())) else {
         panic!("an older generation is not ready while a newer one runs");
     };
     assert!(why.iter().any(|w| w.contains("standing aside")), "{why:?}");
@@ -442,7 +442,7 @@ async fn readyz_says_a_worker_stands_aside_for_a_newer_config_and_serves_its_own
     let cancel = tokio_util::sync::CancellationToken::new();
     let addr = hubsync::telemetry::health::serve(
         "127.0.0.1:0".parse().unwrap(),
-        h.worker.telemetry.clone(),
+        h.worker.telemetry().clone(),
         pool.clone(),
         cancel.clone(),
     )
@@ -460,7 +460,7 @@ async fn readyz_says_a_worker_stands_aside_for_a_newer_config_and_serves_its_own
     let (_, text) = get(&addr, "/metrics").await.unwrap();
     assert_eq!(value(&text, "hubsync_events_ingested_total"), 0.0);
     assert_eq!(
-        value(&new.telemetry.render(), "hubsync_events_ingested_total"),
+        value(&new.telemetry().render(), "hubsync_events_ingested_total"),
         1.0
     );
     assert_eq!(value(&text, "hubsync_ready"), 0.0);
