@@ -193,13 +193,7 @@ async fn check_limiter(env: &Env, config: &Config) -> Option<crate::ratelimit::L
     let limiter = async {
         let pool = db::connect(env.database_url.expose(), 2).await?;
         require_schema(&pool).await?;
-        let limiter = crate::ratelimit::Limiter::new(
-            pool,
-            config.hubspot.requests_per_10s,
-            config.hubspot.rate_window,
-            config.hubspot.rate_margin,
-        )
-        .await?;
+        let limiter = crate::ratelimit::Limiter::configured(pool, &config.hubspot).await?;
         anyhow::Ok(limiter)
     }
     .await;
@@ -281,13 +275,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             }
-            let limiter = crate::ratelimit::Limiter::new(
-                pool.clone(),
-                config.hubspot.requests_per_10s,
-                config.hubspot.rate_window,
-                config.hubspot.rate_margin,
-            )
-            .await?;
+            let limiter =
+                crate::ratelimit::Limiter::configured(pool.clone(), &config.hubspot).await?;
             let setup = crate::setup::Setup::new(
                 client.clone(),
                 Some(limiter),

@@ -57,6 +57,22 @@ impl Limiter {
         })
     }
 
+    /// The limiter `[hubspot]` describes, its daily budget counted by UTC days until the
+    /// portal's time zone is known ([`Limiter::with_day`]): start-up calls are capped too.
+    pub async fn configured(
+        pool: PgPool,
+        hubspot: &crate::config::HubSpotSettings,
+    ) -> Result<Limiter, sqlx::Error> {
+        let limiter = Limiter::new(
+            pool,
+            hubspot.requests_per_10s,
+            hubspot.rate_window,
+            hubspot.rate_margin,
+        )
+        .await?;
+        Ok(limiter.with_day(None, hubspot.daily_budget))
+    }
+
     /// Counts requests per portal day (ending at midnight at `portal`, UTC when unknown) and
     /// hands out at most `budget` a day when given.
     pub fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {

@@ -104,9 +104,15 @@ impl Setup {
                     .acquire(&CancellationToken::new(), Duration::from_secs(120))
                     .await
                     .map_err(|e| anyhow::anyhow!("{what}: cannot take a permit from the shared rate limiter in hubsync.limiter ({e}); check the database"))?;
-                if permit.is_err() {
+                if let Err(refused) = permit {
+                    let wait = match refused {
+                        crate::ratelimit::NoPermit::Paused(wait) => {
+                            format!(" for another {} s", wait.as_secs())
+                        }
+                        crate::ratelimit::NoPermit::Cancelled => String::new(),
+                    };
                     bail!(
-                        "{what}: sending is paused by the shared rate limiter (see `hubsync status` for why and until when); try again later"
+                        "{what}: the shared rate limiter holds requests back{wait} (a 429 pause, refused credentials, or hubspot.daily_budget spent for the portal day; `hubsync status` says which); try again later or raise daily_budget"
                     );
                 }
             }

@@ -119,7 +119,7 @@ pub async fn learn(
     Ok(())
 }
 
-/// Pauses every worker until `until` from now (never shortening a longer pause).
+/// Pauses every worker for `wait` from now (never shortening a longer pause).
 /// Locks: the limiter row, briefly.
 pub async fn pause(
     pool: &PgPool,

@@ -116,14 +116,9 @@ impl Worker {
         config: Arc<Config>,
         client: HubSpotClient,
     ) -> anyhow::Result<Worker> {
-        let limiter = Limiter::new(
-            pool.clone(),
-            config.hubspot.requests_per_10s,
-            config.hubspot.rate_window,
-            config.hubspot.rate_margin,
-        )
-        .await
-        .context("failed to set up the shared rate limiter")?;
+        let limiter = Limiter::configured(pool.clone(), &config.hubspot)
+            .await
+            .context("failed to set up the shared rate limiter")?;
         let setup = crate::setup::Setup::new(
             client.clone(),
             Some(limiter.clone()),

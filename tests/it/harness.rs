@@ -71,14 +71,9 @@ impl Harness {
 
     /// Creates the properties of `config`, as `hubsync run` with it does at start.
     pub async fn setup_with(&self, config: &Config) {
-        let limiter = hubsync::ratelimit::Limiter::new(
-            self.pool.clone(),
-            config.hubspot.requests_per_10s,
-            config.hubspot.rate_window,
-            config.hubspot.rate_margin,
-        )
-        .await
-        .unwrap();
+        let limiter = hubsync::ratelimit::Limiter::configured(self.pool.clone(), &config.hubspot)
+            .await
+            .unwrap();
         let setup =
             hubsync::setup::Setup::new(self.client(), Some(limiter), Duration::from_secs(60));
         hubsync::reconcile::ensure(&setup, config)

@@ -49,6 +49,30 @@ async fn the_daily_budget_caps_what_hubsync_spends_in_a_portal_day(pool: PgPool)
 }
 
 #[sqlx::test(migrations = false)]
+async fn start_up_calls_keep_to_the_daily_budget_too(pool: PgPool) {
+    // The worker's start reads the portal's details: one call. Creating the declared
+    // properties needs several more; only two are left in the budget.
+    let text = CONFIG.replace("[hubspot]\n", "[hubspot]\ndaily_budget = 3\n");
+    let h = Harness::with(pool, &text, SimConfig::default()).await;
+    let before = h.sim.requests().len();
+    assert_eq!(before, 1, "the account details call");
+    let config = parse_config(&text);
+    let limiter = hubsync::ratelimit::Limiter::configured(h.pool.clone(), &config.hubspot)
+        .await
+        .unwrap();
+    let setup = hubsync::setup::Setup::new(h.client(), Some(limiter), Duration::from_secs(60));
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        hubsync::reconcile::ensure(&setup, &config),
+    )
+    .await
+    .expect("a spent budget refuses at once, it does not wait for the portal's midnight")
+    .expect_err("the properties cannot all be created within the budget");
+    assert!(format!("{err:#}").contains("daily_budget"), "{err:#}");
+    assert_eq!(h.sim.requests().len(), 3, "no call past the budget");
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_limit_stated_by_hubspot_is_used_without_being_configured(pool: PgPool) {
     const LIMIT: usize = 190;
     const WINDOW: Duration = Duration::from_millis(8000);
