@@ -130,6 +130,15 @@ pub struct WorkerSettings {
     pub idle_in_transaction_timeout: Duration,
 }
 
+/// What a config declares, as deployments compare it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declarations {
+    /// Canonical text whose digest identifies the declarations.
+    pub canonical: String,
+    /// The declared property names per object type (`{"contact": [...], "company": [...]}`).
+    pub properties: serde_json::Value,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -364,9 +373,7 @@ impl Config {
 
     /// What this config declares, as deployments compare it: every property's name, type and
     /// merge rule (and options), and the company key; not labels, descriptions or tuning.
-    /// Returns the canonical text (whose digest identifies the declarations) and the declared
-    /// names per object type.
-    pub fn declarations(&self) -> (String, serde_json::Value) {
+    pub fn declarations(&self) -> Declarations {
         let describe = |objects: &ObjectConfig| -> Vec<serde_json::Value> {
             objects
                 .properties
@@ -398,7 +405,10 @@ impl Config {
             "contact": names(&self.contacts),
             "company": self.companies.as_ref().map(|c| names(&c.objects)).unwrap_or_default(),
         });
-        (canonical.to_string(), properties)
+        Declarations {
+            canonical: canonical.to_string(),
+            properties,
+        }
     }
 
     /// Reads and validates the config file at `path`.

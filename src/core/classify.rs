@@ -96,16 +96,34 @@ pub struct RecordError {
     pub properties: Vec<String>,
 }
 
+/// An input HubSpot wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenInput {
+    /// Its index in the request.
+    pub input: usize,
+    /// HubSpot's record id, when the reply gave one.
+    pub id: Option<String>,
+}
+
+/// An input HubSpot did not write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedInput {
+    /// Its index in the request.
+    pub input: usize,
+    /// Why.
+    pub error: RecordError,
+}
+
 /// What one request's reply means.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A 2xx: which inputs were written (with HubSpot's record id) and which failed.
     /// Inputs the reply does not account for are listed as failed (`not_written`).
     Completed {
-        /// (input index, HubSpot record id)
-        written: Vec<(usize, Option<String>)>,
-        /// (input index, why)
-        failed: Vec<(usize, RecordError)>,
+        /// The inputs HubSpot wrote.
+        written: Vec<WrittenInput>,
+        /// The inputs it did not, and why.
+        failed: Vec<FailedInput>,
     },
     /// The whole request was refused; `offenders` are the inputs known to cause it (empty:
     /// unknown, split the batch to find them). Nothing was written.
@@ -473,7 +491,7 @@ pub fn classify_associations<Tz: TimeZone>(
             .iter()
             .any(|(a, b)| (a == contact && b == company) || (a == company && b == contact));
         if joined {
-            written.push((i, None));
+            written.push(WrittenInput { input: i, id: None });
             continue;
         }
         let refusal = errors
@@ -502,7 +520,7 @@ pub fn classify_associations<Tz: TimeZone>(
                 properties: Vec::new(),
             },
         };
-        failed.push((i, error));
+        failed.push(FailedInput { input: i, error });
     }
     Outcome::Completed { written, failed }
 }
@@ -599,11 +617,11 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
     let mut failed = Vec::new();
     for (i, f) in fate.into_iter().enumerate() {
         match f {
-            Some(Ok(id)) => written.push((i, id)),
-            Some(Err(e)) => failed.push((i, e)),
-            None => failed.push((
-                i,
-                RecordError {
+            Some(Ok(id)) => written.push(WrittenInput { input: i, id }),
+            Some(Err(error)) => failed.push(FailedInput { input: i, error }),
+            None => failed.push(FailedInput {
+                input: i,
+                error: RecordError {
                     category: Category::NotWritten,
                     code: None,
                     message: "HubSpot answered success but its reply does not mention this record, so it was not written".into(),
@@ -611,7 +629,7 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
                     permanent: false,
                     properties: Vec::new(),
                 },
-            )),
+            }),
         }
     }
     Outcome::Completed { written, failed }
@@ -662,14 +680,17 @@ mod tests {
             panic!("not completed")
         };
         assert_eq!(
-            written,
+            written
+                .iter()
+                .map(|w| (w.input, w.id.clone()))
+                .collect::<Vec<_>>(),
             vec![(0, Some("10".into())), (2, Some("12".into()))]
         );
         assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].0, 1);
-        assert!(failed[0].1.permanent);
-        assert_eq!(failed[0].1.code.as_deref(), Some("INVALID_OPTION"));
-        assert!(failed[0].1.message.contains("property \"plan\""));
+        assert_eq!(failed[0].input, 1);
+        assert!(failed[0].error.permanent);
+        assert_eq!(failed[0].error.code.as_deref(), Some("INVALID_OPTION"));
+        assert!(failed[0].error.message.contains("property \"plan\""));
     }
 
     #[test]
@@ -689,7 +710,10 @@ mod tests {
         };
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(
-            written,
+            written
+                .iter()
+                .map(|w| (w.input, w.id.clone()))
+                .collect::<Vec<_>>(),
             vec![
                 (0, Some("5".into())),
                 (1, Some("77".into())),
@@ -709,7 +733,7 @@ mod tests {
         assert!(
             failed
                 .iter()
-                .all(|(_, e)| e.category == Category::NotWritten && !e.permanent)
+                .all(|f| f.error.category == Category::NotWritten && !f.error.permanent)
         );
     }
 

@@ -9,7 +9,8 @@ pub mod paths;
 pub mod requests;
 
 pub use crate::core::classify::{
-    Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, classify, classify_associations,
+    FailedInput, Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, WrittenInput,
+    classify, classify_associations,
 };
 pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

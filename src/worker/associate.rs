@@ -83,13 +83,13 @@ pub async fn associate_once(w: &Worker, cancel: &CancellationToken) -> anyhow::R
     )) {
         Outcome::Completed { written, failed } => {
             let done: Vec<PendingAssociation> =
-                written.iter().map(|(i, _)| due[*i].clone()).collect();
+                written.iter().map(|w| due[w.input].clone()).collect();
             if !done.is_empty() {
                 db::objects::record_associated(&w.pool, &done).await?;
             }
             let failed: Vec<(PendingAssociation, RecordError)> = failed
                 .into_iter()
-                .map(|(i, e)| (due[i].clone(), e))
+                .map(|f| (due[f.input].clone(), f.error))
                 .collect();
             retry_or_park(w, &failed, None, Duration::ZERO).await?;
             w.limiter.clear().await?;

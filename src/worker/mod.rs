@@ -127,10 +127,11 @@ impl Worker {
         let portal = crate::setup::portal_offset(&setup).await;
         let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
         let id = Uuid::new_v4();
-        let (canonical, properties) = config.declarations();
-        let registered = db::generations::register(&pool, id, &canonical, &properties)
-            .await
-            .context("failed to register this worker's config generation")?;
+        let declared = config.declarations();
+        let registered =
+            db::generations::register(&pool, id, &declared.canonical, &declared.properties)
+                .await
+                .context("failed to register this worker's config generation")?;
         tracing::info!(
             generation = registered.generation,
             "running with config generation {}",

@@ -21,7 +21,7 @@ use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::db::objects::{Leased, ObjectFailure, Written};
 use crate::hubspot::requests::{self, UpsertInput};
-use crate::hubspot::{Outcome, RecordError, SentInput, classify};
+use crate::hubspot::{FailedInput, Outcome, RecordError, SentInput, WrittenInput, classify};
 use crate::ratelimit::NoPermit;
 
 /// Tries at recording a sent batch's outcome while the database is away (about 15 s).
@@ -257,10 +257,10 @@ pub async fn sync_once(
         ));
         match outcome {
             Outcome::Completed { written, failed } => {
-                for (j, id) in written {
+                for WrittenInput { input: j, id } in written {
                     fates.insert(group[j], Fate::Written(id));
                 }
-                for (j, e) in failed {
+                for FailedInput { input: j, error: e } in failed {
                     let fate = if e.category == Category::NotWritten {
                         let attempts = inputs[group[j]].leased.attempts;
                         Fate::Transient {
