@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hubspot_sim::{SimConfig, SimRequest, Simulator};
 use hubsync::config::{Config, DEFAULT_DATABASE_URL};
 use hubsync::hubspot::{HubSpotClient, Paths};
 use hubsync::schema::ObjectKind;
-use hubsync::simulator::{SimConfig, SimRequest, Simulator};
 use hubsync::worker::Worker;
 use reqwest::Method;
 use serde_json::{Map, Value, json};

@@ -16,8 +16,8 @@ use crate::db;
 use crate::db::dlq::{OperatorSql, Var};
 use crate::hubspot::{HubSpotClient, Paths};
 use crate::secret::Secret;
-use crate::simulator::{Fault, SimConfig, Simulator};
 use crate::worker::Worker;
+use hubspot_sim::{Fault, SimConfig, Simulator};
 
 /// The simulator's default token, which is not a secret.
 const SIM_TOKEN: &str = "sim-token";
@@ -471,7 +471,7 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let config = SimConfig {
-        token: args.token.clone(),
+        token: hubspot_sim::Token::new(args.token.expose()),
         requests_per_window: args.requests_per_window,
         window: Duration::from_millis(args.window_ms),
         daily_limit: args.daily_limit,

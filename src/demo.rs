@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::config::{Config, Env};
 use crate::db;
 use crate::hubspot::{HubSpotClient, Paths};
-use crate::simulator::{SimConfig, Simulator};
 use crate::worker::Worker;
+use hubspot_sim::{SimConfig, Simulator};
 
 const DEMO_DB: &str = "hubsync_demo";
 const PLANS: [&str; 3] = ["free", "pro", "enterprise"];

@@ -12,6 +12,5 @@ pub mod reconcile;
 pub mod schema;
 pub mod secret;
 pub mod setup;
-pub mod simulator;
 pub mod telemetry;
 pub mod worker;

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 
 use chrono::{Duration, TimeZone, Utc};
+use hubspot_sim::SimConfig;
 use hubsync::db::ingest::OutboxEvent;
 use hubsync::event::{dedupe, prepare};
 use hubsync::schema::{ObjectState, merge};
-use hubsync::simulator::SimConfig;
 use proptest::prelude::*;
 use serde_json::json;
 use sqlx::PgPool;

@@ -184,7 +184,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::simulator::state::ObjectType;
+    use crate::state::ObjectType;
 
     fn def(kind: &str, field_type: &str, options: &[&str]) -> PropDef {
         let options: Vec<_> = options

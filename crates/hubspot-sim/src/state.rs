@@ -12,9 +12,9 @@ use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
 use super::properties::Schema;
+use super::token::Token;
 use super::values::normalise_email;
 use super::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
-use crate::secret::Secret;
 
 /// The two object types the simulator stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -241,7 +241,7 @@ pub(crate) struct Admission {
 #[derive(Debug)]
 pub(crate) struct State {
     /// The accepted bearer token.
-    pub token: Secret,
+    pub token: Token,
     /// Non-empty: every request answers 403 naming these.
     pub missing_scopes: Vec<String>,
     /// Added before every request is handled.

@@ -4,10 +4,11 @@
 //! groups, associations, the rolling-window and daily rate limits, authentication, and the
 //! request log; plus the fault injection (scripted or random) that tests and benchmarks use to
 //! prove the worker survives lost responses, 5xx, 429 and dropped connections.
-//! Behaviour follows `docs/HUBSPOT.md`; where that page marks a fact as unsure, the simulator
-//! takes the stricter reading. It must not depend on any other module of the crate: the worker
-//! is tested against it, so sharing code with the worker would hide the worker's mistakes. (The
-//! one exception is `Secret`, which only keeps the accepted token out of any output.)
+//! Behaviour follows the repository's `docs/HUBSPOT.md`; where that page marks a fact as unsure,
+//! the simulator takes the stricter reading. It is a crate of its own and depends on nothing of
+//! `hubsync`: the worker is tested against it, so sharing code with the worker would hide the
+//! worker's mistakes. Even the accepted token has its own type here, [`Token`], which keeps it
+//! out of any output.
 //!
 //! Layout: this file holds the public types and the accept loop; `pipeline` runs one request
 //! through latency, auth, rate limit, faults and routing; `objects` does upserts, read-back and
@@ -20,6 +21,7 @@ mod pipeline;
 mod properties;
 mod replies;
 mod state;
+mod token;
 mod values;
 
 use std::collections::BTreeMap;
@@ -37,7 +39,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::pipeline::Outcome;
 use self::state::State;
-use crate::secret::Secret;
+pub use self::token::Token;
 
 /// The value both `X-HubSpot-RateLimit-Max` and `-Remaining` carry when the window is unlimited.
 pub const UNLIMITED_HEADER_VALUE: u32 = 1_000_000;
@@ -46,7 +48,7 @@ pub const UNLIMITED_HEADER_VALUE: u32 = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// The accepted private-app token (default `"sim-token"`); never printed.
-    pub token: Secret,
+    pub token: Token,
     /// Requests allowed per rolling window (default 100); 0 means unlimited.
     pub requests_per_window: u32,
     /// Length of the rolling window (default 10 s).
@@ -71,7 +73,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
-            token: Secret::new("sim-token"),
+            token: Token::new("sim-token"),
             requests_per_window: 100,
             window: Duration::from_secs(10),
             daily_limit: None,
@@ -305,7 +307,7 @@ impl Simulator {
 
     /// Changes the accepted token; any other token then gets 401 (a revoked token).
     pub fn set_token(&self, token: &str) {
-        self.shared.lock().token = Secret::new(token);
+        self.shared.lock().token = Token::new(token);
     }
 
     /// When non-empty, every authenticated request answers 403 `MISSING_SCOPES` naming these.
