@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod event;
 pub mod hubspot;
@@ -12,5 +13,6 @@ pub mod reconcile;
 pub mod schema;
 pub mod secret;
 pub mod setup;
+pub mod table;
 pub mod telemetry;
 pub mod worker;
