@@ -1,8 +1,10 @@
-//! The simulator's mutable state, kept behind one mutex: records and their unique-value
-//! indexes, property schemas, associations, the rate-limit window, faults and the request log.
-//! Everything here is synchronous and quick; callers never hold the lock across an await.
+//! The simulator's mutable state, kept behind one mutex (`Shared`, with the fixed config):
+//! records and their unique-value indexes, property schemas, associations, the rate-limit
+//! window, faults and the request log. Everything here is synchronous and quick; callers never
+//! hold the lock across an await.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, SecondsFormat, Utc};
@@ -11,46 +13,11 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
-use super::properties::Schema;
-use super::token::Token;
-use super::values::normalise_email;
-use super::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
-
-/// The two object types the simulator stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum ObjectType {
-    /// `contacts`, type id `0-1`.
-    Contacts,
-    /// `companies`, type id `0-2`.
-    Companies,
-}
-
-impl ObjectType {
-    /// Parses a path segment: the name or the type id.
-    pub(crate) fn parse(segment: &str) -> Option<ObjectType> {
-        match segment {
-            "contacts" | "0-1" => Some(ObjectType::Contacts),
-            "companies" | "0-2" => Some(ObjectType::Companies),
-            _ => None,
-        }
-    }
-
-    /// The plural name used in paths.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ObjectType::Contacts => "contacts",
-            ObjectType::Companies => "companies",
-        }
-    }
-
-    /// HubSpot's object type id.
-    pub(crate) fn type_id(self) -> &'static str {
-        match self {
-            ObjectType::Contacts => "0-1",
-            ObjectType::Companies => "0-2",
-        }
-    }
-}
+use crate::object_type::ObjectType;
+use crate::properties::Schema;
+use crate::token::Token;
+use crate::types::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
+use crate::values::normalise_email;
 
 /// The current time as HubSpot writes timestamps: RFC 3339, UTC, milliseconds.
 pub(crate) fn timestamp() -> String {
@@ -582,5 +549,21 @@ impl State {
         // Lossless, as in `log_arrival`.
         self.log_forgotten += self.log.len() as u64;
         self.log.clear();
+    }
+}
+
+/// What every connection task shares: the fixed config and the mutable state.
+pub(crate) struct Shared {
+    /// Settings fixed at start.
+    pub config: SimConfig,
+    /// Everything else, behind one mutex.
+    pub state: Mutex<State>,
+}
+
+impl Shared {
+    /// Locks the state. A panic while locked cannot leave it half-updated in a way that matters
+    /// more than stopping the simulator would, so a poisoned lock is simply taken over.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
