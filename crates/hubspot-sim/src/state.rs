@@ -8,7 +8,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, SecondsFormat, Utc};
-use hyper::header::{HeaderName, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
@@ -200,8 +199,8 @@ pub(crate) struct RandomFaults {
 pub(crate) struct Admission {
     /// `Some(true)` over the daily limit, `Some(false)` over the rolling window, `None` allowed.
     pub limited: Option<bool>,
-    /// The `X-HubSpot-RateLimit-*` headers for the response.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `X-HubSpot-RateLimit-*` headers for the response: lower-case name, value.
+    pub headers: Vec<(&'static str, u64)>,
 }
 
 /// Everything the simulator changes while running.
@@ -485,27 +484,15 @@ impl State {
 
         let interval = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
         let mut headers = vec![
-            (
-                HeaderName::from_static("x-hubspot-ratelimit-max"),
-                HeaderValue::from(max),
-            ),
-            (
-                HeaderName::from_static("x-hubspot-ratelimit-remaining"),
-                HeaderValue::from(remaining),
-            ),
-            (
-                HeaderName::from_static("x-hubspot-ratelimit-interval-milliseconds"),
-                HeaderValue::from(interval),
-            ),
+            ("x-hubspot-ratelimit-max", u64::from(max)),
+            ("x-hubspot-ratelimit-remaining", u64::from(remaining)),
+            ("x-hubspot-ratelimit-interval-milliseconds", interval),
         ];
         if let Some(limit) = config.daily_limit {
+            headers.push(("x-hubspot-ratelimit-daily", limit));
             headers.push((
-                HeaderName::from_static("x-hubspot-ratelimit-daily"),
-                HeaderValue::from(limit),
-            ));
-            headers.push((
-                HeaderName::from_static("x-hubspot-ratelimit-daily-remaining"),
-                HeaderValue::from(limit.saturating_sub(self.used_today)),
+                "x-hubspot-ratelimit-daily-remaining",
+                limit.saturating_sub(self.used_today),
             ));
         }
         let limited = if over_daily {
