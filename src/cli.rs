@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+#[cfg(feature = "simulator")]
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "simulator")]
+use hubspot_sim::{Fault, SimConfig, Simulator};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -15,11 +18,12 @@ use crate::config::{Config, ConfigError, Env};
 use crate::db;
 use crate::db::dlq::{OperatorSql, Var};
 use crate::hubspot::{HubSpotClient, Paths};
+#[cfg(feature = "simulator")]
 use crate::secret::Secret;
-use crate::simulator::{Fault, SimConfig, Simulator};
 use crate::worker::Worker;
 
 /// The simulator's default token, which is not a secret.
+#[cfg(feature = "simulator")]
 const SIM_TOKEN: &str = "sim-token";
 
 /// hubsync: product events from a Postgres outbox into HubSpot properties.
@@ -61,8 +65,10 @@ pub enum Command {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Run the HubSpot simulator on a local port.
+    #[cfg(feature = "simulator")]
     Simulator(SimulatorArgs),
     /// Migrate, start the simulator, enqueue sample events, run the worker, print the result.
+    #[cfg(feature = "simulator")]
     Demo {
         /// Sample events to enqueue.
         #[arg(long, default_value_t = 400)]
@@ -120,6 +126,7 @@ pub struct Selection {
 }
 
 /// `hubsync simulator ...`
+#[cfg(feature = "simulator")]
 #[derive(Debug, Args)]
 pub struct SimulatorArgs {
     /// Port on 127.0.0.1 (0 picks a free one).
@@ -344,7 +351,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             require_schema(&pool).await?;
             dlq(&pool, cmd).await
         }
+        #[cfg(feature = "simulator")]
         Command::Simulator(args) => simulator(args).await,
+        #[cfg(feature = "simulator")]
         Command::Demo { events, contacts } => {
             crate::demo::run(&env, events, contacts).await?;
             Ok(ExitCode::SUCCESS)
@@ -445,11 +454,12 @@ async fn print_sql(
             }
         }
     } else {
-        print!("{}", crate::demo::table(&columns, &rows));
+        print!("{}", crate::table::render(&columns, &rows));
     }
     Ok(rows.len())
 }
 
+#[cfg(feature = "simulator")]
 async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -460,7 +470,7 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let config = SimConfig {
-        token: args.token.clone(),
+        token: hubspot_sim::Token::new(args.token.expose()),
         requests_per_window: args.requests_per_window,
         window: Duration::from_millis(args.window_ms),
         daily_limit: args.daily_limit,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
+use hubspot_sim::{SimConfig, Simulator};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::config::{Config, Env};
 use crate::db;
 use crate::hubspot::{HubSpotClient, Paths};
-use crate::simulator::{SimConfig, Simulator};
+use crate::table;
 use crate::worker::Worker;
 
 const DEMO_DB: &str = "hubsync_demo";
@@ -42,42 +43,6 @@ struct Expected {
     sessions: i64,
     last_active: Option<DateTime<Utc>>,
     plan: Option<(DateTime<Utc>, i64, String)>,
-}
-
-/// Renders rows as an aligned text table.
-pub fn table(columns: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count().min(80));
-            }
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| {
-                let c: String = c.chars().take(80).collect();
-                format!("{c:<w$}")
-            })
-            .collect();
-        format!("{}\n", parts.join(" | ").trim_end())
-    };
-    let mut out = line(columns);
-    out.push_str(
-        &widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("-+-"),
-    );
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row));
-    }
-    out
 }
 
 async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
@@ -279,7 +244,7 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
         rows.push(row);
     }
     println!("\nContacts in HubSpot (simulator):");
-    print!("{}", table(&columns, &rows));
+    print!("{}", table::render(&columns, &rows));
 
     let mut company_rows = Vec::new();
     let associations = sim.associations();
@@ -302,7 +267,7 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
     println!("\nCompanies in HubSpot (simulator):");
     print!(
         "{}",
-        table(
+        table::render(
             &[
                 "product_account_id".into(),
                 "seats".into(),

@@ -5,12 +5,13 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod db;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod hubspot;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod secret;
 pub mod setup;
-pub mod simulator;
+pub mod table;
 pub mod telemetry;
 pub mod worker;

@@ -9,6 +9,7 @@ async fn main() -> ExitCode {
     let cli = hubsync::cli::Cli::parse();
     // The demo prints its own story; only warnings (the dead-lettered sample event) join it.
     let default = match cli.command {
+        #[cfg(feature = "simulator")]
         hubsync::cli::Command::Demo { .. } => "warn",
         _ => "info",
     };

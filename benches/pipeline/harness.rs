@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The HubSpot simulator: every measure reaches it through these names only.
-pub use hubsync::simulator::{SimConfig, SimRequest, Simulator};
+pub use hubspot_sim::{SimConfig, SimRequest, Simulator};
 
 // ---------------------------------------------------------------------------------------------
 // Databases.

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hubspot_sim::{Fault, SimConfig};
 use hubsync::hubspot::{HubSpotClient, Paths};
-use hubsync::simulator::{Fault, SimConfig};
 use hubsync::worker::Worker;
 use serde_json::json;
 use sqlx::PgPool;

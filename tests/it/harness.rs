@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use hubspot_sim::{SimConfig, SimRecord, Simulator};
 use hubsync::config::Config;
 use hubsync::hubspot::{HubSpotClient, Paths};
-use hubsync::simulator::{SimConfig, SimRecord, Simulator};
 use hubsync::worker::{Step, Worker};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -119,7 +119,7 @@ impl Harness {
     }
 
     /// Batch upsert requests the simulator received.
-    pub fn upserts(&self) -> Vec<hubsync::simulator::SimRequest> {
+    pub fn upserts(&self) -> Vec<hubspot_sim::SimRequest> {
         self.sim
             .requests()
             .into_iter()

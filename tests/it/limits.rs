@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hubsync::simulator::SimConfig;
+use hubspot_sim::SimConfig;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use hubsync::simulator::SimConfig;
+use hubspot_sim::SimConfig;
 use hubsync::telemetry::Telemetry;
 use serde_json::json;
 use sqlx::PgPool;
@@ -249,7 +249,7 @@ async fn a_json_log_is_one_object_per_line_with_a_line_per_batch_and_per_ingest_
 ) {
     let token = "pat-na1-json-log-secret-0123";
     let sim = SimConfig {
-        token: hubsync::secret::Secret::new(token),
+        token: hubspot_sim::Token::new(token),
         daily_limit: Some(250_000),
         ..SimConfig::default()
     };

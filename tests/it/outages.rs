@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hubspot_sim::SimConfig;
 use hubsync::core::vocabulary::ObjectType;
 use hubsync::db::objects::{Written, dead_letter, lease, record_written};
 use hubsync::ratelimit::{LIMITER, Limiter};
-use hubsync::simulator::SimConfig;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

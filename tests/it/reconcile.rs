@@ -1,7 +1,7 @@
 //! Reconciling hubsync.toml with a populated portal: what people set up in HubSpot is kept
 //! exactly, and names hubsync must not write into are refused, naming the property and why.
 
-use hubsync::simulator::{SimConfig, Simulator};
+use hubspot_sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 

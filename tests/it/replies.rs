@@ -2,7 +2,7 @@
 //! record id hubsync knows, then by key; a whole-batch 4xx of unknown kind narrowed to the
 //! record that causes it.
 
-use hubsync::simulator::SimConfig;
+use hubspot_sim::SimConfig;
 use serde_json::json;
 use sqlx::PgPool;
 

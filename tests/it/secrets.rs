@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hubsync::simulator::{SimConfig, Simulator};
+use hubspot_sim::{SimConfig, Simulator};
 use serde_json::json;
 use sqlx::PgPool;
 

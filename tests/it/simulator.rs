@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use hubsync::simulator::{Fault, SimConfig, Simulator};
+use hubspot_sim::{Fault, SimConfig, Simulator};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 

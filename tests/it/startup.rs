@@ -1,7 +1,7 @@
 //! Start-up refusals, through the real binary: every config mistake exits non-zero with a
 //! message naming the key and the fix, and nothing is consumed.
 
-use hubsync::simulator::{SimConfig, Simulator};
+use hubspot_sim::{SimConfig, Simulator};
 use serde_json::json;
 use sqlx::PgPool;
 

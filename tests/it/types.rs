@@ -2,7 +2,7 @@
 //! order-proof property of the fold itself is tested beside it, in `core::fold`.
 
 use chrono::{Duration, TimeZone, Utc};
-use hubsync::simulator::SimConfig;
+use hubspot_sim::SimConfig;
 use serde_json::json;
 use sqlx::PgPool;
 

@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 use rand::seq::SliceRandom;
 use serde_json::{Map, Value, json};
 
-use super::SimConfig;
-use super::replies::{Reply, ReplyBody, correlation_id};
-use super::state::{ObjectStore, ObjectType, State, StoredRecord, timestamp};
-use super::values::{ValueError, check_email, check_value};
+use crate::object_type::ObjectType;
+use crate::replies::{Reply, ReplyBody, correlation_id};
+use crate::state::{ObjectStore, State, StoredRecord, timestamp};
+use crate::types::SimConfig;
+use crate::values::{ValueError, check_email, check_value};
 
 /// HubSpot's limit on inputs per batch request.
 const MAX_BATCH_INPUTS: usize = 100;

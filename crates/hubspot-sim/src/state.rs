@@ -1,56 +1,22 @@
-//! The simulator's mutable state, kept behind one mutex: records and their unique-value
-//! indexes, property schemas, associations, the rate-limit window, faults and the request log.
-//! Everything here is synchronous and quick; callers never hold the lock across an await.
+//! The simulator's mutable state, kept behind one mutex (`Shared`, with the fixed config):
+//! records and their unique-value indexes, property schemas, associations, the rate-limit
+//! window, faults and the request log. Everything here is synchronous and quick; callers never
+//! hold the lock across an await.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, SecondsFormat, Utc};
-use hyper::header::{HeaderName, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
-use super::properties::Schema;
-use super::values::normalise_email;
-use super::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
-use crate::secret::Secret;
-
-/// The two object types the simulator stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum ObjectType {
-    /// `contacts`, type id `0-1`.
-    Contacts,
-    /// `companies`, type id `0-2`.
-    Companies,
-}
-
-impl ObjectType {
-    /// Parses a path segment: the name or the type id.
-    pub(crate) fn parse(segment: &str) -> Option<ObjectType> {
-        match segment {
-            "contacts" | "0-1" => Some(ObjectType::Contacts),
-            "companies" | "0-2" => Some(ObjectType::Companies),
-            _ => None,
-        }
-    }
-
-    /// The plural name used in paths.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ObjectType::Contacts => "contacts",
-            ObjectType::Companies => "companies",
-        }
-    }
-
-    /// HubSpot's object type id.
-    pub(crate) fn type_id(self) -> &'static str {
-        match self {
-            ObjectType::Contacts => "0-1",
-            ObjectType::Companies => "0-2",
-        }
-    }
-}
+use crate::object_type::ObjectType;
+use crate::properties::Schema;
+use crate::token::Token;
+use crate::types::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
+use crate::values::normalise_email;
 
 /// The current time as HubSpot writes timestamps: RFC 3339, UTC, milliseconds.
 pub(crate) fn timestamp() -> String {
@@ -233,15 +199,15 @@ pub(crate) struct RandomFaults {
 pub(crate) struct Admission {
     /// `Some(true)` over the daily limit, `Some(false)` over the rolling window, `None` allowed.
     pub limited: Option<bool>,
-    /// The `X-HubSpot-RateLimit-*` headers for the response.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `X-HubSpot-RateLimit-*` headers for the response: lower-case name, value.
+    pub headers: Vec<(&'static str, u64)>,
 }
 
 /// Everything the simulator changes while running.
 #[derive(Debug)]
 pub(crate) struct State {
     /// The accepted bearer token.
-    pub token: Secret,
+    pub token: Token,
     /// Non-empty: every request answers 403 naming these.
     pub missing_scopes: Vec<String>,
     /// Added before every request is handled.
@@ -518,27 +484,15 @@ impl State {
 
         let interval = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
         let mut headers = vec![
-            (
-                HeaderName::from_static("x-hubspot-ratelimit-max"),
-                HeaderValue::from(max),
-            ),
-            (
-                HeaderName::from_static("x-hubspot-ratelimit-remaining"),
-                HeaderValue::from(remaining),
-            ),
-            (
-                HeaderName::from_static("x-hubspot-ratelimit-interval-milliseconds"),
-                HeaderValue::from(interval),
-            ),
+            ("x-hubspot-ratelimit-max", u64::from(max)),
+            ("x-hubspot-ratelimit-remaining", u64::from(remaining)),
+            ("x-hubspot-ratelimit-interval-milliseconds", interval),
         ];
         if let Some(limit) = config.daily_limit {
+            headers.push(("x-hubspot-ratelimit-daily", limit));
             headers.push((
-                HeaderName::from_static("x-hubspot-ratelimit-daily"),
-                HeaderValue::from(limit),
-            ));
-            headers.push((
-                HeaderName::from_static("x-hubspot-ratelimit-daily-remaining"),
-                HeaderValue::from(limit.saturating_sub(self.used_today)),
+                "x-hubspot-ratelimit-daily-remaining",
+                limit.saturating_sub(self.used_today),
             ));
         }
         let limited = if over_daily {
@@ -582,5 +536,21 @@ impl State {
         // Lossless, as in `log_arrival`.
         self.log_forgotten += self.log.len() as u64;
         self.log.clear();
+    }
+}
+
+/// What every connection task shares: the fixed config and the mutable state.
+pub(crate) struct Shared {
+    /// Settings fixed at start.
+    pub config: SimConfig,
+    /// Everything else, behind one mutex.
+    pub state: Mutex<State>,
+}
+
+impl Shared {
+    /// Locks the state. A panic while locked cannot leave it half-updated in a way that matters
+    /// more than stopping the simulator would, so a poisoned lock is simply taken over.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

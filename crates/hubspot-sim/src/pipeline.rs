@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::replies::{Reply, ReplyBody};
-use super::state::{Admission, ObjectType, State, timestamp};
-use super::{Fault, Shared, SimRequest, objects};
+use crate::object_type::ObjectType;
+use crate::objects;
+use crate::replies::{Reply, ReplyBody};
+use crate::state::{Admission, Shared, State, timestamp};
+use crate::types::{Fault, SimConfig, SimRequest};
 
 /// What the connection should do with a request.
 pub(crate) enum Outcome {
@@ -306,7 +308,7 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
 }
 
 /// `GET /account-info/v3/details`: the portal's id, currency and time zone.
-fn account_details(config: &super::SimConfig) -> Reply {
+fn account_details(config: &SimConfig) -> Reply {
     let offset = config.utc_offset_minutes;
     let sign = if offset < 0 { '-' } else { '+' };
     let magnitude = offset.unsigned_abs();
@@ -336,7 +338,7 @@ fn into_response(reply: Reply, admission: &Admission) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     for (name, value) in &admission.headers {
-        headers.insert(name.clone(), value.clone());
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(*value));
     }
     if let Some(seconds) = reply.retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));

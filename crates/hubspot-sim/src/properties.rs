@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::replies::Reply;
-use super::state::ObjectType;
+use crate::object_type::ObjectType;
+use crate::replies::Reply;
 
 /// The declared `type` of a property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Timelike, Utc};
 
-use super::properties::{PropDef, PropKind};
+use crate::properties::{PropDef, PropKind};
 
 /// Why HubSpot refused one value: the error code it reports and its human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +184,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::simulator::state::ObjectType;
+    use crate::object_type::ObjectType;
 
     fn def(kind: &str, field_type: &str, options: &[&str]) -> PropDef {
         let options: Vec<_> = options
