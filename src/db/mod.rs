@@ -156,6 +156,11 @@ async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result
         })
 }
 
+/// Whether the database answers. Locks nothing.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
 /// The statement that locks object rows in the one order `db` states (by key, within one
 /// object type), selecting `columns`; `wait` is `""` (wait up to `lock_timeout`) or
 /// `" SKIP LOCKED"`. Binds: `$1` object type, `$2` the keys.
