@@ -44,7 +44,7 @@ impl PropKind {
 
 /// One property definition: the JSON HubSpot returns plus the fields writes are checked by.
 #[derive(Debug, Clone)]
-pub(crate) struct PropDef {
+pub(crate) struct PropertyDef {
     /// The definition exactly as `GET` returns it.
     pub json: Value,
     /// Declared type.
@@ -61,9 +61,9 @@ pub(crate) struct PropDef {
     pub is_email: bool,
 }
 
-impl PropDef {
+impl PropertyDef {
     /// Derives the typed view from a (completed) definition of a property of `object`.
-    pub(crate) fn from_json(json: Value, object: ObjectType) -> PropDef {
+    pub(crate) fn from_json(json: Value, object: ObjectType) -> PropertyDef {
         let text = |key: &str| json.get(key).and_then(Value::as_str).unwrap_or_default();
         let name = text("name");
         let kind = PropKind::parse(text("type"));
@@ -95,7 +95,7 @@ impl PropDef {
             .get("hasUniqueValue")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        PropDef {
+        PropertyDef {
             is_email: object == ObjectType::Contacts && name == "email",
             kind,
             field_type,
@@ -121,9 +121,9 @@ pub(crate) struct Schema {
     /// The object type these definitions belong to.
     pub object: ObjectType,
     /// Definitions by name.
-    pub props: BTreeMap<String, PropDef>,
+    pub props: BTreeMap<String, PropertyDef>,
     /// Archived definitions by name: listed only with `?archived=true`, their names taken.
-    pub archived: BTreeMap<String, PropDef>,
+    pub archived: BTreeMap<String, PropertyDef>,
     /// Groups by name, as `GET .../groups` returns them.
     pub groups: BTreeMap<String, Value>,
 }
@@ -375,7 +375,7 @@ impl Schema {
             complete(&mut json, now);
             schema
                 .props
-                .insert(name.to_owned(), PropDef::from_json(json, object));
+                .insert(name.to_owned(), PropertyDef::from_json(json, object));
         }
         schema
     }
@@ -387,7 +387,7 @@ impl Schema {
         };
         complete(&mut json, now);
         self.props
-            .insert(name, PropDef::from_json(json, self.object));
+            .insert(name, PropertyDef::from_json(json, self.object));
     }
 
     /// `GET /properties/{type}`: the live definitions, or with `archived` only the archived.
@@ -425,7 +425,7 @@ impl Schema {
             object.insert("archivedAt".to_owned(), Value::from(now));
         }
         self.archived
-            .insert(name.to_owned(), PropDef::from_json(json, self.object));
+            .insert(name.to_owned(), PropertyDef::from_json(json, self.object));
         true
     }
 
@@ -482,8 +482,10 @@ impl Schema {
                 json!({}),
             );
         }
-        self.props
-            .insert(name.to_owned(), PropDef::from_json(json.clone(), object));
+        self.props.insert(
+            name.to_owned(),
+            PropertyDef::from_json(json.clone(), object),
+        );
         Reply::json(201, json)
     }
 
@@ -532,8 +534,10 @@ impl Schema {
         if let Err(reply) = self.check_definition(&json) {
             return reply;
         }
-        self.props
-            .insert(name.to_owned(), PropDef::from_json(json.clone(), object));
+        self.props.insert(
+            name.to_owned(),
+            PropertyDef::from_json(json.clone(), object),
+        );
         Reply::json(200, json)
     }
 

@@ -16,7 +16,7 @@ use crate::object_type::ObjectType;
 use crate::properties::Schema;
 use crate::token::Token;
 use crate::types::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
-use crate::values::normalise_email;
+use crate::values::normalize_email;
 
 /// The current time as HubSpot writes timestamps: RFC 3339, UTC, milliseconds.
 pub(crate) fn timestamp() -> String {
@@ -73,7 +73,7 @@ impl ObjectStore {
     /// How a lookup value of property `name` is compared: contact emails case-insensitively.
     pub(crate) fn normalise(&self, name: &str, value: &str) -> String {
         if self.object() == ObjectType::Contacts && name == "email" {
-            normalise_email(value)
+            normalize_email(value)
         } else {
             value.to_owned()
         }
@@ -356,7 +356,7 @@ impl State {
         let Some(id) = self.contacts.find("email", primary) else {
             return false;
         };
-        let secondary = normalise_email(secondary);
+        let secondary = normalize_email(secondary);
         self.contacts.secondary_emails.insert(secondary.clone(), id);
         let listed = self
             .contacts

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Timelike, Utc};
 
-use crate::properties::{PropDef, PropKind};
+use crate::properties::{PropKind, PropertyDef};
 
 /// Why HubSpot refused one value: the error code it reports and its human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ impl ValueError {
 ///
 /// Numbers and strings are stored as sent; dates become `YYYY-MM-DD`; datetimes become
 /// RFC 3339 UTC with milliseconds, as HubSpot returns them; emails are trimmed and lower-cased.
-pub(crate) fn check_value(def: &PropDef, value: &str) -> Result<String, ValueError> {
+pub(crate) fn check_value(def: &PropertyDef, value: &str) -> Result<String, ValueError> {
     match def.kind {
         PropKind::String | PropKind::Other => {
             if def.is_email {
@@ -52,7 +52,7 @@ pub(crate) fn check_value(def: &PropDef, value: &str) -> Result<String, ValueErr
 
 /// Checks an email address (`local@domain.tld`, no spaces) and returns it normalised.
 pub(crate) fn check_email(value: &str) -> Result<String, ValueError> {
-    let normalised = normalise_email(value);
+    let normalised = normalize_email(value);
     if looks_like_email(&normalised) {
         Ok(normalised)
     } else {
@@ -64,7 +64,7 @@ pub(crate) fn check_email(value: &str) -> Result<String, ValueError> {
 }
 
 /// HubSpot's key for a contact email: trimmed and lower-cased.
-pub(crate) fn normalise_email(value: &str) -> String {
+pub(crate) fn normalize_email(value: &str) -> String {
     value.trim().to_lowercase()
 }
 
@@ -93,7 +93,7 @@ fn is_plain_decimal(value: &str) -> bool {
 
 /// Enumerations and bools: every `;`-separated part must be an option's internal value, and
 /// only multi-select checkboxes take more than one.
-fn check_options(def: &PropDef, value: &str) -> Result<String, ValueError> {
+fn check_options(def: &PropertyDef, value: &str) -> Result<String, ValueError> {
     let parts: Vec<&str> = value.split(';').collect();
     let multi = def.field_type == "checkbox" && def.kind == PropKind::Enumeration;
     let invalid = |part: &str| {
@@ -186,12 +186,12 @@ mod tests {
     use super::*;
     use crate::object_type::ObjectType;
 
-    fn def(kind: &str, field_type: &str, options: &[&str]) -> PropDef {
+    fn def(kind: &str, field_type: &str, options: &[&str]) -> PropertyDef {
         let options: Vec<_> = options
             .iter()
             .map(|v| json!({"label": v, "value": v}))
             .collect();
-        PropDef::from_json(
+        PropertyDef::from_json(
             json!({"name": "p", "type": kind, "fieldType": field_type, "options": options}),
             ObjectType::Contacts,
         )
