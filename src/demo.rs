@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Config, Env};
+use crate::core::vocabulary::ObjectType;
 use crate::db;
+use crate::db::producer::{NewEvent, enqueue};
 use crate::hubspot::{HubSpotClient, Paths};
 use crate::table;
 use crate::worker::Worker;
@@ -53,14 +55,7 @@ async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
             db::describe(&admin)
         )
     })?;
-    sqlx::query(&(format!("DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")))
-        .execute(&mut conn)
-        .await
-        .context("cannot drop the previous demo database")?;
-    sqlx::query(&(format!("CREATE DATABASE {DEMO_DB}")))
-        .execute(&mut conn)
-        .await
-        .context("cannot create the demo database; the DATABASE_URL user needs CREATEDB")?;
+    db::recreate_database(&mut conn, DEMO_DB).await?;
     conn.close().await.ok();
     Ok(admin.database(DEMO_DB))
 }
@@ -142,42 +137,44 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
             props["trial_started_on"] = json!("2026-11-01");
         }
         let company = format!("acct_{}", c % 8);
-        sqlx::query(
-            "SELECT hubsync.enqueue(event_id => $1, object_type => 'contact', object_key => $2,
-                                    properties => $3::jsonb, occurred_at => $4, company_key => $5)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(&key)
-        .bind(props.to_string())
-        .bind(at)
-        .bind(&company)
-        .execute(&mut *tx)
-        .await?;
+        let event = NewEvent {
+            event_id: Uuid::new_v4(),
+            object_type: ObjectType::Contact,
+            object_key: &key,
+            properties: &props,
+            occurred_at: Some(at),
+            company_key: Some(&company),
+        };
+        enqueue(&mut tx, &event).await?;
         if n % 100 == 99 {
             tx.commit().await?;
             tx = pool.begin().await?;
         }
     }
     for a in 0..8 {
-        sqlx::query(
-            "SELECT hubsync.enqueue(event_id => $1, object_type => 'company', object_key => $2,
-                                    properties => $3::jsonb)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(format!("acct_{a}"))
-        .bind(json!({"seats": 5 + a * 3}).to_string())
-        .execute(&mut *tx)
-        .await?;
+        let key = format!("acct_{a}");
+        let props = json!({"seats": 5 + a * 3});
+        let event = NewEvent {
+            event_id: Uuid::new_v4(),
+            object_type: ObjectType::Company,
+            object_key: &key,
+            properties: &props,
+            occurred_at: None,
+            company_key: None,
+        };
+        enqueue(&mut tx, &event).await?;
     }
     // One event that cannot be valid, to show where such events go.
-    sqlx::query(
-        "SELECT hubsync.enqueue(event_id => $1, object_type => 'contact',
-                                object_key => 'user000@example.com',
-                                properties => '{\"current_plan\": \"platinum\"}')",
-    )
-    .bind(Uuid::new_v4())
-    .execute(&mut *tx)
-    .await?;
+    let invalid = json!({"current_plan": "platinum"});
+    let event = NewEvent {
+        event_id: Uuid::new_v4(),
+        object_type: ObjectType::Contact,
+        object_key: "user000@example.com",
+        properties: &invalid,
+        occurred_at: None,
+        company_key: None,
+    };
+    enqueue(&mut tx, &event).await?;
     tx.commit().await?;
     println!(
         "4. enqueued {events} contact events for {} contacts, 8 company events, and 1 invalid event",
@@ -283,10 +280,7 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
         .filter(|r| r.path.ends_with("/batch/upsert"))
         .collect();
     let inputs: usize = upserts.iter().map(|r| r.inputs).sum();
-    let dlq: Vec<(String, String)> =
-        sqlx::query_as("SELECT error_category, error_message FROM hubsync.dlq ORDER BY id")
-            .fetch_all(&pool)
-            .await?;
+    let dlq = db::dlq::reasons(&pool).await?;
     println!(
         "\nRequests made to HubSpot: {} in all, {} batch upserts carrying {inputs} inputs",
         requests.len(),
@@ -298,8 +292,8 @@ pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()
         events + 9
     );
     println!("Dead-letter rows (hubsync.dlq): {}", dlq.len());
-    for (category, message) in &dlq {
-        println!("  [{category}] {message}");
+    for reason in &dlq {
+        println!("  [{}] {}", reason.category, reason.message);
     }
     sim.shutdown().await;
     pool.close().await;

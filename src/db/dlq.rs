@@ -411,6 +411,27 @@ pub async fn run_operator(
     Ok((columns, rows))
 }
 
+/// One row's category and message, as `hubsync demo` prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// `error_category`
+    pub category: String,
+    /// `error_message`
+    pub message: String,
+}
+
+/// Every row's category and message, oldest first. Locks nothing.
+pub async fn reasons(pool: &PgPool) -> Result<Vec<Reason>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT error_category, error_message FROM hubsync.dlq ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(category, message)| Reason { category, message })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

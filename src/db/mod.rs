@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod limiter;
 pub mod migrations;
 pub mod objects;
+pub mod producer;
 pub mod retention;
 pub mod status;
 
@@ -154,6 +155,23 @@ async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result
                 "cannot connect to Postgres at {place}; check DATABASE_URL and that the server is running"
             )
         })
+}
+
+/// Drops the database `name` (closing its sessions) and creates it empty, through `admin`.
+/// For `hubsync demo`'s own database only.
+pub async fn recreate_database(admin: &mut sqlx::PgConnection, name: &str) -> anyhow::Result<()> {
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .execute(&mut *admin)
+        .await
+        .with_context(|| format!("cannot drop the database {name}"))?;
+    sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut *admin)
+        .await
+        .with_context(|| {
+            format!("cannot create the database {name}; the DATABASE_URL user needs CREATEDB")
+        })?;
+    Ok(())
 }
 
 /// Whether the database answers. Locks nothing.
