@@ -393,12 +393,64 @@ async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPoo
         "applied once"
     );
     assert_eq!(h.count("dlq").await, 0);
-    // Replaying again finds nothing: the increment cannot be counted twice.
-    psql(&pool, "sql/dlq_retry_all.sql", &[]);
+
+    // Another cause, on HubSpot's side this time: "platinum" is taken out of the portal, so
+    // HubSpot refuses it for two more contacts. Their rows wait in the DLQ, parked.
+    let with_platinum = h.sim.property("contacts", "current_plan").unwrap();
+    let mut without = with_platinum.clone();
+    without["options"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["value"] != "platinum");
+    h.sim.define_property("contacts", without);
+    for (email, sessions) in [("w@acme.com", 2), ("x@acme.com", 3)] {
+        h.enqueue(
+            email,
+            json!({"total_sessions": sessions, "current_plan": "platinum"}),
+        )
+        .await;
+    }
     worker
         .run_until_idle(&CancellationToken::new())
         .await
         .unwrap();
+    let dlq = h.dlq().await;
+    let keys: Vec<&str> = dlq.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["w@acme.com", "x@acme.com"], "{dlq:?}");
+    assert!(
+        dlq.iter()
+            .all(|r| r.1 == "hubspot_validation" && r.3.is_none()),
+        "refused by HubSpot and parked: {dlq:?}"
+    );
+    assert_eq!(h.prop("w@acme.com", "current_plan"), None);
+    assert_eq!(h.prop("x@acme.com", "current_plan"), None);
+    assert_eq!(h.prop("w@acme.com", "total_sessions").as_deref(), Some("2"));
+
+    // The fix, then the replay of everything in the DLQ: both rows go out and are cleared,
+    // and the event replayed before is not counted again.
+    h.sim.define_property("contacts", with_platinum);
+    let replayed = psql(&pool, "sql/dlq_retry_all.sql", &[]);
+    assert!(
+        replayed.contains("w@acme.com") && replayed.contains("x@acme.com"),
+        "{replayed}"
+    );
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    for (email, sessions) in [("w@acme.com", "2"), ("x@acme.com", "3")] {
+        assert_eq!(
+            h.prop(email, "current_plan").as_deref(),
+            Some("platinum"),
+            "{email}"
+        );
+        assert_eq!(
+            h.prop(email, "total_sessions").as_deref(),
+            Some(sessions),
+            "{email}"
+        );
+    }
+    assert_eq!(h.count("dlq").await, 0, "{:?}", h.dlq().await);
     assert_eq!(h.prop("v@acme.com", "total_sessions").as_deref(), Some("6"));
 }
 
