@@ -233,7 +233,7 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
+async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
     let client = HubSpotClient::new(
@@ -243,25 +243,71 @@ async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
         Duration::from_millis(500),
     )
     .unwrap();
-    let worker = Worker::new(h.pool.clone(), h.config.clone(), client)
-        .await
-        .unwrap()
-        .with_jitter(Arc::new(|| 0.0));
-    h.enqueue("slow@acme.com", json!({"total_sessions": 4}))
-        .await;
-    h.sim.script(vec![Fault::Hang(Duration::from_millis(1500))]);
+    let worker = Arc::new(
+        Worker::new(h.pool.clone(), h.config.clone(), client)
+            .await
+            .unwrap()
+            .with_jitter(Arc::new(|| 0.0)),
+    );
+    h.enqueue(
+        "slow@acme.com",
+        json!({"total_sessions": 4, "current_plan": "free"}),
+    )
+    .await;
+    // The first write is held 1.5 s, long after the worker gave up on it (the simulator then
+    // drops it with the connection; HubSpot might apply it). The two writes carry different
+    // values, so an older one landing after the newer one shows in what HubSpot ends with.
+    let hang = Duration::from_millis(1500);
+    h.sim.script(vec![Fault::Hang(hang)]);
     let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
     let start = Instant::now();
-    while h.prop("slow@acme.com", "total_sessions").is_none() {
-        worker.run_until_idle(&cancel).await.unwrap();
-        assert!(start.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while h.upserts().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The hung request was applied late, the retry applied again: same absolute value.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hung_at = Instant::now();
+    // A newer event while the older value is on the wire: the retry carries the new state.
+    h.enqueue(
+        "slow@acme.com",
+        json!({"total_sessions": 3, "current_plan": "pro"}),
+    )
+    .await;
+    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the retry never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the moment the hung request is applied, and then some.
+    tokio::time::sleep((hang + Duration::from_millis(700)).saturating_sub(hung_at.elapsed())).await;
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+
+    let upserts = h.upserts();
+    let plans: Vec<String> = upserts
+        .iter()
+        .map(|r| r.body.as_ref().unwrap()["inputs"][0]["properties"]["current_plan"].to_string())
+        .collect();
+    assert!(upserts.len() >= 2, "{plans:?}");
+    assert_eq!(
+        plans[0], "\"free\"",
+        "the hung write carries the older value"
+    );
+    assert_eq!(
+        plans.last().map(String::as_str),
+        Some("\"pro\""),
+        "the last write carries the newer value: {plans:?}"
+    );
+    assert_eq!(
+        h.prop("slow@acme.com", "current_plan").as_deref(),
+        Some("pro"),
+        "a late write of the older value must not be what HubSpot ends with ({plans:?})"
+    );
     assert_eq!(
         h.prop("slow@acme.com", "total_sessions").as_deref(),
-        Some("4")
+        Some("7")
     );
 }
 
