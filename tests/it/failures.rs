@@ -280,7 +280,7 @@ async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Past the moment the hung request is applied, and then some.
+    // Past the moment the hung request would be applied, and then some.
     tokio::time::sleep((hang + Duration::from_millis(700)).saturating_sub(hung_at.elapsed())).await;
     cancel.cancel();
     running.await.unwrap().unwrap();
