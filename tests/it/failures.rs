@@ -233,7 +233,7 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
+async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool) {
     let h = Harness::new(pool).await;
     h.setup().await;
     let client = HubSpotClient::new(
@@ -243,25 +243,71 @@ async fn a_timeout_is_retried_and_the_value_arrives_once(pool: PgPool) {
         Duration::from_millis(500),
     )
     .unwrap();
-    let worker = Worker::new(h.pool.clone(), h.config.clone(), client)
-        .await
-        .unwrap()
-        .with_jitter(Arc::new(|| 0.0));
-    h.enqueue("slow@acme.com", json!({"total_sessions": 4}))
-        .await;
-    h.sim.script(vec![Fault::Hang(Duration::from_millis(1500))]);
+    let worker = Arc::new(
+        Worker::new(h.pool.clone(), h.config.clone(), client)
+            .await
+            .unwrap()
+            .with_jitter(Arc::new(|| 0.0)),
+    );
+    h.enqueue(
+        "slow@acme.com",
+        json!({"total_sessions": 4, "current_plan": "free"}),
+    )
+    .await;
+    // The first write is held 1.5 s, long after the worker gave up on it (the simulator then
+    // drops it with the connection; HubSpot might apply it). The two writes carry different
+    // values, so an older one landing after the newer one shows in what HubSpot ends with.
+    let hang = Duration::from_millis(1500);
+    h.sim.script(vec![Fault::Hang(hang)]);
     let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
     let start = Instant::now();
-    while h.prop("slow@acme.com", "total_sessions").is_none() {
-        worker.run_until_idle(&cancel).await.unwrap();
-        assert!(start.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while h.upserts().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The hung request was applied late, the retry applied again: same absolute value.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hung_at = Instant::now();
+    // A newer event while the older value is on the wire: the retry carries the new state.
+    h.enqueue(
+        "slow@acme.com",
+        json!({"total_sessions": 3, "current_plan": "pro"}),
+    )
+    .await;
+    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the retry never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the moment the hung request would be applied, and then some.
+    tokio::time::sleep((hang + Duration::from_millis(700)).saturating_sub(hung_at.elapsed())).await;
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+
+    let upserts = h.upserts();
+    let plans: Vec<String> = upserts
+        .iter()
+        .map(|r| r.body.as_ref().unwrap()["inputs"][0]["properties"]["current_plan"].to_string())
+        .collect();
+    assert!(upserts.len() >= 2, "{plans:?}");
+    assert_eq!(
+        plans[0], "\"free\"",
+        "the hung write carries the older value"
+    );
+    assert_eq!(
+        plans.last().map(String::as_str),
+        Some("\"pro\""),
+        "the last write carries the newer value: {plans:?}"
+    );
+    assert_eq!(
+        h.prop("slow@acme.com", "current_plan").as_deref(),
+        Some("pro"),
+        "a late write of the older value must not be what HubSpot ends with ({plans:?})"
+    );
     assert_eq!(
         h.prop("slow@acme.com", "total_sessions").as_deref(),
-        Some("4")
+        Some("7")
     );
 }
 
@@ -393,12 +439,64 @@ async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPoo
         "applied once"
     );
     assert_eq!(h.count("dlq").await, 0);
-    // Replaying again finds nothing: the increment cannot be counted twice.
-    psql(&pool, "sql/dlq_retry_all.sql", &[]);
+
+    // Another cause, on HubSpot's side this time: "platinum" is taken out of the portal, so
+    // HubSpot refuses it for two more contacts. Their rows wait in the DLQ, parked.
+    let with_platinum = h.sim.property("contacts", "current_plan").unwrap();
+    let mut without = with_platinum.clone();
+    without["options"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["value"] != "platinum");
+    h.sim.define_property("contacts", without);
+    for (email, sessions) in [("w@acme.com", 2), ("x@acme.com", 3)] {
+        h.enqueue(
+            email,
+            json!({"total_sessions": sessions, "current_plan": "platinum"}),
+        )
+        .await;
+    }
     worker
         .run_until_idle(&CancellationToken::new())
         .await
         .unwrap();
+    let dlq = h.dlq().await;
+    let keys: Vec<&str> = dlq.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["w@acme.com", "x@acme.com"], "{dlq:?}");
+    assert!(
+        dlq.iter()
+            .all(|r| r.1 == "hubspot_validation" && r.3.is_none()),
+        "refused by HubSpot and parked: {dlq:?}"
+    );
+    assert_eq!(h.prop("w@acme.com", "current_plan"), None);
+    assert_eq!(h.prop("x@acme.com", "current_plan"), None);
+    assert_eq!(h.prop("w@acme.com", "total_sessions").as_deref(), Some("2"));
+
+    // The fix, then the replay of everything in the DLQ: both rows go out and are cleared,
+    // and the event replayed before is not counted again.
+    h.sim.define_property("contacts", with_platinum);
+    let replayed = psql(&pool, "sql/dlq_retry_all.sql", &[]);
+    assert!(
+        replayed.contains("w@acme.com") && replayed.contains("x@acme.com"),
+        "{replayed}"
+    );
+    worker
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    for (email, sessions) in [("w@acme.com", "2"), ("x@acme.com", "3")] {
+        assert_eq!(
+            h.prop(email, "current_plan").as_deref(),
+            Some("platinum"),
+            "{email}"
+        );
+        assert_eq!(
+            h.prop(email, "total_sessions").as_deref(),
+            Some(sessions),
+            "{email}"
+        );
+    }
+    assert_eq!(h.count("dlq").await, 0, "{:?}", h.dlq().await);
     assert_eq!(h.prop("v@acme.com", "total_sessions").as_deref(), Some("6"));
 }
 

@@ -71,14 +71,7 @@ impl Harness {
 
     /// Creates the properties of `config`, as `hubsync run` with it does at start.
     pub async fn setup_with(&self, config: &Config) {
-        let limiter = hubsync::ratelimit::Limiter::configured(self.pool.clone(), &config.hubspot)
-            .await
-            .unwrap();
-        let setup =
-            hubsync::setup::Setup::new(self.client(), Some(limiter), Duration::from_secs(60));
-        hubsync::reconcile::ensure(&setup, config)
-            .await
-            .expect("start-up reconciliation succeeds");
+        setup_on(&self.pool, &self.sim, config).await;
     }
 
     /// The fix for events refused for the plan "platinum": the option added to the config and
@@ -146,6 +139,22 @@ pub async fn migrate(pool: &PgPool) {
     hubsync::db::migrate(pool)
         .await
         .expect("the hubsync migrations apply");
+}
+
+/// Creates the properties of `config` in `sim`, through the limiter shared in `pool`, as
+/// `hubsync run` with it does at start.
+pub async fn setup_on(pool: &PgPool, sim: &Simulator, config: &Config) {
+    let limiter = hubsync::ratelimit::Limiter::configured(pool.clone(), &config.hubspot)
+        .await
+        .unwrap();
+    let setup = hubsync::setup::Setup::new(
+        client_for(sim, config),
+        Some(limiter),
+        Duration::from_secs(60),
+    );
+    hubsync::reconcile::ensure(&setup, config)
+        .await
+        .expect("start-up reconciliation succeeds");
 }
 
 pub fn client_for(sim: &Simulator, config: &Config) -> HubSpotClient {

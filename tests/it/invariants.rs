@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use hubspot_sim::{Fault, SimConfig};
+use hubspot_sim::{Fault, SimConfig, Simulator};
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{CONFIG, Harness, connect_pool, database_url, enqueue_at};
+use crate::harness::{CONFIG, Harness, connect_pool, database_url, enqueue_at, setup_on};
 
 /// Events for `contacts` contacts: each gets `per` increments of a known delta and `per` plan
 /// changes at scrambled times; returns the expected (sum, latest plan) per email.
@@ -151,27 +151,39 @@ async fn workers_together_stay_within_the_shared_rate_limit(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    // A one-second window keeps the test short; the limiter and simulator agree on it.
+    const WORKERS: usize = 6;
+    const LIMIT: usize = 4;
+    const CONTACTS: usize = 60;
+    let window = Duration::from_millis(500);
+    // Twice the default margin for this window: room for a loaded machine, yet a request
+    // leaving more than 100 ms after its permit can land inside HubSpot's window.
+    let margin = Duration::from_millis(100);
+    // A short window keeps the test short; the limiter and simulator agree on it.
     let sim = SimConfig {
-        requests_per_window: 4,
-        window: Duration::from_secs(1),
+        requests_per_window: LIMIT as u32,
+        window,
         ..SimConfig::default()
     };
     let text = CONFIG
-        // A wide margin: on a loaded two-core CI machine the time between taking a permit and
-        // the simulator logging the arrival varies by far more than the default 50 ms.
         .replace(
             "requests_per_10s = 100",
-            "requests_per_10s = 4\nrate_window_ms = 1000\nrate_margin_ms = 300",
+            &format!(
+                "requests_per_10s = {LIMIT}\nrate_window_ms = {}\nrate_margin_ms = {}",
+                window.as_millis(),
+                margin.as_millis()
+            ),
         )
+        // One contact per request and two requests in flight per worker: twelve contenders
+        // queue for every permit, so permits are taken at the very edge of the window, where
+        // a request that leaves late lands inside HubSpot's window.
         .replace(
             "# [worker]",
-            "[worker]\nbatch_size = 5\nconcurrency = 3\n# ",
+            "[worker]\nbatch_size = 1\nconcurrency = 2\n# ",
         );
-    let pool = connect_pool(&pool_options, &connect, 8).await;
+    let pool = connect_pool(&pool_options, &connect, 4).await;
     let h = Harness::with(pool.clone(), &text, sim).await;
     h.setup().await;
-    for c in 0..60 {
+    for c in 0..CONTACTS {
         enqueue_at(
             &pool,
             "contact",
@@ -184,20 +196,20 @@ async fn workers_together_stay_within_the_shared_rate_limit(
     // Start-up's own calls took permits too: they count in the same windows.
     let cancel = CancellationToken::new();
     let mut handles = Vec::new();
-    for _ in 0..3 {
-        let p = connect_pool(&pool_options, &connect, 6).await;
+    for _ in 0..WORKERS {
+        let p = connect_pool(&pool_options, &connect, 3).await;
         let w = Arc::new(crate::harness::worker_for(&p, &h.sim, &h.config).await);
         handles.push(tokio::spawn(w.run(cancel.clone())));
     }
-    wait_settled(&pool, Duration::from_secs(60)).await;
+    wait_settled(&pool, Duration::from_secs(40)).await;
     cancel.cancel();
     for handle in handles {
         handle.await.unwrap().unwrap();
     }
     let requests = h.sim.requests();
     assert!(
-        requests.len() >= 12 + 5,
-        "start-up, then 60 objects in batches of 5"
+        requests.len() >= CONTACTS,
+        "start-up, then one request per contact"
     );
     let statuses: Vec<(u16, String)> = requests
         .iter()
@@ -205,57 +217,149 @@ async fn workers_together_stay_within_the_shared_rate_limit(
         .collect();
     assert!(
         requests.iter().all(|r| r.status != 429),
-        "no 429 across three workers: {statuses:?}"
+        "no 429 across {WORKERS} workers: {statuses:?}"
     );
+    // As the simulator counts: every request with those that arrived less than a window
+    // after it.
     for (i, r) in requests.iter().enumerate() {
-        let in_window = requests[i..]
+        let in_window: Vec<Duration> = requests[i..]
             .iter()
-            .filter(|s| s.at.duration_since(r.at) < Duration::from_secs(1))
-            .count();
-        assert!(in_window <= 4, "{in_window} requests within one window");
+            .map(|s| s.at.duration_since(r.at))
+            .filter(|d| *d < window)
+            .collect();
+        assert!(
+            in_window.len() <= LIMIT,
+            "{} requests within one window, arriving after the first by {in_window:?}",
+            in_window.len()
+        );
     }
-    assert!(h.sim.records("contacts").len() == 60);
+    // The limiter was the bottleneck: some permits came at the edge of the window.
+    let closest = requests
+        .windows(LIMIT + 1)
+        .map(|w| w[LIMIT].at.duration_since(w[0].at))
+        .min()
+        .unwrap();
+    assert!(
+        closest < window + margin + Duration::from_millis(150),
+        "no permit was taken at the edge of a window (closest {closest:?})"
+    );
+    assert_eq!(h.sim.records("contacts").len(), CONTACTS);
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_429_pauses_every_worker_instead_of_retrying(pool: PgPool) {
-    let h = Harness::new(pool).await;
+async fn a_429_pauses_every_worker_instead_of_retrying(
+    pool_options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    const WORKERS: usize = 3;
+    const CONTACTS: usize = 150;
+    let pause = Duration::from_secs(2);
+    // Requests already on their way when the 429 arrived may still land just after it.
+    let in_flight = Duration::from_millis(400);
+    let sim_config = SimConfig {
+        requests_per_window: 1000,
+        ..SimConfig::default()
+    };
+    let text = CONFIG
+        .replace("requests_per_10s = 100", "requests_per_10s = 1000")
+        .replace(
+            "# [worker]",
+            "[worker]\nbatch_size = 1\nconcurrency = 1\n# ",
+        );
+    let pool = connect_pool(&pool_options, &connect, 8).await;
+    let h = Harness::with(pool.clone(), &text, sim_config.clone()).await;
     h.setup().await;
-    for c in 0..3 {
-        h.enqueue(&format!("p{c}@acme.com"), json!({"total_sessions": 2}))
+    // Each worker talks to a simulator of its own, so that each one's requests can be told
+    // apart; the pause reaches the others through the database only.
+    let mut others = Vec::new();
+    for _ in 1..WORKERS {
+        let sim = Simulator::start(sim_config.clone()).await.unwrap();
+        setup_on(&pool, &sim, &h.config).await;
+        others.push(sim);
+    }
+    let sims: Vec<&Simulator> = std::iter::once(&h.sim).chain(&others).collect();
+    let upserts = |sim: &Simulator| -> Vec<hubspot_sim::SimRequest> {
+        sim.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/batch/upsert"))
+            .collect()
+    };
+    for sim in &sims {
+        // Every worker sends steadily, one contact per request.
+        sim.set_latency(Duration::from_millis(20));
+    }
+    for c in 0..CONTACTS {
+        h.enqueue(&format!("p{c:03}@acme.com"), json!({"total_sessions": 2}))
             .await;
+    }
+    let cancel = CancellationToken::new();
+    let mut handles = Vec::new();
+    for sim in &sims {
+        let p = connect_pool(&pool_options, &connect, 4).await;
+        let w = Arc::new(crate::harness::worker_for(&p, sim, &h.config).await);
+        handles.push(tokio::spawn(w.run(cancel.clone())));
+    }
+    // Once every worker is sending, the first worker's next request meets a 429.
+    let started = Instant::now();
+    while sims.iter().any(|sim| upserts(sim).len() < 3) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not every worker is sending"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     h.sim.script(vec![Fault::Status {
         status: 429,
-        retry_after_secs: Some(1),
+        retry_after_secs: Some(pause.as_secs()),
     }]);
-    h.sim.reset_requests();
-    let started = Instant::now();
-    // The first step meets the 429 and pauses; the drain then waits the pause out.
-    let mut written = 0;
-    while written < 3 {
-        written += h.drain().await.sync.written;
-        assert!(started.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_settled(&pool, Duration::from_secs(30)).await;
+    cancel.cancel();
+    for handle in handles {
+        handle.await.unwrap().unwrap();
     }
-    let upserts = h.upserts();
-    assert_eq!(
-        upserts.len(),
-        2,
-        "one 429, then one retry after the pause: no storm"
-    );
-    assert_eq!(upserts[0].status, 429);
-    assert!(upserts[1].at.duration_since(upserts[0].at) >= Duration::from_millis(950));
+
+    let limited: Vec<_> = upserts(&h.sim)
+        .into_iter()
+        .filter(|r| r.status == 429)
+        .collect();
+    assert_eq!(limited.len(), 1, "one 429, no storm");
+    let t = limited[0].at;
+    for (i, sim) in sims.iter().enumerate() {
+        let since: Vec<Duration> = upserts(sim)
+            .iter()
+            .filter(|r| r.at > t)
+            .map(|r| r.at.duration_since(t))
+            .collect();
+        let during: Vec<&Duration> = since
+            .iter()
+            .filter(|d| **d > in_flight && **d < pause - Duration::from_millis(100))
+            .collect();
+        assert!(
+            during.is_empty(),
+            "worker {i} sent during the pause, after the 429 by: {during:?}"
+        );
+        assert!(
+            since
+                .iter()
+                .any(|d| *d >= pause - Duration::from_millis(100)),
+            "worker {i} sends again once the pause is over: {since:?}"
+        );
+    }
     let attempts: i64 =
         sqlx::query_scalar("SELECT coalesce(sum(attempts), 0) FROM hubsync.objects")
             .fetch_one(&h.pool)
             .await
             .unwrap();
     assert_eq!(attempts, 0, "a rate-limit wait is not an attempt");
-    assert_eq!(
-        h.prop("p0@acme.com", "total_sessions").as_deref(),
-        Some("2")
-    );
+    for c in 0..CONTACTS {
+        let email = format!("p{c:03}@acme.com");
+        let values: Vec<String> = sims
+            .iter()
+            .filter_map(|sim| sim.contact(&email))
+            .filter_map(|r| r.properties.get("total_sessions").cloned())
+            .collect();
+        assert_eq!(values, ["2"], "{email}");
+    }
 }
 
 /// A worker process, killed when the test ends however it ends.

@@ -50,6 +50,33 @@ async fn hubsync_history(pool: &PgPool) -> Vec<(i64, String, Vec<u8>)> {
     .unwrap()
 }
 
+/// hubsync's history with when each migration was applied.
+async fn history_with_times(pool: &PgPool) -> Vec<(i64, String, Vec<u8>, String)> {
+    sqlx::query_as(
+        "SELECT version, description, checksum, installed_on::text FROM hubsync.schema_migrations
+         ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Every relation and function in schema `hubsync`, with its oid: an object dropped and
+/// created again gets a new one.
+async fn hubsync_objects(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT c.relname::text, c.oid::int8 FROM pg_class c
+         WHERE c.relnamespace = 'hubsync'::regnamespace
+         UNION ALL
+         SELECT p.proname::text, p.oid::int8 FROM pg_proc p
+         WHERE p.pronamespace = 'hubsync'::regnamespace
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 /// An application's migrations directory, as sqlx's CLI and `migrate!` read it.
 fn app_migrations(files: &[(&str, &str)]) -> std::path::PathBuf {
     let dir = tempdir();
@@ -97,10 +124,36 @@ const APP_SECOND: (&str, &str) = (
 
 #[sqlx::test(migrations = false)]
 async fn migrating_twice_from_an_empty_database_is_harmless_and_stays_in_its_schema(pool: PgPool) {
-    for _ in 0..2 {
-        let out = on(&pool, &["migrate"]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    }
+    // Really empty: nothing of hubsync's, nothing of anyone else's.
+    let schema: Option<String> = sqlx::query_scalar("SELECT to_regnamespace('hubsync')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(schema, None, "the database starts without schema hubsync");
+    assert_eq!(foreign_relations(&pool).await, Vec::<String>::new());
+
+    let out = on(&pool, &["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        hubsync_history(&pool).await,
+        embedded(),
+        "the first run applies every migration"
+    );
+    let first = history_with_times(&pool).await;
+    let objects = hubsync_objects(&pool).await;
+
+    let out = on(&pool, &["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        history_with_times(&pool).await,
+        first,
+        "the second run applies nothing again"
+    );
+    assert_eq!(
+        hubsync_objects(&pool).await,
+        objects,
+        "the second run creates and replaces nothing"
+    );
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'hubsync'
          ORDER BY 1",
