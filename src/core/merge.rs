@@ -151,13 +151,7 @@ mod tests {
     use super::*;
 
     fn def(ptype: PropertyType, merge: MergeRule) -> PropertyDef {
-        PropertyDef {
-            name: "p".into(),
-            ptype,
-            merge,
-            label: "P".into(),
-            description: None,
-        }
+        PropertyDef::test(ptype, merge)
     }
     fn c(v: &str, at: i64, seq: i64) -> Contribution {
         Contribution {

@@ -410,13 +410,7 @@ mod tests {
     use super::*;
 
     fn def(ptype: PropertyType, merge: MergeRule) -> PropertyDef {
-        PropertyDef {
-            name: "p".into(),
-            ptype,
-            merge,
-            label: "P".into(),
-            description: None,
-        }
+        PropertyDef::test(ptype, merge)
     }
 
     fn json(text: &str) -> JsonIn {

@@ -184,6 +184,20 @@ pub struct ObjectConfig {
     pub lines: BTreeMap<String, usize>,
 }
 
+#[cfg(test)]
+impl PropertyDef {
+    /// A property `p` of that type and rule, for tests.
+    pub(crate) fn test(ptype: PropertyType, merge: MergeRule) -> PropertyDef {
+        PropertyDef {
+            name: "p".into(),
+            ptype,
+            merge,
+            label: "P".into(),
+            description: None,
+        }
+    }
+}
+
 /// The `[companies]` table.
 #[derive(Debug, Clone)]
 pub struct CompanyConfig {

@@ -34,6 +34,16 @@ pub struct Newer {
     pub workers: i64,
 }
 
+impl Newer {
+    /// From a row of [`newer_sql`]: (generation, live workers).
+    fn from_row((generation, workers): (i64, i64)) -> Newer {
+        Newer {
+            generation,
+            workers,
+        }
+    }
+}
+
 /// Registers a worker running with `canonical` declarations (`properties`: the names per
 /// object type). Known declarations keep their generation (a restarted worker of an older
 /// deploy stays older); new ones become the newest. Also forgets workers gone for an hour.
@@ -109,13 +119,9 @@ async fn beat(
         .bind(ALIVE_SECS)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.map(|(generation, workers)| Newer {
-        generation,
-        workers,
-    }))
+    Ok(row.map(Newer::from_row))
 }
 
-/// The newest live generation above `generation`, if any. Locks nothing.
 /// The newest live generation above parameter `$generation` (`$alive`: seconds a worker counts
 /// as alive after its last heartbeat), with its live workers.
 fn newer_sql(generation: usize, alive: usize) -> String {
@@ -132,10 +138,7 @@ async fn newer(conn: &mut PgConnection, generation: i64) -> Result<Option<Newer>
         .bind(ALIVE_SECS)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.map(|(generation, workers)| Newer {
-        generation,
-        workers,
-    }))
+    Ok(row.map(Newer::from_row))
 }
 
 /// Inside a fold's transaction, before it reads anything: holds the generation lock shared
