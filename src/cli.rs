@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Env};
+use crate::core::dlq::Category;
 use crate::db;
 use crate::db::dlq::{OperatorSql, Var};
 use crate::hubspot::{HubSpotClient, Paths};
@@ -373,6 +374,20 @@ async fn purge(pool: &PgPool, older_than: u32) -> anyhow::Result<ExitCode> {
 }
 
 async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    let named = match &cmd {
+        DlqCommand::List { category, .. } => category.as_deref(),
+        DlqCommand::Retry(s) | DlqCommand::Discard(s) => s.category.as_deref(),
+        _ => None,
+    };
+    if let Some(word) = named
+        && Category::parse(word).is_none()
+    {
+        // Rows written by another version may carry other words: say so, and go on.
+        eprintln!(
+            "note: hubsync does not write the category \"{word}\"; it writes {}",
+            Category::ALL.map(Category::as_str).join(", ")
+        );
+    }
     let pick = |s: &Selection, one: OperatorSql, cat: OperatorSql, all: OperatorSql| {
         if let Some(id) = s.id {
             (one, vec![("id", Var::Int(id))])
@@ -526,7 +541,7 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancels `cancel` on SIGINT or SIGTERM.
-pub fn spawn_signal_handler(cancel: CancellationToken) {
+pub(crate) fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {

@@ -10,16 +10,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::core::vocabulary::{ApiVersion, CompanyConfig, ObjectConfig};
+pub(crate) use crate::core::vocabulary::{ApiVersion, CompanyConfig, ObjectConfig};
 use crate::core::vocabulary::{Declared, MergeRule, PropertyDef, PropertyType};
 use crate::secret::Secret;
 
 /// Default HubSpot API base URL.
-pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
 /// Default database for local runs, tests and the demo.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Default config path.
-pub const DEFAULT_CONFIG_PATH: &str = "./hubsync.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "./hubsync.toml";
 
 /// A refused configuration: what, where, and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +132,7 @@ pub struct WorkerSettings {
 
 /// What a config declares, as deployments compare it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Declarations {
+pub(crate) struct Declarations {
     /// Canonical text whose digest identifies the declarations.
     pub canonical: String,
     /// The declared property names per object type (`{"contact": [...], "company": [...]}`).
@@ -166,7 +166,10 @@ pub struct MetricsSettings {
 impl MetricsSettings {
     /// The address to serve on: `HUBSYNC_METRICS_LISTEN` when set (an empty value turns the
     /// listener off), else `listen` from the file.
-    pub fn effective_listen(&self, env: &Env) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    pub(crate) fn effective_listen(
+        &self,
+        env: &Env,
+    ) -> Result<Option<std::net::SocketAddr>, ConfigError> {
         match &env.metrics_listen {
             None => Ok(self.listen),
             Some(v) if v.trim().is_empty() => Ok(None),
@@ -182,7 +185,7 @@ impl MetricsSettings {
 
 /// Secrets and addresses from the environment. The secrets format as `[redacted]`.
 #[derive(Debug, Clone)]
-pub struct Env {
+pub(crate) struct Env {
     /// `DATABASE_URL` (it may hold a password).
     pub database_url: Secret,
     /// `HUBSPOT_ACCESS_TOKEN`, when set.
@@ -197,7 +200,7 @@ pub struct Env {
 
 impl Env {
     /// Reads the environment, with the documented defaults.
-    pub fn from_env() -> Env {
+    pub(crate) fn from_env() -> Env {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Env {
             database_url: Secret::new(
@@ -213,7 +216,7 @@ impl Env {
     }
 
     /// The access token, or the refusal that says how to provide it.
-    pub fn require_token(&self) -> Result<&Secret, ConfigError> {
+    pub(crate) fn require_token(&self) -> Result<&Secret, ConfigError> {
         self.access_token.as_ref().ok_or(ConfigError::MissingEnv {
                 name: "HUBSPOT_ACCESS_TOKEN",
                 hint: "set it to your HubSpot private app's access token (Settings > Integrations > Private Apps)",
@@ -336,7 +339,7 @@ impl Source<'_> {
 }
 
 /// A property name HubSpot will accept for a custom property, or why not.
-pub fn check_property_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_property_name(name: &str) -> Result<(), String> {
     if name.starts_with("hs_") {
         return Err(format!(
             "\"{name}\" starts with hs_, which HubSpot reserves for its own properties; rename it (e.g. \"{}\")",
@@ -364,7 +367,7 @@ pub fn check_property_name(name: &str) -> Result<(), String> {
 
 impl Config {
     /// What this config declares, as event preparation reads it.
-    pub fn declared(&self) -> Declared<'_> {
+    pub(crate) fn declared(&self) -> Declared<'_> {
         Declared {
             contacts: &self.contacts,
             companies: self.companies.as_ref(),
@@ -373,7 +376,7 @@ impl Config {
 
     /// What this config declares, as deployments compare it: every property's name, type and
     /// merge rule (and options), and the company key; not labels, descriptions or tuning.
-    pub fn declarations(&self) -> Declarations {
+    pub(crate) fn declarations(&self) -> Declarations {
         let describe = |objects: &ObjectConfig| -> Vec<serde_json::Value> {
             objects
                 .properties
@@ -412,7 +415,7 @@ impl Config {
     }
 
     /// Reads and validates the config file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,

@@ -61,7 +61,7 @@ async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
 }
 
 /// Runs the demo end to end.
-pub async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()> {
     let contacts = contacts.clamp(1, 10_000);
     println!("hubsync demo");
     println!(

@@ -75,7 +75,7 @@ impl Limiter {
 
     /// Counts requests per portal day (ending at midnight at `portal`, UTC when unknown) and
     /// hands out at most `budget` a day when given.
-    pub fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {
+    pub(crate) fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {
         self.portal = portal;
         self.daily_budget = budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         self
@@ -132,24 +132,24 @@ impl Limiter {
     }
 
     /// Pauses every worker for `wait`.
-    pub async fn pause(&self, wait: Duration, reason: &str) -> Result<(), sqlx::Error> {
+    pub(crate) async fn pause(&self, wait: Duration, reason: &str) -> Result<(), sqlx::Error> {
         db::limiter::pause(&self.pool, LIMITER, wait, reason).await
     }
 
     /// How long the pause in force still lasts (429 or halted credentials), if any.
-    pub async fn pause_remaining(&self) -> Result<Option<Duration>, sqlx::Error> {
+    pub(crate) async fn pause_remaining(&self) -> Result<Option<Duration>, sqlx::Error> {
         db::limiter::pause_remaining(&self.pool, LIMITER).await
     }
 
     /// Clears an expired pause after a success, so `status` stops reporting it.
-    pub async fn clear(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn clear(&self) -> Result<(), sqlx::Error> {
         db::limiter::clear_pause(&self.pool, LIMITER).await
     }
 
     /// Feeds HubSpot's rate headers back (`X-HubSpot-RateLimit-Max`, `-Interval-Milliseconds`,
     /// `-Daily`, `-Daily-Remaining`): records the daily budget for `status`. (The window itself
     /// is enforced by our own slots; a 429 pauses everyone through `pause`.)
-    pub async fn observe(
+    pub(crate) async fn observe(
         &self,
         max: Option<u64>,
         interval_ms: Option<u64>,

@@ -35,7 +35,7 @@ pub struct Plan {
 
 impl Plan {
     /// Lines describing the plan, for `hubsync check`.
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (kind, g) in &self.create_groups {
             out.push(format!("create property group {} \"{g}\"", kind.plural()));
@@ -102,7 +102,7 @@ fn new_options(values: &[String], first: usize) -> Vec<Value> {
 /// The full option list to send when `declared` values are missing from the portal's `p`:
 /// every existing option exactly as read (label, order, hidden flag, description), then the
 /// missing ones. `None` when nothing is missing.
-pub fn options_to_send(p: &Value, declared: &[String]) -> Option<Vec<Value>> {
+pub(crate) fn options_to_send(p: &Value, declared: &[String]) -> Option<Vec<Value>> {
     let existing: Vec<Value> = p
         .get("options")
         .and_then(Value::as_array)
@@ -193,7 +193,7 @@ fn refusal(
 }
 
 /// One object type as declared: its kind, properties, and (companies) the unique id property.
-pub struct Declared<'a> {
+pub(crate) struct Declared<'a> {
     /// Contact or company.
     pub kind: ObjectType,
     /// Declared properties.
@@ -203,7 +203,7 @@ pub struct Declared<'a> {
 }
 
 /// The portal's side: properties by name and group names.
-pub struct Remote {
+pub(crate) struct Remote {
     /// Properties by name, as HubSpot returns them.
     pub properties: BTreeMap<String, Value>,
     /// Names of archived properties (listed with `archived=true`).
@@ -213,7 +213,7 @@ pub struct Remote {
 }
 
 /// Plans one object type into `plan`; `config_file` and `group` are for messages and bodies.
-pub fn plan_object(
+pub(crate) fn plan_object(
     declared: &Declared,
     remote: &Remote,
     group: &str,

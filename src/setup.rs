@@ -16,7 +16,7 @@ use crate::ratelimit::Limiter;
 
 /// Feeds a reply's rate-limit headers to the shared limiter (the limit it states, the daily
 /// budget left).
-pub async fn observe(
+pub(crate) async fn observe(
     limiter: &Limiter,
     reply: &Result<Reply, Transport>,
 ) -> Result<(), sqlx::Error> {
@@ -66,13 +66,13 @@ impl Setup {
     }
 
     /// The client (for its paths).
-    pub fn client(&self) -> &HubSpotClient {
+    pub(crate) fn client(&self) -> &HubSpotClient {
         &self.client
     }
 
     /// The parsed JSON body on 2xx, `None` on 404, and an error naming the call and HubSpot's
     /// answer otherwise (409 included).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -89,7 +89,7 @@ impl Setup {
     }
 
     /// One setup call whose 404 and 409 the caller handles.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -204,7 +204,7 @@ impl Setup {
 /// The portal's offset from UTC, from `GET /account-info/v3/details` (`utcOffsetMilliseconds`,
 /// else `utcOffset` as `±HH:MM`): HubSpot's daily limit resets at the portal's midnight. `None`,
 /// with a warning, when the call is not allowed or the answer can't be read.
-pub async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
+pub(crate) async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
     let path = setup.client().paths.account_details();
     let details = match setup.call(Method::GET, &path, None).await {
         Ok(Some(details)) => details,

@@ -2,7 +2,7 @@
 //! query results with it, `hubsync demo` what HubSpot holds.
 
 /// Renders rows as an aligned text table.
-pub fn render(columns: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(columns: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -32,7 +32,7 @@ const PERMANENT_CODES: &[&str] = &[
 
 /// One input of a batch as sent: its normalised key and its trace id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentInput {
+pub(crate) struct SentInput {
     /// The normalised id (lower-cased email, or the company key).
     pub key: String,
     /// The unique `objectWriteTraceId` sent with it.
@@ -80,7 +80,7 @@ pub enum Transport {
 
 /// Why one record failed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecordError {
+pub(crate) struct RecordError {
     /// The DLQ category it is parked under, if it comes to that.
     pub category: Category,
     /// HubSpot's error code, when one was given.
@@ -98,7 +98,7 @@ pub struct RecordError {
 
 /// An input HubSpot wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrittenInput {
+pub(crate) struct WrittenInput {
     /// Its index in the request.
     pub input: usize,
     /// HubSpot's record id, when the reply gave one.
@@ -107,7 +107,7 @@ pub struct WrittenInput {
 
 /// An input HubSpot did not write.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FailedInput {
+pub(crate) struct FailedInput {
     /// Its index in the request.
     pub input: usize,
     /// Why.
@@ -116,7 +116,7 @@ pub struct FailedInput {
 
 /// What one request's reply means.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A 2xx: which inputs were written (with HubSpot's record id) and which failed.
     /// Inputs the reply does not account for are listed as failed (`not_written`).
     Completed {
@@ -279,7 +279,7 @@ fn next_midnight<Tz: TimeZone>(now: &DateTime<Tz>) -> Duration {
 /// Classifies a batch-upsert reply for `inputs`. `key_property` is the property HubSpot echoes
 /// the key in (`email` for contacts); `now`, in the portal's time zone, decides how long a
 /// daily limit lasts (until the portal's midnight).
-pub fn classify<Tz: TimeZone>(
+pub(crate) fn classify<Tz: TimeZone>(
     inputs: &[SentInput],
     key_property: &str,
     reply: Result<&Reply, &Transport>,
@@ -413,7 +413,7 @@ pub fn classify<Tz: TimeZone>(
 
 /// A whole-request error HubSpot describes only in words, read once here into a type.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchError {
+pub(crate) enum BatchError {
     /// `Unable to perform update/upsert by non-unique <object> property <name>`: the batch's
     /// `idProperty` was not created with `hasUniqueValue`. HubSpot gives no code or context
     /// for it, so its words are the only signal.
@@ -427,7 +427,7 @@ pub enum BatchError {
 
 impl BatchError {
     /// Reads HubSpot's `message` of a 400 refusing a whole batch.
-    pub fn read(message: &str) -> BatchError {
+    pub(crate) fn read(message: &str) -> BatchError {
         const NON_UNIQUE: &str = "by non-unique ";
         match message.find(NON_UNIQUE) {
             Some(at) => match message[at + NON_UNIQUE.len()..].rsplit(' ').next() {
@@ -445,7 +445,7 @@ impl BatchError {
 /// pair as written when a result joins the two ids, as failed (`association_refused`) when an
 /// error's context names either id, and as failed (`not_written`) when the reply says nothing
 /// of it. Anything else is classified as for upserts: 429 pauses, 401/403 halt, the rest retry.
-pub fn classify_associations<Tz: TimeZone>(
+pub(crate) fn classify_associations<Tz: TimeZone>(
     pairs: &[(String, String)],
     reply: Result<&Reply, &Transport>,
     now: DateTime<Tz>,

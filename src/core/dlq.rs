@@ -34,7 +34,7 @@ pub enum Category {
 
 impl Category {
     /// Every category, in the order the README lists them.
-    pub const ALL: [Category; 12] = [
+    pub(crate) const ALL: [Category; 12] = [
         Category::InvalidEvent,
         Category::InvalidKey,
         Category::InvalidValue,
@@ -50,7 +50,7 @@ impl Category {
     ];
 
     /// The categories ingest refuses events under.
-    pub const EVENT: [Category; 4] = [
+    pub(crate) const EVENT: [Category; 4] = [
         Category::InvalidEvent,
         Category::InvalidKey,
         Category::InvalidValue,
@@ -58,7 +58,7 @@ impl Category {
     ];
 
     /// The word stored in `hubsync.dlq.error_category`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Category::InvalidEvent => "invalid_event",
             Category::InvalidKey => "invalid_key",
@@ -76,7 +76,7 @@ impl Category {
     }
 
     /// The category stored as `word`, if it is one.
-    pub fn parse(word: &str) -> Option<Category> {
+    pub(crate) fn parse(word: &str) -> Option<Category> {
         Category::ALL.into_iter().find(|c| c.as_str() == word)
     }
 }

@@ -19,7 +19,7 @@ use super::vocabulary::{Declared, ObjectType};
 /// One outbox row, as claimed. Every column is read in a form that cannot fail to decode, so
 /// whatever a producer wrote reaches validation, where it is folded or dead-lettered.
 #[derive(Debug, Clone)]
-pub struct OutboxEvent {
+pub(crate) struct OutboxEvent {
     /// Outbox sequence (`id`): the tie-breaker for equal `occurred_at`.
     pub seq: i64,
     /// The producer's idempotency key.
@@ -42,7 +42,7 @@ pub struct OutboxEvent {
 
 /// An accepted event: what it contributes to which object.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Contact or company.
     pub kind: ObjectType,
     /// Normalised key.
@@ -59,7 +59,7 @@ pub struct Prepared {
 
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// One of [`Category::EVENT`].
     pub category: Category,
     /// Property, value and reason.
@@ -70,7 +70,7 @@ pub struct Refusal {
 
 /// Longest company key: HubSpot's unique property values are short text, and the key is
 /// indexed in `hubsync.objects`.
-pub const MAX_COMPANY_KEY_CHARS: usize = 255;
+pub(crate) const MAX_COMPANY_KEY_CHARS: usize = 255;
 
 /// A company key, trimmed and within bounds; the reason otherwise.
 fn company_key(raw: &str) -> Result<String, String> {
@@ -98,7 +98,7 @@ fn refuse(category: Category, message: String, detail: Value) -> Refusal {
 
 /// Keeps the first occurrence of each event whose id is in `fresh` (newly recorded in the
 /// ledger); drops repeats of processed events and duplicates within the chunk.
-pub fn dedupe(events: Vec<OutboxEvent>, fresh: &HashSet<Uuid>) -> Vec<OutboxEvent> {
+pub(crate) fn dedupe(events: Vec<OutboxEvent>, fresh: &HashSet<Uuid>) -> Vec<OutboxEvent> {
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(events.len());
     events
         .into_iter()
@@ -107,7 +107,7 @@ pub fn dedupe(events: Vec<OutboxEvent>, fresh: &HashSet<Uuid>) -> Vec<OutboxEven
 }
 
 /// Validates an event against what the config declares and prepares its contributions.
-pub fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Prepared, Refusal> {
+pub(crate) fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Prepared, Refusal> {
     let Some(kind) = ObjectType::parse(&event.object_type) else {
         return Err(refuse(
             Category::InvalidEvent,
@@ -261,7 +261,7 @@ pub fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Prepared, 
 }
 
 /// The event as it is kept in `hubsync.dlq.payload` (JSON text, numbers exact).
-pub fn payload(event: &OutboxEvent) -> String {
+pub(crate) fn payload(event: &OutboxEvent) -> String {
     let properties = serde_json::value::RawValue::from_string(event.properties.clone())
         .unwrap_or_else(|_| {
             serde_json::value::RawValue::from_string("null".into()).expect("null is valid JSON")

@@ -13,7 +13,7 @@ use super::vocabulary::PropertyDef;
 
 /// An event [`fold`] left out, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Unapplied {
+pub(crate) struct Unapplied {
     /// Its position in the events given to `fold`.
     pub event: usize,
     /// Why it was not applied.
@@ -24,7 +24,7 @@ pub struct Unapplied {
 /// event is applied whole or not at all: one whose `increment` would leave the bounds a number
 /// can have is left out entirely (a later replay would otherwise count its other deltas twice)
 /// and comes back as [`Unapplied`]. Properties `declared` does not know are skipped.
-pub fn fold(
+pub(crate) fn fold(
     state: &mut ObjectState,
     declared: &BTreeMap<String, PropertyDef>,
     events: &[&Prepared],

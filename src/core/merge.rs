@@ -12,7 +12,7 @@ use super::vocabulary::{MergeRule, PropertyDef, PropertyType};
 
 /// One property's merged value: the HubSpot string, and the event that decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PropState {
+pub(crate) struct PropState {
     /// The value to send (already serialised for HubSpot).
     pub v: String,
     /// `occurred_at` of the deciding event, in microseconds since the epoch.
@@ -23,7 +23,7 @@ pub struct PropState {
 
 /// An object's merged state: every property, and the company it belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectState {
+pub(crate) struct ObjectState {
     /// Merged properties by name.
     #[serde(default)]
     pub props: BTreeMap<String, PropState>,
@@ -34,7 +34,7 @@ pub struct ObjectState {
 
 /// One accepted event's contribution to one property.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Contribution {
+pub(crate) struct Contribution {
     /// Serialised value (for `increment`, the delta).
     pub v: String,
     /// occurred_at in microseconds.
@@ -62,7 +62,7 @@ fn compare_values(ptype: &PropertyType, a: &str, b: &str) -> Ordering {
 /// The result is the same whatever order contributions arrive in. Refused (with the reason)
 /// only when an `increment` would take the sum out of the bounds a number can have; the
 /// state is then left as it was.
-pub fn merge(
+pub(crate) fn merge(
     def: &PropertyDef,
     current: Option<&PropState>,
     c: &Contribution,
@@ -132,7 +132,7 @@ pub fn merge(
 }
 
 /// Folds a company key into the state like a `set` property.
-pub fn merge_company(state: &mut ObjectState, key: &str, at: i64, seq: i64) {
+pub(crate) fn merge_company(state: &mut ObjectState, key: &str, at: i64, seq: i64) {
     let newer = match &state.company {
         None => true,
         Some(cur) => later((at, seq), (cur.at, cur.seq)),

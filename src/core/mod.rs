@@ -11,11 +11,11 @@
 //! - [`retry`]: how long to wait before trying again.
 //! - [`dlq`]: the categories a row is dead-lettered under.
 
-pub mod classify;
+pub(crate) mod classify;
 pub mod dlq;
-pub mod event;
-pub mod fold;
-pub mod merge;
-pub mod retry;
-pub mod values;
+pub(crate) mod event;
+pub(crate) mod fold;
+pub(crate) mod merge;
+pub(crate) mod retry;
+pub(crate) mod values;
 pub mod vocabulary;

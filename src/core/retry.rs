@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 /// First retry waits up to this long.
-pub const BASE: Duration = Duration::from_secs(1);
+pub(crate) const BASE: Duration = Duration::from_secs(1);
 /// No retry waits longer than this (unless HubSpot asks for more).
-pub const CAP: Duration = Duration::from_secs(300);
+pub(crate) const CAP: Duration = Duration::from_secs(300);
 
 /// Full-jitter backoff: a uniform pick in `[0, min(CAP, BASE·2^attempt)]` (`unit` in [0, 1]),
 /// then at least `min_wait`, and at least what `Retry-After` asked for.
-pub fn retry_delay(
+pub(crate) fn retry_delay(
     attempt: i32,
     retry_after: Option<Duration>,
     min_wait: Duration,
@@ -26,7 +26,7 @@ pub fn retry_delay(
 
 /// The wait before the `failures`-th retry of a loop whose database went away: half a second,
 /// doubling, at most 30 s. No jitter: reconnecting workers do not contend with each other.
-pub fn outage_delay(failures: u32) -> Duration {
+pub(crate) fn outage_delay(failures: u32) -> Duration {
     Duration::from_millis(500)
         .saturating_mul(1u32 << failures.saturating_sub(1).min(6))
         .min(Duration::from_secs(30))

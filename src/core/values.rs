@@ -12,10 +12,10 @@ use serde_json::value::RawValue;
 use super::vocabulary::{MergeRule, PropertyDef, PropertyType};
 
 /// Longest email address (RFC 5321's path limit), the longest contact key.
-pub const MAX_EMAIL_CHARS: usize = 254;
+pub(crate) const MAX_EMAIL_CHARS: usize = 254;
 
 /// Longest text HubSpot stores in a property.
-pub const MAX_STRING_CHARS: usize = 65_536;
+pub(crate) const MAX_STRING_CHARS: usize = 65_536;
 
 /// Epoch values below this (1973-03-03) are almost surely seconds, which HubSpot reads as 1970.
 const MIN_EPOCH_MS: i64 = 100_000_000_000;
@@ -24,7 +24,7 @@ const MS_PER_DAY: i64 = 86_400_000;
 
 /// Why a value was refused; the message says what was expected and what to send instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValueError {
+pub(crate) struct ValueError {
     /// The property the value was for.
     pub property: String,
     /// The value as it arrived (JSON text).
@@ -49,7 +49,7 @@ impl fmt::Display for ValueError {
 
 /// A JSON value as it arrived, with numbers kept as their exact text.
 #[derive(Debug, Clone, PartialEq)]
-pub enum JsonIn {
+pub(crate) enum JsonIn {
     /// `null`
     Null,
     /// `true` / `false`
@@ -66,7 +66,7 @@ pub enum JsonIn {
 
 impl JsonIn {
     /// Reads one JSON value without losing any digit of its numbers.
-    pub fn parse(raw: &RawValue) -> Result<JsonIn, String> {
+    pub(crate) fn parse(raw: &RawValue) -> Result<JsonIn, String> {
         let text = raw.get().trim();
         match text.as_bytes().first() {
             Some(b'n') => Ok(JsonIn::Null),
@@ -102,7 +102,7 @@ impl JsonIn {
     }
 
     /// The value as JSON text, for error messages.
-    pub fn to_json_text(&self) -> String {
+    pub(crate) fn to_json_text(&self) -> String {
         match self {
             JsonIn::Null => "null".into(),
             JsonIn::Bool(b) => b.to_string(),
@@ -122,7 +122,7 @@ impl JsonIn {
 }
 
 /// Parses an event's `properties` object, keeping every number's exact digits.
-pub fn parse_properties(json: &str) -> Result<Vec<(String, JsonIn)>, String> {
+pub(crate) fn parse_properties(json: &str) -> Result<Vec<(String, JsonIn)>, String> {
     let map: BTreeMap<String, Box<RawValue>> = serde_json::from_str(json).map_err(|e| {
         format!("properties must be a JSON object of property names to values ({e})")
     })?;
@@ -133,10 +133,10 @@ pub fn parse_properties(json: &str) -> Result<Vec<(String, JsonIn)>, String> {
 
 /// Most digits a number may have before its decimal point: HubSpot stores numbers far beyond
 /// any count or amount a product sends, but not without end (`1e400` is refused).
-pub const MAX_INTEGER_DIGITS: i64 = 32;
+pub(crate) const MAX_INTEGER_DIGITS: i64 = 32;
 
 /// Most digits a number may have after its decimal point (trailing zeros aside).
-pub const MAX_FRACTION_DIGITS: i64 = 32;
+pub(crate) const MAX_FRACTION_DIGITS: i64 = 32;
 
 /// Longest number text looked at; anything longer cannot be within the bounds anyway.
 const MAX_NUMBER_TEXT: usize = 200;
@@ -144,7 +144,7 @@ const MAX_NUMBER_TEXT: usize = 200;
 /// Parses a decimal number exactly, within the bounds HubSpot can store: finite, at most
 /// [`MAX_INTEGER_DIGITS`] digits before the point and [`MAX_FRACTION_DIGITS`] after it.
 /// The reason says what is wrong, for a person.
-pub fn parse_number(text: &str) -> Result<BigDecimal, String> {
+pub(crate) fn parse_number(text: &str) -> Result<BigDecimal, String> {
     let text = text.trim();
     let plain = !text.is_empty()
         && text
@@ -166,7 +166,7 @@ pub fn parse_number(text: &str) -> Result<BigDecimal, String> {
 
 /// Checks a number against the bounds without ever writing out its digits (an exponent such
 /// as `1e999999999` stays cheap).
-pub fn check_number_bounds(value: &BigDecimal) -> Result<(), String> {
+pub(crate) fn check_number_bounds(value: &BigDecimal) -> Result<(), String> {
     if value.is_zero() {
         return Ok(());
     }
@@ -189,12 +189,12 @@ pub fn check_number_bounds(value: &BigDecimal) -> Result<(), String> {
 }
 
 /// [`parse_number`] without the reason.
-pub fn parse_decimal(text: &str) -> Option<BigDecimal> {
+pub(crate) fn parse_decimal(text: &str) -> Option<BigDecimal> {
     parse_number(text).ok()
 }
 
 /// A decimal as HubSpot wants it: plain digits, no exponent, no trailing zeros after the point.
-pub fn format_decimal(value: &BigDecimal) -> String {
+pub(crate) fn format_decimal(value: &BigDecimal) -> String {
     let normal = value.normalized();
     if normal.is_integer() {
         // normalized() turns 1000 into 1E+3; scale 0 writes it back as plain digits.
@@ -258,7 +258,7 @@ fn parse_any_instant(value: &JsonIn) -> Result<DateTime<Utc>, String> {
 
 /// Checks `value` against the property and returns the exact string to send to HubSpot.
 /// `null` clears the property (an empty string) and is refused by rules that need a value.
-pub fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, ValueError> {
+pub(crate) fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, ValueError> {
     let refuse = |reason: String| ValueError {
         property: def.name.clone(),
         value: value.to_json_text(),
@@ -368,7 +368,7 @@ pub fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<String, Valu
 }
 
 /// A producer's value as shown in a message: whole when short, else its start.
-pub fn shown(value: &str) -> String {
+pub(crate) fn shown(value: &str) -> String {
     const MAX: usize = 80;
     if value.chars().count() <= MAX {
         return value.to_string();
@@ -379,7 +379,7 @@ pub fn shown(value: &str) -> String {
 }
 
 /// Normalises a contact key: trims and lower-cases an email, refusing what is not one.
-pub fn normalize_email(raw: &str) -> Result<String, String> {
+pub(crate) fn normalize_email(raw: &str) -> Result<String, String> {
     let shown = shown(raw);
     let email = raw.trim().to_lowercase();
     if email.chars().count() > MAX_EMAIL_CHARS {

@@ -29,7 +29,7 @@ pub enum PropertyType {
 
 impl PropertyType {
     /// The name used in hubsync.toml and in HubSpot's `type` field.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             PropertyType::String => "string",
             PropertyType::Number => "number",
@@ -41,7 +41,7 @@ impl PropertyType {
     }
 
     /// The HubSpot `fieldType` hubsync creates the property with.
-    pub fn field_type(&self) -> &'static str {
+    pub(crate) fn field_type(&self) -> &'static str {
         match self {
             PropertyType::String => "text",
             PropertyType::Number => "number",
@@ -55,7 +55,7 @@ impl PropertyType {
     }
 
     /// The type names accepted in hubsync.toml.
-    pub const NAMES: &'static str = "string, number, bool, date, datetime, enumeration";
+    pub(crate) const NAMES: &'static str = "string, number, bool, date, datetime, enumeration";
 }
 
 /// How many events touching one property combine into one value.
@@ -76,7 +76,7 @@ pub enum MergeRule {
 
 impl MergeRule {
     /// Parses a merge rule name from hubsync.toml.
-    pub fn parse(name: &str) -> Option<MergeRule> {
+    pub(crate) fn parse(name: &str) -> Option<MergeRule> {
         Some(match name {
             "set" => MergeRule::Set,
             "set_once" => MergeRule::SetOnce,
@@ -88,7 +88,7 @@ impl MergeRule {
     }
 
     /// The name used in hubsync.toml.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             MergeRule::Set => "set",
             MergeRule::SetOnce => "set_once",
@@ -99,7 +99,7 @@ impl MergeRule {
     }
 
     /// Whether this rule makes sense for that type; `None` when it does, else what fits.
-    pub fn misfit(self, ptype: &PropertyType) -> Option<&'static str> {
+    pub(crate) fn misfit(self, ptype: &PropertyType) -> Option<&'static str> {
         match (self, ptype) {
             (MergeRule::Set | MergeRule::SetOnce, _) => None,
             (MergeRule::Increment, PropertyType::Number) => None,
@@ -135,7 +135,7 @@ pub enum ObjectType {
 
 impl ObjectType {
     /// The name used in `hubsync.outbox.object_type`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ObjectType::Contact => "contact",
             ObjectType::Company => "company",
@@ -143,7 +143,7 @@ impl ObjectType {
     }
 
     /// Parses `hubsync.outbox.object_type`.
-    pub fn parse(name: &str) -> Option<ObjectType> {
+    pub(crate) fn parse(name: &str) -> Option<ObjectType> {
         match name.trim() {
             "contact" => Some(ObjectType::Contact),
             "company" => Some(ObjectType::Company),
@@ -152,7 +152,7 @@ impl ObjectType {
     }
 
     /// The object type in HubSpot's paths.
-    pub fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             ObjectType::Contact => "contacts",
             ObjectType::Company => "companies",
@@ -209,7 +209,7 @@ pub struct CompanyConfig {
 
 /// What a config declares for both object types: all event preparation needs.
 #[derive(Debug, Clone, Copy)]
-pub struct Declared<'a> {
+pub(crate) struct Declared<'a> {
     /// `[contacts]`
     pub contacts: &'a ObjectConfig,
     /// `[companies]`, when configured.
@@ -218,7 +218,7 @@ pub struct Declared<'a> {
 
 impl<'a> Declared<'a> {
     /// The properties declared for `object`, or `None` when companies are not configured.
-    pub fn of(self, object: ObjectType) -> Option<&'a ObjectConfig> {
+    pub(crate) fn of(self, object: ObjectType) -> Option<&'a ObjectConfig> {
         match object {
             ObjectType::Contact => Some(self.contacts),
             ObjectType::Company => self.companies.map(|c| &c.objects),

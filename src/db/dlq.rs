@@ -12,7 +12,7 @@ use crate::core::vocabulary::ObjectType;
 
 /// An event refused at ingest.
 #[derive(Debug, Clone)]
-pub struct EventFailure {
+pub(crate) struct EventFailure {
     /// The event id.
     pub event_id: Uuid,
     /// As enqueued.
@@ -32,7 +32,7 @@ pub struct EventFailure {
 /// Parks refused events (a refusal by validation is permanent until someone changes the
 /// config or the data). A replayed event that fails again updates its row. Locks: the new or
 /// updated DLQ rows until commit.
-pub async fn insert_event_failures(
+pub(crate) async fn insert_event_failures(
     tx: &mut PgConnection,
     failures: &[EventFailure],
 ) -> Result<(), sqlx::Error> {
@@ -67,7 +67,7 @@ pub async fn insert_event_failures(
 
 /// An object whose stored state cannot be read.
 #[derive(Debug, Clone)]
-pub struct UnreadableObject {
+pub(crate) struct UnreadableObject {
     /// Normalised key.
     pub key: String,
     /// The state as stored, kept in the DLQ payload for the person who fixes it.
@@ -79,7 +79,7 @@ pub struct UnreadableObject {
 /// Parks objects whose state cannot be read (kind `object`, category `invalid_state`), leaving
 /// the object rows as they are. Locks: those DLQ rows, inside the caller's transaction, which
 /// already holds the object rows (objects before DLQ rows, the order `db` states).
-pub async fn park_unreadable_objects(
+pub(crate) async fn park_unreadable_objects(
     tx: &mut PgConnection,
     object_type: ObjectType,
     objects: &[UnreadableObject],
@@ -115,7 +115,7 @@ pub async fn park_unreadable_objects(
 /// sends again within the retention period after the replay stays a no-op. Locks: the claimed
 /// DLQ rows and their ledger rows until the caller's transaction ends (`SKIP LOCKED` for the
 /// DLQ rows; ledger rows before any object row, as ingest takes them).
-pub async fn claim_due_events(
+pub(crate) async fn claim_due_events(
     tx: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<(i64, OutboxEvent)>, sqlx::Error> {
@@ -182,7 +182,7 @@ fn parse_occurred_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String
 }
 
 /// Deletes DLQ rows that were replayed successfully. Locks: those rows.
-pub async fn delete_rows(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+pub(crate) async fn delete_rows(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM hubsync.dlq WHERE id = ANY($1)")
         .bind(ids)
         .execute(&mut *tx)
@@ -262,7 +262,7 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
 }
 
 /// An operator statement from `sql/`, with psql's `:name` / `:'name'` variables.
-pub struct OperatorSql {
+pub(crate) struct OperatorSql {
     /// File name, for messages.
     pub name: &'static str,
     /// The psql text.
@@ -273,7 +273,7 @@ macro_rules! operator_sql {
     ($($ident:ident => $file:literal),* $(,)?) => {
         $(
             #[doc = concat!("`sql/", $file, "`")]
-            pub const $ident: OperatorSql = OperatorSql {
+            pub(crate) const $ident: OperatorSql = OperatorSql {
                 name: $file,
                 text: include_str!(concat!("../../sql/", $file)),
             };
@@ -297,7 +297,7 @@ operator_sql! {
 
 /// A value for a psql variable.
 #[derive(Debug, Clone)]
-pub enum Var {
+pub(crate) enum Var {
     /// Substituted as `:name` (a number).
     Int(i64),
     /// Substituted as `:'name'` (a quoted string).
@@ -306,7 +306,7 @@ pub enum Var {
 
 /// Turns psql text into one statement with `$n` parameters, in the order they appear; psql
 /// meta-commands (`\if` …) and comments are dropped.
-pub fn to_statement(text: &str, vars: &[(&str, Var)]) -> Result<(String, Vec<Var>), String> {
+pub(crate) fn to_statement(text: &str, vars: &[(&str, Var)]) -> Result<(String, Vec<Var>), String> {
     let body: String = text
         .lines()
         .filter(|l| !l.trim_start().starts_with('\\') && !l.trim_start().starts_with("--"))
@@ -368,7 +368,7 @@ pub fn to_statement(text: &str, vars: &[(&str, Var)]) -> Result<(String, Vec<Var
 }
 
 /// Runs an operator statement and returns its rows as (column names, text cells).
-pub async fn run_operator(
+pub(crate) async fn run_operator(
     pool: &PgPool,
     sql: &OperatorSql,
     vars: &[(&str, Var)],

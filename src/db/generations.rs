@@ -14,11 +14,11 @@ use uuid::Uuid;
 const GENERATION_LOCK: i64 = 0x68756273796e64;
 
 /// Seconds after its last heartbeat that a worker counts as gone.
-pub const ALIVE_SECS: f64 = 30.0;
+pub(crate) const ALIVE_SECS: f64 = 30.0;
 
 /// A worker's place among the generations.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registered {
+pub(crate) struct Registered {
     /// The digest of the declarations.
     pub fingerprint: String,
     /// The generation of those declarations.
@@ -48,7 +48,7 @@ impl Newer {
 /// object type). Known declarations keep their generation (a restarted worker of an older
 /// deploy stays older); new ones become the newest. Also forgets workers gone for an hour.
 /// Locks: the generation advisory lock (exclusive, waiting for folds in flight), the new rows.
-pub async fn register(
+pub(crate) async fn register(
     pool: &PgPool,
     worker: Uuid,
     canonical: &str,
@@ -88,7 +88,7 @@ pub async fn register(
 /// Marks the worker alive and returns the newest live generation above its own, if any, in
 /// one statement (an idle worker's heartbeat is most of its load on the database). Locks: the
 /// worker's own row, briefly.
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     pool: &PgPool,
     worker: Uuid,
     registered: &Registered,
@@ -144,7 +144,7 @@ async fn newer(conn: &mut PgConnection, generation: i64) -> Result<Option<Newer>
 /// Inside a fold's transaction, before it reads anything: holds the generation lock shared
 /// until the transaction ends, and returns the newest live generation above `generation`
 /// (then the caller must fold nothing). Locks: the generation advisory lock, shared.
-pub async fn gate_fold(
+pub(crate) async fn gate_fold(
     tx: &mut PgConnection,
     generation: i64,
 ) -> Result<Option<Newer>, sqlx::Error> {
@@ -156,7 +156,7 @@ pub async fn gate_fold(
 }
 
 /// Removes the worker's row when it stops. Locks: that row.
-pub async fn leave(pool: &PgPool, worker: Uuid) -> Result<(), sqlx::Error> {
+pub(crate) async fn leave(pool: &PgPool, worker: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM hubsync.workers WHERE id = $1")
         .bind(worker)
         .execute(pool)

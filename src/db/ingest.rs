@@ -38,7 +38,7 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<OutboxEvent, sqlx::Erro
 /// (`SKIP LOCKED`, so concurrent ingesters take disjoint chunks) and the new ledger rows; a
 /// rollback restores both. A concurrent ingest of the same id waits on the ledger row, then
 /// sees it as a repeat.
-pub async fn claim_outbox(
+pub(crate) async fn claim_outbox(
     tx: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<(OutboxEvent, bool)>, sqlx::Error> {
@@ -69,7 +69,7 @@ pub async fn claim_outbox(
 
 /// An object row locked for folding.
 #[derive(Debug, Clone)]
-pub struct LockedObject {
+pub(crate) struct LockedObject {
     /// Normalised key.
     pub key: String,
     /// Merged state as JSON text.
@@ -80,7 +80,7 @@ pub struct LockedObject {
 
 /// The object rows an ingest holds, and the keys it could not take.
 #[derive(Debug, Default)]
-pub struct Locked {
+pub(crate) struct Locked {
     /// Rows locked by this transaction (created here when missing).
     pub objects: Vec<LockedObject>,
     /// Keys whose row another session holds: their events wait for a later ingest.
@@ -92,7 +92,7 @@ pub struct Locked {
 /// (`SKIP LOCKED`), then the rows this call inserts, which nobody else can see yet. An insert
 /// racing another ingest's insert of the same key waits for that transaction to end; nothing
 /// else waits, so ingest cannot deadlock with sync, an operator, or an outside session.
-pub async fn lock_objects(
+pub(crate) async fn lock_objects(
     tx: &mut PgConnection,
     object_type: ObjectType,
     keys: &[String],
@@ -173,7 +173,10 @@ async fn select_for_update(
 /// Puts claimed events back into the outbox with their sequence, and forgets their ledger
 /// entries, in the claiming transaction: as if they had never been claimed. Locks: those
 /// ledger rows and the re-inserted outbox rows.
-pub async fn put_back(tx: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+pub(crate) async fn put_back(
+    tx: &mut PgConnection,
+    events: &[OutboxEvent],
+) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     sqlx::query("DELETE FROM hubsync.ledger WHERE event_id = ANY($1)")
         .bind(&ids)
@@ -227,13 +230,13 @@ pub async fn put_back(tx: &mut PgConnection, events: &[OutboxEvent]) -> Result<(
 }
 
 /// Marks a point the ingest transaction can return to. Locks nothing.
-pub async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SAVEPOINT fold").execute(&mut *tx).await?;
     Ok(())
 }
 
 /// Keeps what was done since the savepoint. Locks nothing.
-pub async fn release_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn release_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("RELEASE SAVEPOINT fold")
         .execute(&mut *tx)
         .await?;
@@ -241,7 +244,7 @@ pub async fn release_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error>
 }
 
 /// Undoes what was done since the savepoint (and the locks it took), then drops it.
-pub async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("ROLLBACK TO SAVEPOINT fold")
         .execute(&mut *tx)
         .await?;
@@ -250,7 +253,7 @@ pub async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), sqlx::Er
 
 /// Writes new merged states, bumps versions and marks the objects dirty. Locks: those rows
 /// (already locked by `lock_objects`).
-pub async fn store_objects(
+pub(crate) async fn store_objects(
     tx: &mut PgConnection,
     object_type: ObjectType,
     keys: &[String],

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 /// Creates the limiter row if missing. Locks nothing beyond the insert.
-pub async fn ensure(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn ensure(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO hubsync.limiter (name) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(name)
         .execute(pool)
@@ -100,7 +100,7 @@ pub async fn try_acquire(
 
 /// Adopts the limit HubSpot's headers state (`X-HubSpot-RateLimit-Max`,
 /// `-Interval-Milliseconds`), writing only when it changed. Locks: the limiter row, briefly.
-pub async fn learn(
+pub(crate) async fn learn(
     pool: &PgPool,
     name: &str,
     max: i32,
@@ -121,7 +121,7 @@ pub async fn learn(
 
 /// Pauses every worker for `wait` from now (never shortening a longer pause).
 /// Locks: the limiter row, briefly.
-pub async fn pause(
+pub(crate) async fn pause(
     pool: &PgPool,
     name: &str,
     wait: Duration,
@@ -143,7 +143,7 @@ pub async fn pause(
 }
 
 /// Clears a pause once requests succeed again. Locks: the limiter row, briefly.
-pub async fn clear_pause(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn clear_pause(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE hubsync.limiter SET paused_until = NULL, pause_reason = NULL
          WHERE name = $1 AND pause_reason IS NOT NULL AND paused_until <= clock_timestamp()",
@@ -155,7 +155,7 @@ pub async fn clear_pause(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
 }
 
 /// Stores the daily budget HubSpot reported. Locks: the limiter row, briefly.
-pub async fn observe_daily(
+pub(crate) async fn observe_daily(
     pool: &PgPool,
     name: &str,
     daily: Option<i64>,
@@ -175,7 +175,10 @@ pub async fn observe_daily(
 }
 
 /// How long the current pause still lasts, if one is in force. Locks nothing.
-pub async fn pause_remaining(pool: &PgPool, name: &str) -> Result<Option<Duration>, sqlx::Error> {
+pub(crate) async fn pause_remaining(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<Duration>, sqlx::Error> {
     let secs: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM paused_until - clock_timestamp())::float8
          FROM hubsync.limiter WHERE name = $1 AND paused_until > clock_timestamp()",

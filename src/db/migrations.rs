@@ -33,7 +33,7 @@ COMMENT ON TABLE hubsync.schema_migrations IS
 ";
 
 /// The highest version among the embedded migrations.
-pub fn latest_embedded() -> i64 {
+pub(crate) fn latest_embedded() -> i64 {
     up_migrations().map(|m| m.version).max().unwrap_or(0)
 }
 
@@ -220,7 +220,7 @@ const GRANT_HINT: &str = "cannot read hubsync.schema_migrations as this role; gi
 
 /// The highest migration applied to this database, `None` when hubsync was never migrated
 /// here (or only by a version that kept its history in `_sqlx_migrations`).
-pub async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>> {
+pub(crate) async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>> {
     let exists: bool =
         sqlx::query_scalar("SELECT to_regclass('hubsync.schema_migrations') IS NOT NULL")
             .fetch_one(pool)

@@ -11,8 +11,8 @@
 //! never waits for the rows after it. No cycle of waits can form.
 
 pub mod dlq;
-pub mod generations;
-pub mod ingest;
+pub(crate) mod generations;
+pub(crate) mod ingest;
 pub mod limiter;
 pub mod migrations;
 pub mod objects;
@@ -80,7 +80,7 @@ fn parse_url(url: &str) -> anyhow::Result<(PgConnectOptions, Vec<String>)> {
 
 /// Connect options from a database URL, with a warning naming (never showing) any parameter
 /// that is ignored.
-pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+pub(crate) fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let (options, ignored) = parse_url(url)?;
     if !ignored.is_empty() {
         tracing::warn!(
@@ -92,7 +92,7 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
 }
 
 /// Where the options lead, for messages: user, host, port and database, never the password.
-pub fn describe(options: &PgConnectOptions) -> String {
+pub(crate) fn describe(options: &PgConnectOptions) -> String {
     let host = match options.get_socket() {
         Some(socket) => socket.display().to_string(),
         None => options.get_host().to_string(),
@@ -175,7 +175,7 @@ pub async fn recreate_database(admin: &mut sqlx::PgConnection, name: &str) -> an
 }
 
 /// Whether the database answers. Locks nothing.
-pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub(crate) async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
 

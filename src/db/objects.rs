@@ -13,7 +13,7 @@ use crate::core::vocabulary::ObjectType;
 /// order `db` states). A row held by another session for longer than the session's
 /// `lock_timeout` is left out rather than waited on: the returned keys are those held. A
 /// leased object left out keeps its lease; when the lease runs out, it is sent again.
-pub async fn begin_locked(
+pub(crate) async fn begin_locked(
     pool: &PgPool,
     object_type: ObjectType,
     keys: &[String],
@@ -49,7 +49,7 @@ async fn lock_rows(
 }
 
 /// A lock wait ended by the session's `lock_timeout` (SQLSTATE 55P03).
-pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+pub(crate) fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
@@ -199,7 +199,7 @@ pub struct Written {
 
 /// Gives leased objects back untouched (rate limit, halted credentials, shutdown): not an
 /// attempt. Fenced by `token`. Locks: those rows, briefly.
-pub async fn release(
+pub(crate) async fn release(
     pool: &PgPool,
     object_type: ObjectType,
     token: Uuid,
@@ -220,7 +220,7 @@ pub async fn release(
 
 /// Counts a transient failure against each object and schedules its next attempt after the
 /// matching delay. Fenced by `token`. Locks: those rows, briefly. Returns (key, attempts).
-pub async fn record_transient(
+pub(crate) async fn record_transient(
     pool: &PgPool,
     object_type: ObjectType,
     token: Uuid,
@@ -350,7 +350,7 @@ pub async fn dead_letter(
 
 /// One contact whose association with its company is due.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PendingAssociation {
+pub(crate) struct PendingAssociation {
     /// The contact's HubSpot id.
     pub contact_id: String,
     /// The company's HubSpot id.
@@ -368,7 +368,7 @@ pub struct PendingAssociation {
 
 /// Contacts whose association is not made for their current contact id, company key and
 /// company id, and not waiting for a retry. Locks nothing.
-pub async fn pending_associations(
+pub(crate) async fn pending_associations(
     pool: &PgPool,
     limit: i64,
 ) -> Result<Vec<PendingAssociation>, sqlx::Error> {
@@ -397,7 +397,7 @@ pub async fn pending_associations(
 
 /// Records associations made (for these contact and company ids) and drops their DLQ rows.
 /// Locks: those contact rows, briefly.
-pub async fn record_associated(
+pub(crate) async fn record_associated(
     pool: &PgPool,
     done: &[PendingAssociation],
 ) -> Result<(), sqlx::Error> {
@@ -444,7 +444,7 @@ pub async fn record_associated(
 
 /// Schedules another try of these contacts' associations after `delays` (seconds).
 /// Locks: those contact rows, briefly.
-pub async fn retry_associations(
+pub(crate) async fn retry_associations(
     pool: &PgPool,
     contact_keys: &[String],
     delays: &[f64],
@@ -468,7 +468,7 @@ pub async fn retry_associations(
 
 /// One association given up on: the contact, what was sent and why HubSpot refused it.
 #[derive(Debug, Clone)]
-pub struct AssociationFailure {
+pub(crate) struct AssociationFailure {
     /// The contact's key.
     pub contact_key: String,
     /// The pair, as JSON text.
@@ -484,7 +484,7 @@ pub struct AssociationFailure {
 /// Parks associations that ran out of tries: a DLQ row each (kind `object`, object_type
 /// `association`, keyed by the contact), and no more tries until it is replayed or the contact
 /// or its company changes. Locks: those contact rows, briefly.
-pub async fn park_associations(
+pub(crate) async fn park_associations(
     pool: &PgPool,
     failures: &[AssociationFailure],
 ) -> Result<(), sqlx::Error> {

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 /// Ledger rows deleted per statement, so that pruning a large backlog never holds many locks
 /// or a long transaction.
-pub const PRUNE_BATCH: i64 = 10_000;
+pub(crate) const PRUNE_BATCH: i64 = 10_000;
 
 /// Forgets ledger entries older than `retention`, in batches; returns how many. Locks: each
 /// batch's rows, for its own short statement.

@@ -17,7 +17,7 @@ pub async fn count(pool: &PgPool, table: &str) -> Result<i64, sqlx::Error> {
 
 /// The shared queue as the metrics gauges show it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct QueueGauges {
+pub(crate) struct QueueGauges {
     /// Rows in `hubsync.outbox`.
     pub backlog: i64,
     /// Age of the oldest outbox row in seconds (0 when empty).
@@ -32,7 +32,7 @@ pub struct QueueGauges {
 
 /// Reads the queue gauges in one statement. Locks nothing; counts the outbox, the dirty
 /// objects (through their partial index) and the DLQ.
-pub async fn queue_gauges(pool: &PgPool) -> Result<QueueGauges, sqlx::Error> {
+pub(crate) async fn queue_gauges(pool: &PgPool) -> Result<QueueGauges, sqlx::Error> {
     let row: (
         i64,
         f64,
@@ -73,7 +73,7 @@ pub async fn queue_gauges(pool: &PgPool) -> Result<QueueGauges, sqlx::Error> {
 
 /// The row of `sql/status.sql` as a JSON object (numbers as numbers, NULL as null), and the
 /// DLQ rows by category as an object. Locks nothing.
-pub async fn status_row(
+pub(crate) async fn status_row(
     pool: &PgPool,
 ) -> anyhow::Result<(
     serde_json::Map<String, serde_json::Value>,

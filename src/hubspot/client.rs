@@ -60,7 +60,7 @@ impl HubSpotClient {
     }
 
     /// The base URL requests go to.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
 
@@ -99,7 +99,11 @@ impl HubSpotClient {
     }
 
     /// Sends a batch upsert body for `kind`.
-    pub async fn batch_upsert(&self, kind: ObjectType, body: &Value) -> Result<Reply, Transport> {
+    pub(crate) async fn batch_upsert(
+        &self,
+        kind: ObjectType,
+        body: &Value,
+    ) -> Result<Reply, Transport> {
         self.send(Method::POST, &self.paths.batch_upsert(kind), Some(body))
             .await
     }

@@ -4,13 +4,13 @@
 //!
 //! This module knows nothing of Postgres; the worker decides what an outcome means for rows.
 
-pub mod client;
-pub mod paths;
-pub mod requests;
+pub(crate) mod client;
+pub(crate) mod paths;
+pub(crate) mod requests;
 
-pub use crate::core::classify::{
-    FailedInput, Outcome, RateHeaders, RecordError, Reply, SentInput, Transport, WrittenInput,
-    classify, classify_associations,
+pub(crate) use crate::core::classify::{
+    FailedInput, Outcome, RecordError, Reply, SentInput, Transport, WrittenInput, classify,
+    classify_associations,
 };
 pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

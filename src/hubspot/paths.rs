@@ -34,22 +34,22 @@ impl Paths {
     }
 
     /// `GET` list / `POST` create properties.
-    pub fn property_list(self, kind: ObjectType) -> String {
+    pub(crate) fn property_list(self, kind: ObjectType) -> String {
         format!("{}/{}", self.properties(), kind.plural())
     }
 
     /// `GET` / `PATCH` one property.
-    pub fn property(self, kind: ObjectType, name: &str) -> String {
+    pub(crate) fn property(self, kind: ObjectType, name: &str) -> String {
         format!("{}/{}/{name}", self.properties(), kind.plural())
     }
 
     /// `GET` list / `POST` create property groups.
-    pub fn groups(self, kind: ObjectType) -> String {
+    pub(crate) fn groups(self, kind: ObjectType) -> String {
         format!("{}/{}/groups", self.properties(), kind.plural())
     }
 
     /// `POST` default associations contact → company.
-    pub fn associate_contacts_to_companies(self) -> String {
+    pub(crate) fn associate_contacts_to_companies(self) -> String {
         match self.version {
             ApiVersion::V2026_03 => {
                 "/crm/associations/2026-03/contacts/companies/batch/associate/default".into()
@@ -61,7 +61,7 @@ impl Paths {
     }
 
     /// `POST` removal of contact → company associations.
-    pub fn archive_contacts_to_companies(self) -> String {
+    pub(crate) fn archive_contacts_to_companies(self) -> String {
         match self.version {
             ApiVersion::V2026_03 => {
                 "/crm/associations/2026-03/contacts/companies/batch/archive".into()
@@ -71,13 +71,8 @@ impl Paths {
     }
 
     /// `GET` the portal's account details (time zone).
-    pub fn account_details(self) -> String {
+    pub(crate) fn account_details(self) -> String {
         "/account-info/v3/details".into()
-    }
-
-    /// `GET` one object by a unique property (read-back).
-    pub fn read_object(self, kind: ObjectType, id: &str) -> String {
-        format!("{}/{}/{id}", self.objects(), kind.plural())
     }
 }
 

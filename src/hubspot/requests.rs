@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 /// One batch-upsert input: the key, its trace id and the properties (all strings).
-pub struct UpsertInput<'a> {
+pub(crate) struct UpsertInput<'a> {
     /// The normalised key, sent as `id`.
     pub key: &'a str,
     /// The unique `objectWriteTraceId`.
@@ -13,7 +13,7 @@ pub struct UpsertInput<'a> {
 }
 
 /// `POST .../batch/upsert`: every input by `key_property`, with its own trace id.
-pub fn upsert_body<'a>(
+pub(crate) fn upsert_body<'a>(
     key_property: &str,
     inputs: impl IntoIterator<Item = UpsertInput<'a>>,
 ) -> Value {
@@ -32,7 +32,7 @@ pub fn upsert_body<'a>(
 }
 
 /// `POST .../batch/associate/default`: (contact id, company id) pairs.
-pub fn associate_body(pairs: &[(String, String)]) -> Value {
+pub(crate) fn associate_body(pairs: &[(String, String)]) -> Value {
     let inputs: Vec<Value> = pairs
         .iter()
         .map(|(contact, company)| json!({"from": {"id": contact}, "to": {"id": company}}))
@@ -41,7 +41,7 @@ pub fn associate_body(pairs: &[(String, String)]) -> Value {
 }
 
 /// `POST .../batch/archive`: removes (contact id, company id) associations.
-pub fn archive_body(pairs: &[(String, String)]) -> Value {
+pub(crate) fn archive_body(pairs: &[(String, String)]) -> Value {
     let inputs: Vec<Value> = pairs
         .iter()
         .map(|(contact, company)| json!({"from": {"id": contact}, "to": [{"id": company}]}))

@@ -28,7 +28,7 @@ use crate::worker::SyncReport;
 use crate::worker::ingest::Ingested;
 
 /// The oldest queue gauges a scrape may be answered with.
-pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const QUEUE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Label sets: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
@@ -83,7 +83,7 @@ pub enum Readiness {
 
 impl Telemetry {
     /// A fresh registry with every series registered (counters at 0).
-    pub fn new() -> Telemetry {
+    pub(crate) fn new() -> Telemetry {
         let mut r = Registry::with_prefix("hubsync");
         let events_ingested = register(
             &mut r,
@@ -240,7 +240,7 @@ impl Telemetry {
     /// Re-reads the queue gauges from the database unless they were read less than
     /// `QUEUE_REFRESH` ago; concurrent callers wait for one read. A failed read keeps the
     /// previous values and is logged.
-    pub async fn refresh_queue(&self, pool: &PgPool) {
+    pub(crate) async fn refresh_queue(&self, pool: &PgPool) {
         let mut last = self.inner.queue_read.lock().await;
         if last.is_some_and(|at| at.elapsed() < QUEUE_REFRESH) {
             return;
@@ -290,12 +290,12 @@ impl Telemetry {
     }
 
     /// Notes whether this worker stands aside for a newer config generation.
-    pub fn set_standing_aside(&self, aside: bool) {
+    pub(crate) fn set_standing_aside(&self, aside: bool) {
         self.inner.standing_aside.store(aside, Ordering::Relaxed);
     }
 
     /// Whether syncing is halted because HubSpot refused the credentials.
-    pub fn halted(&self) -> bool {
+    pub(crate) fn halted(&self) -> bool {
         self.inner.halted.get() != 0
     }
 
@@ -330,7 +330,7 @@ impl Telemetry {
     }
 
     /// Sends a batch upsert of `kind` (`send`), counting it by outcome and timing it.
-    pub async fn batch_upsert(
+    pub(crate) async fn batch_upsert(
         &self,
         kind: ObjectType,
         send: impl Future<Output = Result<Reply, Transport>>,
@@ -339,7 +339,7 @@ impl Telemetry {
     }
 
     /// Sends any other request (`send`) to `endpoint`, counting it by outcome and timing it.
-    pub async fn timed(
+    pub(crate) async fn timed(
         &self,
         endpoint: &'static str,
         send: impl Future<Output = Result<Reply, Transport>>,
@@ -351,7 +351,7 @@ impl Telemetry {
     }
 
     /// Counts one request's outcome and duration (and a 429 by policy).
-    pub fn request_done(
+    pub(crate) fn request_done(
         &self,
         endpoint: &'static str,
         reply: &Result<Reply, Transport>,
@@ -387,7 +387,7 @@ impl Telemetry {
     }
 
     /// Runs one sync step (a batch of `kind`), then records and logs it.
-    pub async fn batch(
+    pub(crate) async fn batch(
         &self,
         kind: ObjectType,
         step: impl Future<Output = anyhow::Result<SyncReport>>,
@@ -399,7 +399,7 @@ impl Telemetry {
     }
 
     /// Runs one ingest step, then records and logs it.
-    pub async fn ingest(
+    pub(crate) async fn ingest(
         &self,
         step: impl Future<Output = anyhow::Result<Ingested>>,
     ) -> anyhow::Result<Ingested> {
@@ -411,7 +411,7 @@ impl Telemetry {
 
     /// Records one sync step (a batch of `kind`) and logs it; a step that leased nothing is
     /// neither counted nor logged.
-    pub fn batch_done(
+    pub(crate) fn batch_done(
         &self,
         kind: ObjectType,
         report: &anyhow::Result<SyncReport>,
@@ -456,7 +456,12 @@ impl Telemetry {
     }
 
     /// Records one ingest chunk and logs it; an empty claim is neither counted nor logged.
-    pub fn ingest_done(&self, done: &anyhow::Result<Ingested>, trace: &Trace, took: Duration) {
+    pub(crate) fn ingest_done(
+        &self,
+        done: &anyhow::Result<Ingested>,
+        trace: &Trace,
+        took: Duration,
+    ) {
         let Ok(d) = done else { return };
         let consumed = d.claimed.saturating_sub(d.deferred);
         if d.claimed == 0 {
@@ -512,7 +517,7 @@ fn object_type(kind: ObjectType) -> Labels {
 }
 
 /// The `outcome` label of a request.
-pub fn outcome(reply: &Result<Reply, Transport>) -> &'static str {
+pub(crate) fn outcome(reply: &Result<Reply, Transport>) -> &'static str {
     match reply {
         Ok(r) => match r.status {
             200..=299 => "ok",

@@ -9,7 +9,7 @@
 
 pub mod health;
 pub mod metrics;
-pub mod status;
+pub(crate) mod status;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,7 +23,7 @@ pub use metrics::Telemetry;
 
 /// The log formats `HUBSYNC_LOG_FORMAT` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One human-readable line per event (the default).
     Text,
     /// One JSON object per line, for log shippers.
@@ -32,7 +32,7 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// Reads `HUBSYNC_LOG_FORMAT` (`json` or `text`; unset or empty: text).
-    pub fn from_env() -> Result<LogFormat, String> {
+    pub(crate) fn from_env() -> Result<LogFormat, String> {
         match std::env::var("HUBSYNC_LOG_FORMAT") {
             Err(_) => Ok(LogFormat::Text),
             Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
@@ -74,13 +74,13 @@ pub fn init(default: &str) {
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 /// Whether logs are JSON lines (`init` saw `HUBSYNC_LOG_FORMAT=json`).
-pub fn json_logs() -> bool {
+pub(crate) fn json_logs() -> bool {
     FORMAT.get() == Some(&LogFormat::Json)
 }
 
 /// A message for the person running a command, on stderr: the plain text as it is, or, with
 /// JSON logs, a log event at `level` so that every line of stderr stays one JSON object.
-pub fn say(level: tracing::Level, text: &str) {
+pub(crate) fn say(level: tracing::Level, text: &str) {
     if !json_logs() {
         eprintln!("{text}");
     } else if level == tracing::Level::ERROR {
@@ -94,7 +94,7 @@ pub fn say(level: tracing::Level, text: &str) {
 
 /// What a step learned on the way, collected by `traced`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Trace {
+pub(crate) struct Trace {
     /// The HTTP status of the last request sent (`None`: none sent, or no answer).
     pub last_status: Option<u16>,
     /// The daily budget HubSpot reported with the last answer that carried it.
@@ -108,7 +108,7 @@ tokio::task_local! {
 }
 
 /// Runs `step`, collecting what it reports through `note_*` into a `Trace`.
-pub async fn traced<F: Future>(step: F) -> (F::Output, Trace) {
+pub(crate) async fn traced<F: Future>(step: F) -> (F::Output, Trace) {
     TRACE
         .scope(RefCell::new(Trace::default()), async move {
             let out = step.await;
@@ -124,7 +124,7 @@ fn note(f: impl FnOnce(&mut Trace)) {
 }
 
 /// Notes events dead-lettered at ingest, by category (call once their DLQ rows are written).
-pub fn note_refused(categories: impl IntoIterator<Item = Category>) {
+pub(crate) fn note_refused(categories: impl IntoIterator<Item = Category>) {
     note(|t| {
         for c in categories {
             *t.refused.entry(c.as_str().to_string()).or_default() += 1;

@@ -14,7 +14,7 @@ const EVENTS_PER_REQUEST: f64 = 100.0;
 
 /// How `status` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `column | value` lines.
     Text,
     /// One JSON object.
@@ -23,7 +23,7 @@ pub enum Format {
 
 /// One look at the pipeline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Every column of `sql/status.sql` and the derived figures, by name.
     pub fields: Map<String, Value>,
 }
@@ -31,7 +31,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the pipeline's state; `requests_per_10s` is the configured rate limit (`None`:
     /// no config at hand, HubSpot's lowest tier is assumed).
-    pub async fn read(pool: &PgPool, requests_per_10s: Option<u32>) -> anyhow::Result<Snapshot> {
+    pub(crate) async fn read(
+        pool: &PgPool,
+        requests_per_10s: Option<u32>,
+    ) -> anyhow::Result<Snapshot> {
         let (mut fields, dlq) = crate::db::status::status_row(pool).await?;
         let number = |f: &Map<String, Value>, k: &str| f.get(k).and_then(Value::as_f64);
         let backlog = number(&fields, "outbox_backlog").unwrap_or(0.0);
@@ -80,7 +83,7 @@ impl Snapshot {
     }
 
     /// The snapshot as `name | value` lines, with the derived figures in words.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let backlog = self.f64("outbox_backlog").unwrap_or(0.0);
         let pause = if self.fields.get("paused_now") == Some(&Value::Bool(true)) {
@@ -157,7 +160,7 @@ impl Snapshot {
 }
 
 /// `3h 02m`, `4m 10s`, `12s`.
-pub fn duration(secs: f64) -> String {
+pub(crate) fn duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     match s {
         0..60 => format!("{s}s"),
@@ -167,7 +170,7 @@ pub fn duration(secs: f64) -> String {
 }
 
 /// A bar of `width` cells, `done` of `total` filled.
-pub fn progress_bar(done: f64, total: f64, width: usize) -> String {
+pub(crate) fn progress_bar(done: f64, total: f64, width: usize) -> String {
     let share = if total > 0.0 {
         (done / total).clamp(0.0, 1.0)
     } else {
@@ -183,7 +186,7 @@ pub fn progress_bar(done: f64, total: f64, width: usize) -> String {
 }
 
 /// Prints one snapshot in `format`.
-pub async fn print_once(
+pub(crate) async fn print_once(
     pool: &PgPool,
     requests_per_10s: Option<u32>,
     format: Format,
@@ -198,7 +201,7 @@ pub async fn print_once(
 
 /// Redraws the snapshot every 2 s until `cancel` fires, with a progress bar while a backlog
 /// drains (measured from the largest backlog seen since watching began).
-pub async fn watch(
+pub(crate) async fn watch(
     pool: &PgPool,
     requests_per_10s: Option<u32>,
     cancel: &CancellationToken,

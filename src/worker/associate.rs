@@ -23,7 +23,10 @@ use crate::hubspot::{Outcome, RecordError, Reply, Transport, classify, classify_
 const BATCH: i64 = 100;
 
 /// Removes stale associations, then makes the due ones; returns how many pairs were handled.
-pub async fn associate_once(w: &Worker, cancel: &CancellationToken) -> anyhow::Result<usize> {
+pub(crate) async fn associate_once(
+    w: &Worker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<usize> {
     if w.config.companies.is_none() {
         return Ok(0);
     }

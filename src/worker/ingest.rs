@@ -26,7 +26,7 @@ use crate::db::dlq::EventFailure;
 
 /// What one fold did.
 #[derive(Debug, Default, Clone)]
-pub struct Folded {
+pub(crate) struct Folded {
     /// Events applied to objects.
     pub accepted: usize,
     /// Events dead-lettered.
@@ -67,7 +67,7 @@ fn event_failure(
 
 /// Validates and folds `events` inside `tx`. Locks object rows without waiting (events for a
 /// row someone else holds come back in `deferred`), then DLQ rows: the order `db` states.
-pub async fn fold(
+pub(crate) async fn fold(
     tx: &mut PgConnection,
     config: &Config,
     events: &[OutboxEvent],
@@ -229,7 +229,7 @@ fn row_tied(e: &anyhow::Error) -> Option<String> {
 /// tied to the data, the events are split in halves until the ones at fault are alone; those
 /// are dead-lettered with Postgres's reason and the rest are folded. Any other failure (the
 /// database is gone, a timeout) fails the whole call, and the caller's transaction with it.
-pub async fn fold_isolating(
+pub(crate) async fn fold_isolating(
     tx: &mut PgConnection,
     config: &Config,
     events: &[OutboxEvent],
@@ -295,7 +295,7 @@ pub struct Ingested {
 
 /// Claims one chunk of the outbox and folds it, in one transaction, unless a worker of a
 /// generation newer than `generation` is running.
-pub async fn ingest_once(
+pub(crate) async fn ingest_once(
     pool: &sqlx::PgPool,
     config: &Config,
     generation: i64,
@@ -349,7 +349,7 @@ pub async fn ingest_once(
 /// Replays dead-lettered events that are due (an operator set `next_retry_at`): folds those
 /// that are now valid and deletes their rows; the rest are parked again with the new reason,
 /// and those whose object is locked stay due for the next round.
-pub async fn replay_due_events(
+pub(crate) async fn replay_due_events(
     pool: &sqlx::PgPool,
     config: &Config,
     generation: i64,

@@ -1,9 +1,9 @@
 //! The worker: `run_once` does one unit of each kind of work; `run` only decides when to call
 //! the steps again, with ingest, several sync loops and upkeep running side by side.
 
-pub mod associate;
-pub mod ingest;
-pub mod sync;
+pub(crate) mod associate;
+pub(crate) mod ingest;
+pub(crate) mod sync;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +21,10 @@ use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::hubspot::{HubSpotClient, Outcome};
 use crate::ratelimit::Limiter;
-pub use sync::SyncReport;
+pub(crate) use sync::SyncReport;
 
 /// A random unit in [0, 1] for retry jitter (injected so tests can fix it).
-pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+pub(crate) type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
 /// Everything a worker step needs.
 pub struct Worker {
@@ -85,7 +85,7 @@ pub struct Step {
 
 impl Step {
     /// Adds another step's counts to this one.
-    pub fn add(&mut self, other: &Step) {
+    pub(crate) fn add(&mut self, other: &Step) {
         self.ingested += other.ingested;
         self.refused += other.refused;
         self.sync.add(&other.sync);
@@ -94,7 +94,7 @@ impl Step {
     }
 
     /// Nothing was done and nothing is waiting that a step could do now.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.ingested == 0 && self.sync.leased == 0 && self.associated == 0 && self.replayed == 0
     }
 }
@@ -194,20 +194,20 @@ impl Worker {
     }
 
     /// Reports to `telemetry` (the one `hubsync run` serves) instead of a registry of its own.
-    pub fn with_telemetry(mut self, telemetry: crate::telemetry::Telemetry) -> Worker {
+    pub(crate) fn with_telemetry(mut self, telemetry: crate::telemetry::Telemetry) -> Worker {
         self.telemetry = telemetry;
         self
     }
 
     /// Now, in the portal's time zone (UTC when unknown).
-    pub fn portal_now(&self) -> DateTime<FixedOffset> {
+    pub(crate) fn portal_now(&self) -> DateTime<FixedOffset> {
         let offset = self.portal.unwrap_or_else(|| Utc.fix());
         Utc::now().with_timezone(&offset)
     }
 
     /// A daily 429 waits for the portal's midnight; when the portal's time zone is unknown, an
     /// hour at most, after which the next request probes whether the day has turned.
-    pub fn daily_wait(&self, outcome: Outcome) -> Outcome {
+    pub(crate) fn daily_wait(&self, outcome: Outcome) -> Outcome {
         match outcome {
             Outcome::RateLimited {
                 daily: true,
@@ -223,7 +223,7 @@ impl Worker {
     }
 
     /// A 429: every worker waits `wait` (not an attempt against anything).
-    pub async fn pause_everyone(&self, wait: Duration, reason: &str) -> anyhow::Result<()> {
+    pub(crate) async fn pause_everyone(&self, wait: Duration, reason: &str) -> anyhow::Result<()> {
         tracing::warn!(
             wait_ms = wait.as_millis() as u64,
             "{reason}; pausing every worker"
@@ -232,7 +232,7 @@ impl Worker {
     }
 
     /// A 401/403: every worker stops sending until the next probe; nothing is consumed.
-    pub async fn halt(&self, status: u16, reason: &str) -> anyhow::Result<()> {
+    pub(crate) async fn halt(&self, status: u16, reason: &str) -> anyhow::Result<()> {
         let probe = self.config.worker.auth_probe_interval;
         tracing::error!(
             status,
@@ -273,14 +273,14 @@ impl Worker {
 
     /// Replays due dead-letter rows: events are folded again, objects queued for sync.
     /// Returns how many rows were replayed.
-    pub async fn replay_once(&self) -> anyhow::Result<usize> {
+    pub(crate) async fn replay_once(&self) -> anyhow::Result<usize> {
         let events = ingest::replay_due_events(&self.pool, &self.config, self.generation()).await?;
         let objects = db::dlq::requeue_due_objects(&self.pool, 500).await?;
         Ok(events.accepted + events.refused + usize::try_from(objects).unwrap_or(usize::MAX))
     }
 
     /// Upkeep: replay due DLQ rows and make pending contact→company associations.
-    pub async fn upkeep_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
+    pub(crate) async fn upkeep_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
         if self.replay_once().await? > 0 {
             self.dirty.notify_waiters();
         }
@@ -289,7 +289,7 @@ impl Worker {
 
     /// One unit of every kind of work: replay due DLQ rows, ingest a chunk, sync a batch of
     /// each type, make pending associations.
-    pub async fn run_once(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
+    pub(crate) async fn run_once(&self, cancel: &CancellationToken) -> anyhow::Result<Step> {
         let replayed = self.replay_once().await?;
         let done = self.ingest_once().await?;
         // Events put back for a locked object are not consumed: they count once folded.

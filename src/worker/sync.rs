@@ -53,7 +53,7 @@ pub struct SyncReport {
 
 impl SyncReport {
     /// Adds another report's counts to this one.
-    pub fn add(&mut self, other: &SyncReport) {
+    pub(crate) fn add(&mut self, other: &SyncReport) {
         self.leased += other.leased;
         self.written += other.written;
         self.dead_lettered += other.dead_lettered;
@@ -167,7 +167,7 @@ enum Fate {
 
 /// Leases one batch of `kind` and syncs it. `cancel` stops waiting for permits (the batch is
 /// handed back untouched); a request already sent is always finished and recorded.
-pub async fn sync_once(
+pub(crate) async fn sync_once(
     w: &Worker,
     kind: ObjectType,
     cancel: &CancellationToken,
