@@ -11,11 +11,11 @@
 //! - [`retry`]: how long to wait before trying again.
 //! - [`dlq`]: the categories a row is dead-lettered under.
 
-pub(crate) mod classify;
+pub mod classify;
 pub mod dlq;
-pub(crate) mod event;
-pub(crate) mod fold;
-pub(crate) mod merge;
-pub(crate) mod retry;
-pub(crate) mod values;
+pub mod event;
+pub mod fold;
+pub mod merge;
+pub mod retry;
+pub mod values;
 pub mod vocabulary;
