@@ -75,7 +75,7 @@ impl Limiter {
 
     /// Counts requests per portal day (ending at midnight at `portal`, UTC when unknown) and
     /// hands out at most `budget` a day when given.
-    pub(crate) fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {
+    pub fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {
         self.portal = portal;
         self.daily_budget = budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         self

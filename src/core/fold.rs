@@ -24,7 +24,7 @@ pub(crate) struct Unapplied {
 /// event is applied whole or not at all: one whose `increment` would leave the bounds a number
 /// can have is left out entirely (a later replay would otherwise count its other deltas twice)
 /// and comes back as [`Unapplied`]. Properties `declared` does not know are skipped.
-pub(crate) fn fold(
+pub fn fold(
     state: &mut ObjectState,
     declared: &BTreeMap<String, PropertyDef>,
     events: &[&Prepared],
