@@ -50,7 +50,7 @@ impl Category {
     ];
 
     /// The categories ingest refuses events under.
-    pub(crate) const EVENT: [Category; 4] = [
+    pub const EVENT: [Category; 4] = [
         Category::InvalidEvent,
         Category::InvalidKey,
         Category::InvalidValue,

@@ -42,7 +42,7 @@ pub(crate) struct OutboxEvent {
 
 /// An accepted event: what it contributes to which object.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Prepared {
+pub struct Prepared {
     /// Contact or company.
     pub kind: ObjectType,
     /// Normalised key.
@@ -59,7 +59,7 @@ pub(crate) struct Prepared {
 
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Refusal {
+pub struct Refusal {
     /// One of [`Category::EVENT`].
     pub category: Category,
     /// Property, value and reason.

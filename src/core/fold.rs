@@ -13,7 +13,7 @@ use super::vocabulary::PropertyDef;
 
 /// An event [`fold`] left out, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Unapplied {
+pub struct Unapplied {
     /// Its position in the events given to `fold`.
     pub event: usize,
     /// Why it was not applied.

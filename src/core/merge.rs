@@ -1,5 +1,5 @@
 //! Merging: many events for one object fold into one absolute state whose result does not
-//! depend on the order or the number of times they arrive. [`fold`] is the one place events
+//! depend on the order or the number of times they arrive. [`fold`](super::fold::fold) is the one place events
 //! are applied to a state; ingest calls it, and the property tests beside it call it too.
 
 use std::cmp::Ordering;
@@ -12,7 +12,7 @@ use super::vocabulary::{MergeRule, PropertyDef, PropertyType};
 
 /// One property's merged value: the HubSpot string, and the event that decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PropState {
+pub struct PropState {
     /// The value to send (already serialised for HubSpot).
     pub v: String,
     /// `occurred_at` of the deciding event, in microseconds since the epoch.
@@ -23,7 +23,7 @@ pub(crate) struct PropState {
 
 /// An object's merged state: every property, and the company it belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ObjectState {
+pub struct ObjectState {
     /// Merged properties by name.
     #[serde(default)]
     pub props: BTreeMap<String, PropState>,
@@ -34,7 +34,7 @@ pub(crate) struct ObjectState {
 
 /// One accepted event's contribution to one property.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Contribution {
+pub struct Contribution {
     /// Serialised value (for `increment`, the delta).
     pub v: String,
     /// occurred_at in microseconds.
