@@ -19,6 +19,45 @@ const BARE_CLAIM: &str = "WITH picked AS MATERIALIZED (
      RETURNING o.id AS seq, o.event_id, o.object_type, o.object_key,
                o.properties::text AS properties, o.occurred_at, o.company_key";
 
+/// With `BENCH_WAL_DETAIL=1`: what the WAL between two positions holds, by record type
+/// (`pg_walinspect`, a contrib extension), largest first.
+async fn wal_detail(pool: &PgPool, what: &str, from: i64, to: i64) -> anyhow::Result<()> {
+    if std::env::var_os("BENCH_WAL_DETAIL").is_none() {
+        return Ok(());
+    }
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        .execute(pool)
+        .await?;
+    // Only flushed WAL can be read: end the segment (after the measured range).
+    sqlx::query("SELECT pg_switch_wal()").execute(pool).await?;
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT \"resource_manager/record_type\", count, record_size, fpi_size
+         FROM pg_get_wal_stats(('0/0'::pg_lsn + $1::numeric), ('0/0'::pg_lsn + $2::numeric), true)
+         WHERE count > 0 ORDER BY combined_size DESC LIMIT 12",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(kind, count, record, fpi)| {
+            vec![kind, count.to_string(), record.to_string(), fpi.to_string()]
+        })
+        .collect();
+    table(
+        &format!("WAL of {what}, by record type"),
+        &[
+            "record type",
+            "records",
+            "record bytes",
+            "full-page image bytes",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
 /// The WAL insert position, in bytes.
 async fn wal_position(pool: &PgPool) -> anyhow::Result<i64> {
     let (lsn,): (i64,) =
@@ -66,7 +105,9 @@ pub async fn run(args: &Args, base_url: &str) -> anyhow::Result<()> {
         bare_rows += rows.len();
     }
     let bare = started.elapsed();
-    let wal_bare = wal_position(&db.pool).await? - wal_bare_start;
+    let wal_bare_end = wal_position(&db.pool).await?;
+    let wal_bare = wal_bare_end - wal_bare_start;
+    wal_detail(&db.pool, "the bare claim", wal_bare_start, wal_bare_end).await?;
 
     sqlx::query("TRUNCATE hubsync.outbox")
         .execute(&db.pool)
@@ -86,7 +127,9 @@ pub async fn run(args: &Args, base_url: &str) -> anyhow::Result<()> {
         refused += done.refused;
     }
     let ingest = started.elapsed();
-    let wal_ingest = wal_position(&db.pool).await? - wal_ingest_start;
+    let wal_ingest_end = wal_position(&db.pool).await?;
+    let wal_ingest = wal_ingest_end - wal_ingest_start;
+    wal_detail(&db.pool, "ingest", wal_ingest_start, wal_ingest_end).await?;
     let (objects_bytes, objects_rows): (i64, i64) = sqlx::query_as(
         "SELECT pg_total_relation_size('hubsync.objects'), (SELECT count(*) FROM hubsync.objects)",
     )

@@ -50,8 +50,10 @@ pub(crate) async fn claim_outbox(
              RETURNING o.id, o.event_id, o.object_type, o.object_key, o.properties,
                        o.occurred_at, o.company_key, o.enqueued_at
          ), fresh AS (
-             INSERT INTO hubsync.ledger (event_id) SELECT event_id FROM claimed
-             ON CONFLICT DO NOTHING RETURNING event_id
+             INSERT INTO hubsync.ledger (event_id)
+             SELECT c.event_id FROM claimed c
+             WHERE NOT EXISTS (SELECT 1 FROM hubsync.ledger l WHERE l.event_id = c.event_id)
+             RETURNING event_id
          )
          SELECT c.id AS seq, c.event_id, c.object_type, c.object_key,
                 c.properties::text AS properties, {OCCURRED_AT_COLUMNS}, c.company_key,
