@@ -150,9 +150,18 @@ pub struct SimulatorArgs {
     /// Rolling window length in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub window_ms: u64,
-    /// Requests allowed per day.
+    /// Requests allowed per portal day (it resets at midnight at --utc-offset-minutes).
     #[arg(long)]
     pub daily_limit: Option<u64>,
+    /// The portal's time zone name, as its account details report it.
+    #[arg(long, default_value = "UTC")]
+    pub time_zone: String,
+    /// The portal's offset from UTC in minutes (e.g. -300 for US Eastern in winter).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub utc_offset_minutes: i32,
+    /// Leave `objectWriteTraceId` out of upsert results (HubSpot does not always echo it).
+    #[arg(long)]
+    pub no_trace_id_echo: bool,
     /// Share of write requests answered with a random fault (0..1).
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
@@ -489,6 +498,9 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
         requests_per_window: args.requests_per_window,
         window: Duration::from_millis(args.window_ms),
         daily_limit: args.daily_limit,
+        time_zone: args.time_zone,
+        utc_offset_minutes: args.utc_offset_minutes.clamp(-24 * 60 + 1, 24 * 60 - 1),
+        echo_trace_ids: !args.no_trace_id_echo,
         ..SimConfig::default()
     };
     let sim = Simulator::start_on(addr, config)
