@@ -95,6 +95,25 @@ impl Setup {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<SetupReply> {
+        self.request_with(method, path, body, true).await
+    }
+
+    /// A `GET` hubsync can do without: as [`Setup::call`], except that a 401/403 only fails
+    /// this call. It halts nobody, since a token may lack the one scope this call needs.
+    pub(crate) async fn get_if_allowed(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        match self.request_with(Method::GET, path, None, false).await? {
+            SetupReply::Done(value) => Ok(Some(value)),
+            SetupReply::NotFound | SetupReply::AlreadyExists(_) => Ok(None),
+        }
+    }
+
+    async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        refusal_halts: bool,
+    ) -> anyhow::Result<SetupReply> {
         let what = format!("{method} {path}");
         let mut attempt = 0u32;
         loop {
@@ -147,7 +166,7 @@ impl Setup {
                     ));
                 }
                 Outcome::Halt { reason, .. } => {
-                    if let Some(limiter) = &self.limiter {
+                    if refusal_halts && let Some(limiter) = &self.limiter {
                         limiter.pause(self.halt_for, &reason).await?;
                     }
                     bail!("{what}: {reason}");
@@ -206,7 +225,7 @@ impl Setup {
 /// with a warning, when the call is not allowed or the answer can't be read.
 pub(crate) async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
     let path = setup.client().paths.account_details();
-    let details = match setup.call(Method::GET, &path, None).await {
+    let details = match setup.get_if_allowed(&path).await {
         Ok(Some(details)) => details,
         Ok(None) => Value::Null,
         Err(e) => {

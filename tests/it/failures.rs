@@ -649,6 +649,50 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_portal_that_hides_its_time_zone_neither_halts_the_start_nor_waits_a_whole_day(
+    pool: PgPool,
+) {
+    // The account details ask for a scope the token lacks: 403 on that call only.
+    const DAILY: u64 = 24;
+    let sim = SimConfig {
+        daily_limit: Some(DAILY),
+        account_details_allowed: false,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
+    assert_eq!(h.worker.portal(), None);
+    let details = h.sim.requests();
+    assert_eq!(details.len(), 1);
+    assert_eq!(details[0].status, 403);
+    let paused: Option<String> =
+        sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter WHERE paused_until > now()")
+            .fetch_optional(&h.pool)
+            .await
+            .unwrap()
+            .flatten();
+    assert_eq!(paused, None, "a refused optional call halts nobody");
+    h.setup().await;
+    let setup_calls = h.sim.requests().len();
+    for i in 0..(DAILY as usize - setup_calls) {
+        h.enqueue(&format!("z{i}@acme.com"), json!({"total_sessions": 1}))
+            .await;
+        h.drain().await;
+    }
+    h.enqueue("over@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.drain().await;
+    assert_eq!(h.upserts().last().unwrap().status, 429);
+    // Without the portal's midnight, the pause lasts an hour; the next request then probes.
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM paused_until - now())::float8 FROM hubsync.limiter",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!((3500.0..=3600.0).contains(&left), "paused for {left} s");
+}
+
+#[sqlx::test(migrations = false)]
 async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(pool: PgPool) {
     // Start-up reads and creates the properties first; the rest is left for upserts.
     const DAILY: u64 = 24;

@@ -307,8 +307,12 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
     }
 }
 
-/// `GET /account-info/v3/details`: the portal's id, currency and time zone.
+/// `GET /account-info/v3/details`: the portal's id, currency and time zone, or 403 when the
+/// token lacks the scope it needs.
 fn account_details(config: &SimConfig) -> Reply {
+    if !config.account_details_allowed {
+        return Reply::missing_scopes(&["oauth".to_owned()]);
+    }
     let offset = config.utc_offset_minutes;
     let sign = if offset < 0 { '-' } else { '+' };
     let magnitude = offset.unsigned_abs();

@@ -27,6 +27,9 @@ pub struct SimConfig {
     /// The portal's offset from UTC in minutes (default 0; `-300` for UTC−5): the daily limit
     /// resets at midnight at this offset.
     pub utc_offset_minutes: i32,
+    /// Whether the token may read the account details (default true). HubSpot asks for the
+    /// `oauth` scope there, which a private app's token may lack: then the call answers 403.
+    pub account_details_allowed: bool,
     /// Echo each input's `objectWriteTraceId` on its upsert result (default true). HubSpot may
     /// or may not: tests turn it off to make the client match results another way.
     pub echo_trace_ids: bool,
@@ -45,6 +48,7 @@ impl Default for SimConfig {
             daily_limit: None,
             time_zone: "UTC".to_owned(),
             utc_offset_minutes: 0,
+            account_details_allowed: true,
             echo_trace_ids: true,
             shuffle_results: true,
             log_bodies: true,
