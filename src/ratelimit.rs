@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Days, FixedOffset, Offset, TimeZone, Utc};
+use chrono::{DateTime, Offset, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::portal::PortalZone;
 use crate::db;
 
 /// The limiter row's name.
@@ -23,7 +24,7 @@ pub struct Limiter {
     window: Duration,
     margin: Duration,
     daily_budget: Option<i64>,
-    portal: Option<FixedOffset>,
+    portal: Option<PortalZone>,
 }
 
 /// Why no permit was handed out.
@@ -75,7 +76,7 @@ impl Limiter {
 
     /// Counts requests per portal day (ending at midnight at `portal`, UTC when unknown) and
     /// hands out at most `budget` a day when given.
-    pub fn with_day(mut self, portal: Option<FixedOffset>, budget: Option<u64>) -> Limiter {
+    pub fn with_day(mut self, portal: Option<PortalZone>, budget: Option<u64>) -> Limiter {
         self.portal = portal;
         self.daily_budget = budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         self
@@ -83,15 +84,8 @@ impl Limiter {
 
     /// The end of the portal's current day.
     fn day_ends(&self) -> DateTime<Utc> {
-        let offset = self.portal.unwrap_or_else(|| Utc.fix());
-        let local = Utc::now().with_timezone(&offset);
-        local
-            .date_naive()
-            .checked_add_days(Days::new(1))
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .and_then(|t| offset.from_local_datetime(&t).earliest())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|| Utc::now() + chrono::Duration::hours(24))
+        let zone = self.portal.unwrap_or(PortalZone::Fixed(Utc.fix()));
+        zone.next_midnight(Utc::now())
     }
 
     /// Waits for a permit, at most `max_wait` in all. Gives up when cancelled, when a pause

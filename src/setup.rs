@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::portal::PortalZone;
 use crate::hubspot::{HubSpotClient, Outcome, Reply, SetupReply, Transport, classify};
 use crate::ratelimit::Limiter;
 
@@ -220,10 +221,11 @@ impl Setup {
     }
 }
 
-/// The portal's offset from UTC, from `GET /account-info/v3/details` (`utcOffsetMilliseconds`,
-/// else `utcOffset` as `±HH:MM`): HubSpot's daily limit resets at the portal's midnight. `None`,
-/// with a warning, when the call is not allowed or the answer can't be read.
-pub(crate) async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
+/// The portal's time zone, from `GET /account-info/v3/details`: `timeZone` (an IANA name, so
+/// daylight saving is followed), else `utcOffsetMilliseconds` or `utcOffset` (`±HH:MM`).
+/// HubSpot's daily limit resets at the portal's midnight. `None`, with a warning, when the call
+/// is not allowed or the answer can't be read.
+pub(crate) async fn portal_zone(setup: &Setup) -> Option<PortalZone> {
     let path = setup.client().paths.account_details();
     let details = match setup.get_if_allowed(&path).await {
         Ok(Some(details)) => details,
@@ -250,10 +252,11 @@ pub(crate) async fn portal_offset(setup: &Setup) -> Option<FixedOffset> {
             Some(sign * seconds)
         })
         .and_then(FixedOffset::east_opt);
-    if offset.is_none() {
+    let zone = PortalZone::read(details.get("timeZone").and_then(Value::as_str), offset);
+    if zone.is_none() {
         tracing::warn!(
-            "the portal's account details carry no readable UTC offset; after a daily 429, hubsync tries again once an hour"
+            "the portal's account details carry no readable time zone; after a daily 429, hubsync tries again once an hour"
         );
     }
-    offset
+    zone
 }

@@ -8,6 +8,7 @@
 //! - [`merge`]: merging one contribution into a property, order-proof.
 //! - [`fold`]: applying an object's events to its state, each whole or not at all.
 //! - [`classify`]: what one HubSpot reply means.
+//! - [`portal`]: the portal's time zone, where its day ends.
 //! - [`retry`]: how long to wait before trying again.
 //! - [`dlq`]: the categories a row is dead-lettered under.
 
@@ -16,6 +17,7 @@ pub mod dlq;
 pub mod event;
 pub mod fold;
 pub mod merge;
+pub mod portal;
 pub mod retry;
 pub mod values;
 pub mod vocabulary;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::core::portal::PortalZone;
 use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::hubspot::{HubSpotClient, Outcome};
@@ -42,7 +43,7 @@ pub struct Worker {
     pub(crate) telemetry: crate::telemetry::Telemetry,
     /// The portal's offset from UTC (its daily limit resets at its midnight); `None` when it
     /// could not be read: a daily pause then lasts an hour, and the next request probes.
-    pub(crate) portal: Option<FixedOffset>,
+    pub(crate) portal: Option<PortalZone>,
     /// The last ingest claimed a full chunk: more is waiting, so syncing can wait a moment
     /// and send fuller, fewer batches.
     backlog: AtomicBool,
@@ -105,9 +106,9 @@ impl Worker {
         &self.telemetry
     }
 
-    /// The portal's offset from UTC, when it could be read.
+    /// The portal's offset from UTC now, when its time zone could be read.
     pub fn portal(&self) -> Option<FixedOffset> {
-        self.portal
+        self.portal.map(|zone| zone.offset_at(Utc::now()))
     }
 
     /// A worker over these parts, with random jitter.
@@ -124,7 +125,7 @@ impl Worker {
             Some(limiter.clone()),
             config.worker.auth_probe_interval,
         );
-        let portal = crate::setup::portal_offset(&setup).await;
+        let portal = crate::setup::portal_zone(&setup).await;
         let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
         let id = Uuid::new_v4();
         let declared = config.declarations();
@@ -201,8 +202,11 @@ impl Worker {
 
     /// Now, in the portal's time zone (UTC when unknown).
     pub(crate) fn portal_now(&self) -> DateTime<FixedOffset> {
-        let offset = self.portal.unwrap_or_else(|| Utc.fix());
-        Utc::now().with_timezone(&offset)
+        let now = Utc::now();
+        let offset = self
+            .portal
+            .map_or_else(|| Utc.fix(), |zone| zone.offset_at(now));
+        now.with_timezone(&offset)
     }
 
     /// A daily 429 waits for the portal's midnight; when the portal's time zone is unknown, an

@@ -745,7 +745,8 @@ async fn the_daily_limit_pauses_until_the_next_day_without_counting_attempts(poo
 async fn a_daily_limit_in_a_portal_at_utc_minus_5_pauses_until_its_local_midnight(pool: PgPool) {
     let sim = SimConfig {
         daily_limit: Some(1),
-        time_zone: "US/Eastern".into(),
+        // UTC−5 all year (no daylight saving), as the simulator's fixed offset is.
+        time_zone: "America/Bogota".into(),
         utc_offset_minutes: -300,
         ..SimConfig::default()
     };
