@@ -195,6 +195,7 @@ impl Setup {
                     after,
                     min_wait,
                     reason,
+                    ..
                 } => {
                     if attempt >= TRIES {
                         let hint = match &reply {

@@ -141,6 +141,9 @@ pub(crate) enum Outcome {
         min_wait: Duration,
         /// What happened.
         reason: String,
+        /// The request may still be carried out later (no answer came, or a gateway gave up
+        /// while HubSpot went on): a write sent after it could be overtaken by it.
+        may_land_late: bool,
     },
     /// A 429: every worker waits; not an attempt against the inputs.
     RateLimited {
@@ -292,6 +295,7 @@ pub(crate) fn classify<Tz: TimeZone>(
                 min_wait: Duration::ZERO,
                 reason: "HubSpot did not answer in time (the write may or may not have happened)"
                     .into(),
+                may_land_late: true,
             };
         }
         Err(Transport::Connection(e)) => {
@@ -299,6 +303,7 @@ pub(crate) fn classify<Tz: TimeZone>(
                 after: None,
                 min_wait: Duration::ZERO,
                 reason: format!("connection to HubSpot failed: {e}"),
+                may_land_late: true,
             };
         }
         Ok(r) => r,
@@ -402,11 +407,14 @@ pub(crate) fn classify<Tz: TimeZone>(
             after: reply.retry_after,
             min_wait: Duration::from_secs(2),
             reason: "HubSpot answered 423 Locked (heavy writes on the portal)".into(),
+            may_land_late: false,
         },
         status => Outcome::Retry {
             after: reply.retry_after,
             min_wait: Duration::ZERO,
             reason: format!("HubSpot answered {status}: {message}"),
+            // Gateway timeouts: the request was handed on and may still be carried out.
+            may_land_late: matches!(status, 502 | 504 | 524),
         },
     }
 }

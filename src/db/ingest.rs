@@ -253,7 +253,9 @@ pub(crate) async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), s
     release_savepoint(tx).await
 }
 
-/// Writes new merged states, bumps versions and marks the objects dirty. Locks: those rows
+/// Writes new merged states, bumps versions and marks the objects dirty, due at once unless
+/// they are backing off after failures (a write repeated only to settle an earlier request
+/// that may land late goes out with the new state instead). Locks: those rows
 /// (already locked by `lock_objects`).
 pub(crate) async fn store_objects(
     tx: &mut PgConnection,
@@ -266,6 +268,7 @@ pub(crate) async fn store_objects(
         "UPDATE hubsync.objects o
          SET state = u.state::jsonb, company_key = u.company_key, version = o.version + 1,
              dirty = true, dirty_since = CASE WHEN o.dirty THEN o.dirty_since ELSE now() END,
+             next_attempt_at = CASE WHEN o.attempts = 0 THEN NULL ELSE o.next_attempt_at END,
              updated_at = now()
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, company_key)
          WHERE o.object_type = $1 AND o.object_key = u.key",

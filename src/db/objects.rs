@@ -130,30 +130,34 @@ pub async fn lease(
 
 /// Marks written objects clean unless their version moved, stores HubSpot ids and what stays
 /// held back, and removes the dead-letter rows of objects that hold nothing back any more.
-/// Fenced by `token`. Locks: those object rows in key order, then their DLQ rows. Returns the
-/// keys actually recorded (a lost lease, or a row another session holds, records nothing).
+/// Fenced by `token`. Locks: those object rows in key order, then their DLQ rows.
 pub async fn record_written(
     pool: &PgPool,
     object_type: ObjectType,
     token: Uuid,
     written: &[Written],
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Recorded, sqlx::Error> {
     let keys: Vec<String> = written.iter().map(|w| w.key.clone()).collect();
     let (mut tx, locked) = begin_locked(pool, object_type, &keys).await?;
     // A version that moved meanwhile may come from a replay that cleared the holds: keep
-    // the row's own holds then, and let the next batch work them out again.
-    let done: Vec<(String,)> = sqlx::query_as(
+    // the row's own holds then, and let the next batch work them out again. An object whose
+    // earlier request may still land stays dirty until then, to be written once more.
+    let done: Vec<(String, Option<f64>)> = sqlx::query_as(
         "UPDATE hubsync.objects o
-         SET dirty = (o.version <> u.version), synced_version = u.version,
+         SET dirty = (o.version <> u.version) OR coalesce(o.unsettled_until > now(), false),
+             synced_version = u.version,
              hubspot_id = coalesce(u.hubspot_id, o.hubspot_id),
              held = CASE WHEN o.version = u.version THEN u.held::jsonb ELSE o.held END,
-             leased_until = NULL, lease_token = NULL, attempts = 0, next_attempt_at = NULL,
+             leased_until = NULL, lease_token = NULL, attempts = 0,
+             next_attempt_at = CASE WHEN o.version = u.version AND o.unsettled_until > now()
+                                    THEN o.unsettled_until END,
              last_error = NULL, synced_at = now()
          FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[])
               AS u(key, version, hubspot_id, held)
          WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $6
            AND o.object_key = ANY($7)
-         RETURNING o.object_key",
+         RETURNING o.object_key,
+                   extract(epoch FROM o.next_attempt_at - clock_timestamp())::float8",
     )
     .bind(object_type.as_str())
     .bind(&keys)
@@ -169,7 +173,14 @@ pub async fn record_written(
     .bind(&locked)
     .fetch_all(&mut *tx)
     .await?;
-    let done: Vec<String> = done.into_iter().map(|(k,)| k).collect();
+    let rewrite_in = done
+        .iter()
+        .filter_map(|(_, secs)| *secs)
+        .fold(None, |soonest: Option<f64>, s| {
+            Some(soonest.map_or(s, |t| t.min(s)))
+        })
+        .map(|s| Duration::from_secs_f64(s.max(0.0)));
+    let keys: Vec<String> = done.into_iter().map(|(k, _)| k).collect();
     sqlx::query(
         "DELETE FROM hubsync.dlq d USING hubsync.objects o
          WHERE d.kind = 'object' AND d.object_type = $1 AND d.object_key = ANY($2)
@@ -177,11 +188,21 @@ pub async fn record_written(
            AND o.held IS NULL",
     )
     .bind(object_type.as_str())
-    .bind(&done)
+    .bind(&keys)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(done)
+    Ok(Recorded { keys, rewrite_in })
+}
+
+/// What `record_written` recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The keys recorded (a lost lease, or a row another session holds, records nothing).
+    pub keys: Vec<String>,
+    /// When the soonest of them is to be written once more (an earlier request of it may
+    /// still land), if any is.
+    pub rewrite_in: Option<Duration>,
 }
 
 /// One object HubSpot wrote.
@@ -218,33 +239,51 @@ pub(crate) async fn release(
     tx.commit().await
 }
 
+/// The objects one transient failure retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries<'a> {
+    /// Their keys.
+    pub keys: &'a [String],
+    /// Seconds until each one's next attempt.
+    pub delays: &'a [f64],
+    /// Whether each one's failed request may still land at HubSpot later.
+    pub may_land_late: &'a [bool],
+    /// How long such a request may take to land: until then, the object is written once more
+    /// after any success.
+    pub settle: Duration,
+}
+
 /// Counts a transient failure against each object and schedules its next attempt after the
 /// matching delay. Fenced by `token`. Locks: those rows, briefly. Returns (key, attempts).
 pub(crate) async fn record_transient(
     pool: &PgPool,
     object_type: ObjectType,
     token: Uuid,
-    keys: &[String],
-    delays: &[f64],
+    retries: &Retries<'_>,
     error: &str,
 ) -> Result<Vec<(String, i32)>, sqlx::Error> {
-    let (mut tx, locked) = begin_locked(pool, object_type, keys).await?;
+    let (mut tx, locked) = begin_locked(pool, object_type, retries.keys).await?;
     let rows = sqlx::query_as(
         "UPDATE hubsync.objects o
          SET attempts = o.attempts + 1,
              next_attempt_at = clock_timestamp() + make_interval(secs => u.delay),
+             unsettled_until = CASE WHEN u.late
+                 THEN greatest(o.unsettled_until, clock_timestamp() + make_interval(secs => $7))
+                 ELSE o.unsettled_until END,
              leased_until = NULL, lease_token = NULL, last_error = $5
-         FROM unnest($2::text[], $3::float8[]) AS u(key, delay)
+         FROM unnest($2::text[], $3::float8[], $8::bool[]) AS u(key, delay, late)
          WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $4
            AND o.object_key = ANY($6)
          RETURNING o.object_key, o.attempts",
     )
     .bind(object_type.as_str())
-    .bind(keys)
-    .bind(delays)
+    .bind(retries.keys)
+    .bind(retries.delays)
     .bind(token)
     .bind(error)
     .bind(&locked)
+    .bind(retries.settle.as_secs_f64())
+    .bind(retries.may_land_late)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

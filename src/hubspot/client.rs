@@ -30,6 +30,7 @@ pub struct HubSpotClient {
     http: reqwest::Client,
     base_url: String,
     token: Secret,
+    timeout: Duration,
     /// Paths for the configured API edition.
     pub paths: Paths,
 }
@@ -55,8 +56,14 @@ impl HubSpotClient {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
             token: token.into(),
+            timeout,
             paths,
         })
+    }
+
+    /// How long a request may take before this client gives up on it.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The base URL requests go to.

@@ -152,6 +152,7 @@ async fn settle_failure(
             after,
             min_wait,
             reason,
+            ..
         } => {
             let failed = with_error(pairs, Category::AssociationFailed, &reason, Value::Null);
             retry_or_park(w, &failed, after, min_wait).await?;

@@ -485,6 +485,9 @@ impl Worker {
             tasks.spawn(async move {
                 let mut held_since: Option<Instant> = None;
                 let mut outage = Streak::new("sync");
+                // When the soonest object this loop scheduled (a retry, a write to repeat)
+                // falls due: remembered across the busy steps that follow its scheduling.
+                let mut due_at: Option<Instant> = None;
                 while !cancel.is_cancelled() {
                     // Registered before the step, so a wake-up during it is not lost.
                     let told = w.dirty.notified();
@@ -535,6 +538,10 @@ impl Worker {
                     if step.written > 0 {
                         w.upkeep.notify_one();
                     }
+                    if let Some(r) = step.retry_in {
+                        let at = Instant::now() + r;
+                        due_at = Some(due_at.map_or(at, |d| d.min(at)));
+                    }
                     match failed {
                         Some(e) => nap(&cancel, outage.failed(&e)).await,
                         None if busy => {
@@ -544,7 +551,10 @@ impl Worker {
                         }
                         None => {
                             outage.succeeded();
-                            let wait = step.retry_in.map_or(own_look, |r| r.min(own_look));
+                            let now = Instant::now();
+                            // Kept until it has passed: a wake-up before then must not lose it.
+                            due_at = due_at.filter(|d| *d > now);
+                            let wait = due_at.map_or(own_look, |d| (d - now).min(own_look));
                             tokio::select! {
                                 _ = cancel.cancelled() => {}
                                 _ = &mut told => {}

@@ -152,15 +152,27 @@ fn body(key_property: &str, inputs: &[Input], group: &[usize]) -> Value {
     )
 }
 
+/// The objects a step retries for one reason.
+#[derive(Default)]
+struct Retries {
+    keys: Vec<String>,
+    /// Seconds until each one's next attempt.
+    delays: Vec<f64>,
+    /// Whether each one's failed request may still land.
+    may_land_late: Vec<bool>,
+}
+
 /// The fate of one leased object after the step.
 enum Fate {
     Written(Option<String>),
     Failed(RecordError),
-    /// Try again after `wait`; parked under `category` once out of attempts.
+    /// Try again after `wait`; parked under `category` once out of attempts. When the
+    /// request `may_land_late`, the object is written once more after it must have landed.
     Transient {
         wait: Duration,
         reason: String,
         category: Category,
+        may_land_late: bool,
     },
     Released,
 }
@@ -267,6 +279,7 @@ pub(crate) async fn sync_once(
                             wait: retry_delay(attempts, None, Duration::ZERO, (w.jitter)()),
                             reason: e.message.clone(),
                             category: Category::NotWritten,
+                            may_land_late: false,
                         }
                     } else {
                         Fate::Failed(e)
@@ -291,6 +304,7 @@ pub(crate) async fn sync_once(
                 after,
                 min_wait,
                 reason,
+                may_land_late,
             } => {
                 tracing::warn!("{reason}; will retry these {} objects", group.len());
                 for i in group {
@@ -302,6 +316,7 @@ pub(crate) async fn sync_once(
                             wait: delay,
                             reason: reason.clone(),
                             category: Category::HubspotUnavailable,
+                            may_land_late,
                         },
                     );
                 }
@@ -340,6 +355,7 @@ pub(crate) async fn sync_once(
                                     error.message
                                 ),
                                 category: Category::HubspotRejected,
+                                may_land_late: false,
                             },
                         );
                     }
@@ -378,7 +394,7 @@ async fn record(
     let mut failures: Vec<ObjectFailure> = Vec::new();
     let mut released = Vec::new();
     let max_attempts = w.config.worker.max_attempts;
-    let mut transient: BTreeMap<String, (Vec<String>, Vec<f64>)> = BTreeMap::new();
+    let mut transient: BTreeMap<String, Retries> = BTreeMap::new();
     for (&i, fate) in fates {
         let input = &inputs[i];
         let key = input.leased.key.clone();
@@ -410,11 +426,13 @@ async fn record(
             Fate::Transient {
                 wait: delay,
                 reason,
+                may_land_late,
                 ..
             } => {
-                let entry = transient.entry(reason.clone()).or_default();
-                entry.0.push(key);
-                entry.1.push(delay.as_secs_f64());
+                let entry: &mut Retries = transient.entry(reason.clone()).or_default();
+                entry.keys.push(key);
+                entry.delays.push(delay.as_secs_f64());
+                entry.may_land_late.push(*may_land_late);
             }
             Fate::Released => released.push(key),
         }
@@ -423,14 +441,34 @@ async fn record(
         let done = db::objects::record_written(&w.pool, kind, token, &written)
             .await
             .context("failed to record written objects")?;
-        report.written += done.len();
+        report.written += done.keys.len();
+        if let Some(soonest) = done.rewrite_in {
+            report.retry_in = Some(report.retry_in.map_or(soonest, |r| r.min(soonest)));
+        }
     }
     if !released.is_empty() {
         db::objects::release(&w.pool, kind, token, &released).await?;
         report.released += released.len();
     }
-    for (reason, (keys, delays)) in transient {
-        let after = db::objects::record_transient(&w.pool, kind, token, &keys, &delays, &reason)
+    // A request that may still land is overtaken by one more write after it must have: its
+    // gateway gives up well within four of our timeouts.
+    let settle = w.client.timeout() * 4;
+    for (
+        reason,
+        Retries {
+            keys,
+            delays,
+            may_land_late,
+        },
+    ) in transient
+    {
+        let retries = db::objects::Retries {
+            keys: &keys,
+            delays: &delays,
+            may_land_late: &may_land_late,
+            settle,
+        };
+        let after = db::objects::record_transient(&w.pool, kind, token, &retries, &reason)
             .await
             .context("failed to schedule retries")?;
         report.retrying += after.len();

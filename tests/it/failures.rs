@@ -254,9 +254,9 @@ async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool
         json!({"total_sessions": 4, "current_plan": "free"}),
     )
     .await;
-    // The first write is held 1.5 s, long after the worker gave up on it (the simulator then
-    // drops it with the connection; HubSpot might apply it). The two writes carry different
-    // values, so an older one landing after the newer one shows in what HubSpot ends with.
+    // The first write is held 1.5 s, long after the worker gave up on it; HubSpot carries it
+    // out all the same, late. The two writes carry different values, so an older one landing
+    // after the newer one shows in what HubSpot ends with.
     let hang = Duration::from_millis(1500);
     h.sim.script(vec![Fault::Hang(hang)]);
     let cancel = CancellationToken::new();
@@ -280,8 +280,23 @@ async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Past the moment the hung request would be applied, and then some.
-    tokio::time::sleep((hang + Duration::from_millis(700)).saturating_sub(hung_at.elapsed())).await;
+    // The hung request lands after the retry: HubSpot holds the older value for a while.
+    tokio::time::sleep((hang + Duration::from_millis(100)).saturating_sub(hung_at.elapsed())).await;
+    // hubsync writes the object once more once such a late write must have landed.
+    let dirty = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM hubsync.objects WHERE dirty")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap()
+    };
+    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") || dirty().await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the older value stayed: {:?}",
+            h.prop("slow@acme.com", "current_plan")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cancel.cancel();
     running.await.unwrap().unwrap();
 

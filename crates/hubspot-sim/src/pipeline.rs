@@ -3,6 +3,7 @@
 //! rate-limit headers on the way out. The state lock is taken in short synchronous sections,
 //! never across a sleep.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -112,7 +113,7 @@ impl Parsed {
 }
 
 /// Runs one request to its outcome.
-pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> Outcome {
+pub(crate) async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Outcome {
     let (parts, body) = request.into_parts();
     let bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -177,26 +178,33 @@ pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> Outco
         };
         (seq, admission, state.latency + hang.unwrap_or_default())
     };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-
-    let step = {
-        let mut state = shared.lock();
-        decide(&mut state, shared, &parsed, token.as_deref(), &admission)
-    };
-    let reply = match step {
-        Step::Done(reply) => Some(reply),
-        Step::Drop => None,
-        Step::HangThenHandle(hang) => {
-            tokio::time::sleep(hang).await;
-            let mut state = shared.lock();
-            Some(dispatch(&mut state, shared, &parsed))
+    // HubSpot goes on with a request whose client has given up: a write held up (latency or
+    // a scripted hang) lands all the same, late. So the work runs apart from this connection,
+    // which the client may close meanwhile.
+    let portal = Arc::clone(shared);
+    let limits = admission.clone();
+    let work = async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
+        let step = {
+            let mut state = portal.lock();
+            decide(&mut state, &portal, &parsed, token.as_deref(), &limits)
+        };
+        let reply = match step {
+            Step::Done(reply) => Some(reply),
+            Step::Drop => None,
+            Step::HangThenHandle(hang) => {
+                tokio::time::sleep(hang).await;
+                Some(dispatch(&mut portal.lock(), &portal, &parsed))
+            }
+        };
+        portal
+            .lock()
+            .log_status(seq, reply.as_ref().map_or(0, |reply| reply.status));
+        reply
     };
-    shared
-        .lock()
-        .log_status(seq, reply.as_ref().map_or(0, |reply| reply.status));
+    let reply = tokio::spawn(work).await.ok().flatten();
     match reply {
         Some(reply) => Outcome::Reply(into_response(reply, &admission)),
         None => Outcome::Drop,

@@ -103,7 +103,8 @@ pub enum Fault {
     Drop,
     /// Answer 200 with no results and no errors, applying nothing (a silent failure).
     SilentOk,
-    /// Wait this long, then handle the request normally (to trigger client timeouts).
+    /// Wait this long, then handle the request normally (to trigger client timeouts). The
+    /// write lands even when the client has given up by then, as it does at HubSpot.
     Hang(Duration),
 }
 
