@@ -614,7 +614,9 @@ fn worker_settings(src: &Source, raw: RawWorker) -> Result<WorkerSettings, Confi
             src,
             "worker.ingest_chunk",
             &raw.ingest_chunk,
-            2000,
+            // Measured (P3): 5000 folds about a fifth faster than 2000; each ingest
+            // transaction then lasts about a tenth of a second.
+            5000,
             1,
             50_000,
         )?,

@@ -154,7 +154,11 @@ merge = "set"
 }
 
 fn config(requests_per_10s: u32, window_ms: u64) -> anyhow::Result<Arc<Config>> {
-    let text = config_text(requests_per_10s, window_ms);
+    let mut text = config_text(requests_per_10s, window_ms);
+    // BENCH_INGEST_CHUNK=N measures another `worker.ingest_chunk` (P3 uses it for both loops).
+    if let Ok(chunk) = std::env::var("BENCH_INGEST_CHUNK") {
+        text.push_str(&format!("\n[worker]\ningest_chunk = {}\n", chunk.trim()));
+    }
     Ok(Arc::new(Config::parse(Path::new("bench.toml"), &text)?))
 }
 
