@@ -1,4 +1,4 @@
-//! The pipeline benchmarks P1–P8 of `docs/ARCHITECTURE.md` §4: a program that prints one table per
+//! The pipeline benchmarks P1–P8 of `docs/ARCHITECTURE.md` §5: a program that prints one table per
 //! measure and asserts nothing on time (`BENCHMARKS.md` records the latest results).
 //!
 //! Run: `cargo bench --bench pipeline -- <p1|p2|p3|p4|p5|p6|p8|all> [options]` (P7 is measured

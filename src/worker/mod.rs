@@ -360,7 +360,7 @@ impl Worker {
         }
     }
 
-    /// Associates synced contacts with their synced companies (`docs/HUBSPOT.md` §7).
+    /// Associates synced contacts with their synced companies (`docs/HUBSPOT.md` §6).
     async fn associate_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
         associate::associate_once(self, cancel).await
     }
