@@ -1,8 +1,6 @@
 //! Ingest statements: claim outbox rows, consult and fill the delivered ledger, fold events
 //! into `hubsync.objects`. All run inside the caller's one ingest transaction.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -76,85 +74,17 @@ pub(crate) struct LockedObject {
     pub key: String,
     /// Merged state as JSON text.
     pub state: String,
-    /// 0 for a row this transaction just created.
-    pub version: i64,
 }
 
-/// The object rows an ingest holds, and the keys it could not take.
-#[derive(Debug, Default)]
-pub(crate) struct Locked {
-    /// Rows locked by this transaction (created here when missing).
-    pub objects: Vec<LockedObject>,
-    /// Keys whose row another session holds: their events wait for a later ingest.
-    pub busy: Vec<String>,
-}
-
-/// Locks the rows of `keys` (sorted), creating the missing ones, without ever waiting for a
-/// row another session holds: those come back as `busy`. Locks: existing rows in key order
-/// (`SKIP LOCKED`), then the rows this call inserts, which nobody else can see yet. An insert
-/// racing another ingest's insert of the same key waits for that transaction to end; nothing
-/// else waits, so ingest cannot deadlock with sync, an operator, or an outside session.
-pub(crate) async fn lock_objects(
-    tx: &mut PgConnection,
-    object_type: ObjectType,
-    keys: &[String],
-) -> Result<Locked, sqlx::Error> {
-    let mut objects = select_for_update(tx, object_type, keys).await?;
-    if objects.len() == keys.len() {
-        return Ok(Locked {
-            objects,
-            busy: Vec::new(),
-        });
-    }
-    let found: HashSet<&str> = objects.iter().map(|l| l.key.as_str()).collect();
-    let missing: Vec<String> = keys
-        .iter()
-        .filter(|k| !found.contains(k.as_str()))
-        .cloned()
-        .collect();
-    let inserted: Vec<(String,)> = sqlx::query_as(
-        "INSERT INTO hubsync.objects (object_type, object_key)
-         SELECT $1, k FROM unnest($2::text[]) AS k ORDER BY k
-         ON CONFLICT DO NOTHING RETURNING object_key",
-    )
-    .bind(object_type.as_str())
-    .bind(&missing)
-    .fetch_all(&mut *tx)
-    .await?;
-    let inserted: HashSet<String> = inserted.into_iter().map(|(k,)| k).collect();
-    // Rows that exist but were not ours: held by another session, or created by another
-    // ingest that has committed meanwhile (then they are free now).
-    let taken: Vec<String> = missing
-        .iter()
-        .filter(|k| !inserted.contains(*k))
-        .cloned()
-        .collect();
-    let mut busy = Vec::new();
-    if !taken.is_empty() {
-        let now_free = select_for_update(tx, object_type, &taken).await?;
-        let free: HashSet<&str> = now_free.iter().map(|l| l.key.as_str()).collect();
-        busy = taken
-            .iter()
-            .filter(|k| !free.contains(k.as_str()))
-            .cloned()
-            .collect();
-        objects.extend(now_free);
-    }
-    objects.extend(inserted.into_iter().map(|key| LockedObject {
-        key,
-        state: "{}".into(),
-        version: 0,
-    }));
-    Ok(Locked { objects, busy })
-}
-
-async fn select_for_update(
+/// Locks the existing rows of `keys` (sorted), in key order, without ever waiting for a row
+/// another session holds: those are left out, as are keys with no row.
+pub(crate) async fn lock_existing(
     tx: &mut PgConnection,
     object_type: ObjectType,
     keys: &[String],
 ) -> Result<Vec<LockedObject>, sqlx::Error> {
     let rows = sqlx::query(&super::lock_in_key_order(
-        "object_key, state::text AS state, version",
+        "object_key, state::text AS state",
         " SKIP LOCKED",
     ))
     .bind(object_type.as_str())
@@ -166,10 +96,36 @@ async fn select_for_update(
             Ok(LockedObject {
                 key: r.try_get("object_key")?,
                 state: r.try_get("state")?,
-                version: r.try_get("version")?,
             })
         })
         .collect()
+}
+
+/// Inserts new objects (`keys` sorted) with their merged states, dirty, in one statement.
+/// Returns the keys inserted; a key another ingest inserted meanwhile is left as it is (its
+/// insert waits for that transaction to end, the one wait ingest can have, and never on a row
+/// sync or an operator holds). Locks: the rows inserted.
+pub(crate) async fn insert_objects(
+    tx: &mut PgConnection,
+    object_type: ObjectType,
+    keys: &[String],
+    states: &[String],
+    company_keys: &[Option<String>],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO hubsync.objects AS o (object_type, object_key, state, company_key, version,
+                                           dirty, dirty_since)
+         SELECT $1, u.key, u.state::jsonb, u.company_key, 1, true, now()
+         FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, company_key)
+         ORDER BY u.key
+         ON CONFLICT DO NOTHING RETURNING o.object_key",
+    )
+    .bind(object_type.as_str())
+    .bind(keys)
+    .bind(states)
+    .bind(company_keys)
+    .fetch_all(&mut *tx)
+    .await
 }
 
 /// Puts claimed events back into the outbox with their sequence, and forgets their ledger

@@ -65,6 +65,94 @@ fn event_failure(
     }
 }
 
+/// One object's state to write.
+struct StateWrite {
+    /// The merged state as JSON text.
+    state: String,
+    /// The company it belongs to, for the row's `company_key`.
+    company_key: Option<String>,
+}
+
+/// What folding one object's events gave.
+struct Folding {
+    /// The state to write, when it changed (always, for a new object).
+    write: Option<StateWrite>,
+    /// Events refused.
+    failures: Vec<EventFailure>,
+    /// The object, when its stored state cannot be read.
+    unreadable: Option<db::dlq::UnreadableObject>,
+}
+
+/// Folds `prepared` (events of `events`, by index) into the object `key` whose stored state is
+/// `stored` (`None`: a new object, from the empty state). A state that does not parse is never
+/// overwritten: the object is parked with it, and its events wait in the DLQ for the fix.
+fn fold_row(
+    kind: ObjectType,
+    key: &str,
+    stored: Option<&str>,
+    prepared: &[(usize, Prepared)],
+    events: &[OutboxEvent],
+    objects: &crate::config::ObjectConfig,
+) -> anyhow::Result<Folding> {
+    let mut failures = Vec::new();
+    let new = stored.is_none();
+    let stored = stored.unwrap_or("{}");
+    let mut state: ObjectState = match serde_json::from_str(stored) {
+        Ok(s) => s,
+        Err(e) => {
+            let problem = format!(
+                "the stored state of {} \"{key}\" in hubsync.objects cannot be read ({e})",
+                kind.as_str(),
+            );
+            for (i, _) in prepared {
+                failures.push(event_failure(
+                    &events[*i],
+                    Category::InvalidState,
+                    format!(
+                        "not folded: {problem}; fix or reset that state (see the object's row in hubsync.dlq), then replay this event"
+                    ),
+                    json!({"object_key": key, "reason": e.to_string()}),
+                ));
+            }
+            return Ok(Folding {
+                write: None,
+                failures,
+                unreadable: Some(db::dlq::UnreadableObject {
+                    key: key.to_string(),
+                    state: stored.to_string(),
+                    message: format!(
+                        "{problem}; its events are parked beside it. Fix the state (or reset it: UPDATE hubsync.objects SET state = '{{}}'), then replay this row and its events"
+                    ),
+                }),
+            });
+        }
+    };
+    let before = state.clone();
+    let mine: Vec<&Prepared> = prepared.iter().map(|(_, p)| p).collect();
+    for u in fold_events(&mut state, &objects.properties, &mine) {
+        let r = u.refusal;
+        failures.push(event_failure(
+            &events[prepared[u.event].0],
+            r.category,
+            r.message,
+            r.detail,
+        ));
+    }
+    let write = if state != before || new {
+        Some(StateWrite {
+            company_key: state.company.as_ref().map(|c| c.v.clone()),
+            state: serde_json::to_string(&state)?,
+        })
+    } else {
+        None
+    };
+    Ok(Folding {
+        write,
+        failures,
+        unreadable: None,
+    })
+}
+
 /// Validates and folds `events` inside `tx`. Locks object rows without waiting (events for a
 /// row someone else holds come back in `deferred`), then DLQ rows: the order `db` states.
 pub(crate) async fn fold(
@@ -108,67 +196,81 @@ pub(crate) async fn fold(
         let Some(objects) = config.declared().of(kind) else {
             continue;
         };
-        let locked = db::ingest::lock_objects(tx, kind, &keys)
-            .await
-            .context("failed to lock object rows")?;
-        for key in &locked.busy {
-            if let Some(prepared) = by_object.get(&(kind, key.clone())) {
-                deferred.extend(prepared.iter().map(|(i, _)| events[*i].clone()));
-            }
-        }
         let mut out_keys = Vec::new();
         let mut out_states = Vec::new();
         let mut out_companies = Vec::new();
         let mut unreadable = Vec::new();
-        for row in locked.objects {
+        let mut take = |row: db::ingest::LockedObject,
+                        failures: &mut Vec<EventFailure>|
+         -> anyhow::Result<()> {
             let Some(prepared) = by_object.get(&(kind, row.key.clone())) else {
-                continue;
+                return Ok(());
             };
-            // A state that does not parse is never overwritten: the object is parked with it,
-            // and its events wait in the DLQ for the fix.
-            let mut state: ObjectState = match serde_json::from_str(&row.state) {
-                Ok(s) => s,
-                Err(e) => {
-                    let problem = format!(
-                        "the stored state of {} \"{}\" in hubsync.objects cannot be read ({e})",
-                        kind.as_str(),
-                        row.key
-                    );
-                    for (i, _) in prepared {
-                        failures.push(event_failure(
-                            &events[*i],
-                            Category::InvalidState,
-                            format!(
-                                "not folded: {problem}; fix or reset that state (see the object's row in hubsync.dlq), then replay this event"
-                            ),
-                            json!({"object_key": row.key, "reason": e.to_string()}),
-                        ));
-                    }
-                    unreadable.push(db::dlq::UnreadableObject {
-                        key: row.key.clone(),
-                        state: row.state.clone(),
-                        message: format!(
-                            "{problem}; its events are parked beside it. Fix the state (or reset it: UPDATE hubsync.objects SET state = '{{}}'), then replay this row and its events"
-                        ),
-                    });
-                    continue;
-                }
-            };
-            let before = state.clone();
-            let mine: Vec<&Prepared> = prepared.iter().map(|(_, p)| p).collect();
-            for u in fold_events(&mut state, &objects.properties, &mine) {
-                let r = u.refusal;
-                failures.push(event_failure(
-                    &events[prepared[u.event].0],
-                    r.category,
-                    r.message,
-                    r.detail,
-                ));
-            }
-            if state != before || row.version == 0 {
+            let folding = fold_row(kind, &row.key, Some(&row.state), prepared, events, objects)?;
+            failures.extend(folding.failures);
+            unreadable.extend(folding.unreadable);
+            if let Some(write) = folding.write {
                 out_keys.push(row.key);
-                out_companies.push(state.company.as_ref().map(|c| c.v.clone()));
-                out_states.push(serde_json::to_string(&state)?);
+                out_states.push(write.state);
+                out_companies.push(write.company_key);
+            }
+            Ok(())
+        };
+        // Existing rows first, in key order, never waiting for one another session holds.
+        let existing = db::ingest::lock_existing(tx, kind, &keys)
+            .await
+            .context("failed to lock object rows")?;
+        let found: HashSet<String> = existing.iter().map(|row| row.key.clone()).collect();
+        for row in existing {
+            take(row, &mut failures)?;
+        }
+        // Objects not seen before are folded from the empty state and inserted with it, one
+        // write each. A key someone else inserted meanwhile is taken as it now is, or, when its
+        // row is held, waits with its events for a later ingest.
+        let missing: Vec<&String> = keys.iter().filter(|k| !found.contains(*k)).collect();
+        if !missing.is_empty() {
+            let mut new_keys = Vec::with_capacity(missing.len());
+            let mut new_states = Vec::with_capacity(missing.len());
+            let mut new_companies = Vec::with_capacity(missing.len());
+            let mut new_failures: BTreeMap<String, Vec<EventFailure>> = BTreeMap::new();
+            for key in &missing {
+                let prepared = &by_object[&(kind, (*key).clone())];
+                let folding = fold_row(kind, key, None, prepared, events, objects)?;
+                let write = folding
+                    .write
+                    .context("a new object's state is always written")?;
+                new_keys.push((*key).clone());
+                new_states.push(write.state);
+                new_companies.push(write.company_key);
+                new_failures.insert((*key).clone(), folding.failures);
+            }
+            let inserted: HashSet<String> =
+                db::ingest::insert_objects(tx, kind, &new_keys, &new_states, &new_companies)
+                    .await
+                    .context("failed to insert new object rows")?
+                    .into_iter()
+                    .collect();
+            let mut taken = Vec::new();
+            for (key, its_failures) in new_failures {
+                if inserted.contains(&key) {
+                    failures.extend(its_failures);
+                } else {
+                    taken.push(key);
+                }
+            }
+            if !taken.is_empty() {
+                let now_free = db::ingest::lock_existing(tx, kind, &taken)
+                    .await
+                    .context("failed to lock object rows")?;
+                let free: HashSet<String> = now_free.iter().map(|row| row.key.clone()).collect();
+                for key in taken.iter().filter(|k| !free.contains(*k)) {
+                    if let Some(prepared) = by_object.get(&(kind, key.clone())) {
+                        deferred.extend(prepared.iter().map(|(i, _)| events[*i].clone()));
+                    }
+                }
+                for row in now_free {
+                    take(row, &mut failures)?;
+                }
             }
         }
         if !out_keys.is_empty() {
