@@ -184,7 +184,9 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// The property-level problems inside one HubSpot error: `(code, property, message)`.
+/// The property-level problems inside one HubSpot error: `(code, property, message)`. The
+/// nested `errors[]` come first; the JSON embedded in `message` (which always names the
+/// property) fills in what they leave out, or stands alone when there are none.
 fn property_problems(err: &Value) -> Vec<(Option<String>, Option<String>, String)> {
     let mut out = Vec::new();
     if let Some(Value::Array(items)) = err.get("errors") {
@@ -197,18 +199,33 @@ fn property_problems(err: &Value) -> Vec<(Option<String>, Option<String>, String
             out.push((code, prop, msg));
         }
     }
-    if out.is_empty()
-        && let Some(message) = str_field(err, "message")
+    let mut embedded = Vec::new();
+    if let Some(message) = str_field(err, "message")
         && let Some(start) = message.find('[')
         && let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&message[start..])
     {
         for item in items {
-            out.push((
+            embedded.push((
                 str_field(&item, "error").map(String::from),
                 str_field(&item, "name").map(String::from),
                 str_field(&item, "message").unwrap_or_default().to_string(),
             ));
         }
+    }
+    if out.is_empty() {
+        return embedded;
+    }
+    let same_count = out.len() == embedded.len();
+    for (n, (code, prop, _)) in out.iter_mut().enumerate() {
+        if prop.is_some() {
+            continue;
+        }
+        // The embedded problem with the same code, else the one in the same place.
+        *prop = embedded
+            .iter()
+            .find(|(c, _, _)| c.is_some() && c == code)
+            .or_else(|| same_count.then(|| &embedded[n]))
+            .and_then(|(_, name, _)| name.clone());
     }
     out
 }
@@ -865,5 +882,18 @@ mod tests {
             BatchError::Other
         );
         assert_eq!(BatchError::read("non-unique"), BatchError::Other);
+    }
+
+    #[test]
+    fn a_property_left_out_of_the_nested_errors_is_read_from_the_message() {
+        let error = json!({
+            "status": "error", "category": "VALIDATION_ERROR",
+            "message": "Property values were not valid: [{\"isValid\":false,\"message\":\"platinum was not one of the allowed options\",\"error\":\"INVALID_OPTION\",\"name\":\"current_plan\"}]",
+            "errors": [{"code": "INVALID_OPTION", "message": "platinum was not one of the allowed options"}],
+            "context": {"objectWriteTraceId": ["t0"]}
+        });
+        let e = record_error(&error, Category::HubspotError);
+        assert!(e.permanent);
+        assert_eq!(e.properties, vec!["current_plan".to_string()]);
     }
 }

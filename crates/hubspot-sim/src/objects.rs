@@ -405,14 +405,11 @@ fn record_error(problems: &[Problem], trace_id: Option<&str>) -> Value {
             )
         })
         .collect();
+    // The nested errors carry the code; only the embedded list is known to name the property,
+    // so a client must read the property from there.
     let errors: Vec<Value> = problems
         .iter()
-        .map(|p| {
-            json!({
-                "message": p.error.message, "code": p.error.code,
-                "context": {"propertyName": [p.name]}
-            })
-        })
+        .map(|p| json!({"message": p.error.message, "code": p.error.code}))
         .collect();
     let context = match trace_id {
         Some(trace_id) => json!({"objectWriteTraceId": [trace_id]}),
