@@ -375,7 +375,12 @@ pub(crate) fn classify<Tz: TimeZone>(
         429 => {
             let daily = str_field(&body, "policyName") == Some("DAILY");
             let wait = if daily {
-                reply.retry_after.unwrap_or_else(|| next_midnight(&now))
+                // The day's limit lasts until the portal's midnight: a shorter Retry-After
+                // would only buy a 429 more.
+                let midnight = next_midnight(&now);
+                reply
+                    .retry_after
+                    .map_or(midnight, |after| after.max(midnight))
             } else {
                 reply
                     .retry_after
@@ -895,5 +900,23 @@ mod tests {
         let e = record_error(&error, Category::HubspotError);
         assert!(e.permanent);
         assert_eq!(e.properties, vec!["current_plan".to_string()]);
+    }
+
+    #[test]
+    fn a_daily_429_waits_for_midnight_whatever_retry_after_says() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 23, 0, 0).unwrap();
+        let reply = Reply {
+            status: 429,
+            rate: RateHeaders::default(),
+            retry_after: Some(Duration::from_secs(10)),
+            body: json!({"status": "error", "errorType": "RATE_LIMIT", "policyName": "DAILY",
+                         "message": "You have reached your daily limit."})
+            .to_string(),
+        };
+        let out = classify(&inputs(1), "email", Ok(&reply), now);
+        assert!(
+            matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(3600)),
+            "{out:?}"
+        );
     }
 }
