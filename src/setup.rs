@@ -213,11 +213,14 @@ impl Setup {
             if attempt >= TRIES {
                 bail!("{what}: HubSpot kept answering 429 (rate limited); try again later");
             }
+            // As long as HubSpot asks (a 477 during a portal migration may ask for minutes),
+            // up to ten minutes a try.
+            let wait = wait.min(Duration::from_secs(600));
             tracing::warn!(
                 attempt,
                 "{what}: HubSpot is busy or unreachable; trying again in {wait:?}"
             );
-            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+            tokio::time::sleep(wait).await;
         }
     }
 }
