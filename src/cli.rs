@@ -159,9 +159,9 @@ pub struct SimulatorArgs {
     /// The portal's offset from UTC in minutes (e.g. -300 for US Eastern in winter).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub utc_offset_minutes: i32,
-    /// Leave `objectWriteTraceId` out of upsert results (HubSpot does not always echo it).
+    /// Echo `objectWriteTraceId` on upsert results (HubSpot may or may not).
     #[arg(long)]
-    pub no_trace_id_echo: bool,
+    pub echo_trace_ids: bool,
     /// Share of write requests answered with a random fault (0..1).
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
@@ -500,7 +500,7 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
         daily_limit: args.daily_limit,
         time_zone: args.time_zone,
         utc_offset_minutes: args.utc_offset_minutes.clamp(-24 * 60 + 1, 24 * 60 - 1),
-        echo_trace_ids: !args.no_trace_id_echo,
+        echo_trace_ids: args.echo_trace_ids,
         ..SimConfig::default()
     };
     let sim = Simulator::start_on(addr, config)

@@ -2,7 +2,7 @@
 //! `Outcome`. Retries, the DLQ, the limiter, logs and status all read that outcome and nothing
 //! else, so each HubSpot behaviour (`docs/HUBSPOT.md` §2, §4) is interpreted in exactly one place.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 #[cfg(test)]
@@ -39,6 +39,8 @@ pub(crate) struct SentInput {
     pub trace_id: String,
     /// The HubSpot record id hubsync already knows for it, if any.
     pub hubspot_id: Option<String>,
+    /// The property values sent, as text.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// HubSpot's rate-limit headers, when present.
@@ -599,6 +601,7 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
         .filter_map(|(i, s)| Some((s.hubspot_id.as_deref()?, i)))
         .collect();
     let mut fate: Vec<Option<Result<Option<String>, RecordError>>> = vec![None; inputs.len()];
+    let mut leftover: Vec<(Option<String>, Option<&Value>)> = Vec::new();
 
     if let Some(Value::Array(errors)) = body.get("errors") {
         for err in errors {
@@ -636,11 +639,34 @@ fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome 
                         .and_then(|p| str_field(p, key_property))
                         .and_then(|k| by_key.get(&normal(k)).copied())
                 });
-            if let Some(i) = idx
-                && fate[i].is_none()
-            {
-                fate[i] = Some(Ok(id));
+            match idx {
+                Some(i) if fate[i].is_none() => fate[i] = Some(Ok(id)),
+                Some(_) => {}
+                None => leftover.push((id, result.get("properties"))),
             }
+        }
+    }
+    // A result none of those match (no trace id echoed, an upsert by a secondary email that
+    // came back with the primary one, a record id hubsync did not know yet) belongs to the one
+    // unaccounted input whose sent values it carries, or else to the only one left.
+    for (id, properties) in leftover {
+        let open: Vec<usize> = (0..inputs.len()).filter(|i| fate[*i].is_none()).collect();
+        let carries = |i: &usize| {
+            properties.is_some_and(|p| {
+                inputs[*i]
+                    .properties
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != key_property)
+                    .all(|(name, value)| str_field(p, name) == Some(value.as_str()))
+            })
+        };
+        let matching: Vec<usize> = open.iter().copied().filter(carries).collect();
+        let pick = match (matching.as_slice(), open.as_slice()) {
+            ([one], _) | (_, [one]) => Some(*one),
+            _ => None,
+        };
+        if let Some(i) = pick {
+            fate[i] = Some(Ok(id));
         }
     }
     let mut written = Vec::new();
@@ -676,6 +702,7 @@ mod tests {
                 key: format!("user{i}@acme.com"),
                 trace_id: format!("t{i}"),
                 hubspot_id: None,
+                properties: BTreeMap::from([("n".to_string(), i.to_string())]),
             })
             .collect()
     }
@@ -918,5 +945,44 @@ mod tests {
             matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(3600)),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_result_under_another_email_is_matched_by_what_it_carries() {
+        // No trace ids echoed; input 1 matched a secondary email, so its result carries the
+        // primary one and an id hubsync has not seen.
+        let body = json!({"status": "COMPLETE", "results": [
+            {"id": "20", "properties": {"email": "user0@acme.com", "n": "0"}},
+            {"id": "21", "properties": {"email": "main@acme.com", "n": "1"}},
+            {"id": "22", "properties": {"email": "user2@acme.com", "n": "2"}}
+        ]});
+        let Outcome::Completed { written, failed } = run(200, body, 3) else {
+            panic!()
+        };
+        assert!(failed.is_empty(), "{failed:?}");
+        let mut pairs: Vec<(usize, Option<String>)> =
+            written.iter().map(|w| (w.input, w.id.clone())).collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            vec![
+                (0, Some("20".into())),
+                (1, Some("21".into())),
+                (2, Some("22".into()))
+            ]
+        );
+        // Two results under other emails, one input silently left out: only the one whose
+        // values match is written.
+        let body = json!({"status": "COMPLETE", "results": [
+            {"id": "30", "properties": {"email": "main@acme.com", "n": "1"}},
+            {"id": "31", "properties": {"email": "user0@acme.com", "n": "0"}}
+        ]});
+        let Outcome::Completed { written, failed } = run(200, body, 3) else {
+            panic!()
+        };
+        assert_eq!(written.len(), 2);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].input, 2);
+        assert_eq!(failed[0].error.category, Category::NotWritten);
     }
 }

@@ -218,6 +218,11 @@ pub(crate) async fn sync_once(
             key: i.leased.key.clone(),
             trace_id: i.trace_id.clone(),
             hubspot_id: i.leased.hubspot_id.clone(),
+            properties: i
+                .properties
+                .iter()
+                .filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_string())))
+                .collect(),
         })
         .collect();
     let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();

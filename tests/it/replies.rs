@@ -1,6 +1,6 @@
 //! How the worker reads HubSpot's replies: results matched to inputs by trace id, then by the
-//! record id hubsync knows, then by key; a whole-batch 4xx of unknown kind narrowed to the
-//! record that causes it.
+//! record id hubsync knows, then by key, then by the values they carry; a whole-batch 4xx of
+//! unknown kind narrowed to the record that causes it.
 
 use hubspot_sim::SimConfig;
 use serde_json::json;
@@ -52,7 +52,11 @@ async fn written_to_the_primary(h: &Harness, main: String) {
 
 #[sqlx::test(migrations = false)]
 async fn an_upsert_by_a_secondary_email_is_matched_by_its_trace_id(pool: PgPool) {
-    let h = Harness::new(pool).await;
+    let sim = SimConfig {
+        echo_trace_ids: true,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
     let main = merged(&h).await;
     h.drain().await;
     written_to_the_primary(&h, main).await;
@@ -75,6 +79,27 @@ async fn without_trace_ids_echoed_a_known_record_id_matches_the_reply(pool: PgPo
         .unwrap();
     h.drain().await;
     written_to_the_primary(&h, main).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_trace_ids_or_a_known_id_a_reply_is_matched_by_the_values_it_carries(pool: PgPool) {
+    let sim = SimConfig {
+        echo_trace_ids: false,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
+    let main = merged(&h).await;
+    // With another contact in the same batch, so that matching is not by elimination.
+    h.enqueue("third@acme.com", json!({"total_sessions": 2}))
+        .await;
+    h.drain().await;
+    written_to_the_primary(&h, main).await;
+    assert!(!object(&h.pool, "third@acme.com").await.0);
+    assert_eq!(
+        h.upserts().len(),
+        2,
+        "no retry: the first reply was understood"
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -30,8 +30,9 @@ pub struct SimConfig {
     /// Whether the token may read the account details (default true). HubSpot asks for the
     /// `oauth` scope there, which a private app's token may lack: then the call answers 403.
     pub account_details_allowed: bool,
-    /// Echo each input's `objectWriteTraceId` on its upsert result (default true). HubSpot may
-    /// or may not: tests turn it off to make the client match results another way.
+    /// Echo each input's `objectWriteTraceId` on its upsert result (default false). Whether
+    /// HubSpot does is not known, so by default the simulator takes the stricter reading and a
+    /// client must match results another way; tests turn it on to check the trace id path.
     pub echo_trace_ids: bool,
     /// Return batch results in an order unrelated to the inputs (default true), as HubSpot does.
     pub shuffle_results: bool,
@@ -49,7 +50,7 @@ impl Default for SimConfig {
             time_zone: "UTC".to_owned(),
             utc_offset_minutes: 0,
             account_details_allowed: true,
-            echo_trace_ids: true,
+            echo_trace_ids: false,
             shuffle_results: true,
             log_bodies: true,
         }
