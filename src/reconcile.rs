@@ -150,11 +150,16 @@ fn field_type_fits(ptype: &PropertyType, field_type: &str) -> bool {
     }
 }
 
-/// Why hubsync must not write a portal property, if it must not: HubSpot defines it, or
-/// calculates it, or its value is read-only.
+/// Why hubsync must not write a portal property, if it must not: it holds sensitive data,
+/// HubSpot defines it, or calculates it, or its value is read-only.
 fn owned_by_hubspot(p: &Value) -> Option<&'static str> {
     let flag = |pointer: &str| p.pointer(pointer).and_then(Value::as_bool) == Some(true);
-    if flag("/calculated") {
+    let sensitivity = p.get("dataSensitivity").and_then(Value::as_str);
+    if sensitivity.is_some_and(|s| s != "non_sensitive") {
+        Some(
+            "holds sensitive data in HubSpot (dataSensitivity), which hubsync does not sync product signals into",
+        )
+    } else if flag("/calculated") {
         Some("is calculated by HubSpot, so every write would be refused")
     } else if flag("/modificationMetadata/readOnlyValue") {
         Some("is read-only in HubSpot, so every write would be refused")
@@ -332,8 +337,12 @@ async fn list_by_name(setup: &Setup, path: &str) -> anyhow::Result<BTreeMap<Stri
         .call(Method::GET, path, None)
         .await?
         .unwrap_or(Value::Null);
-    Ok(list
-        .get("results")
+    Ok(by_name(&list))
+}
+
+/// A list reply's `results`, by `name`.
+fn by_name(list: &Value) -> BTreeMap<String, Value> {
+    list.get("results")
         .and_then(Value::as_array)
         .map(|items| {
             items
@@ -341,12 +350,26 @@ async fn list_by_name(setup: &Setup, path: &str) -> anyhow::Result<BTreeMap<Stri
                 .filter_map(|p| Some((p.get("name")?.as_str()?.to_string(), p.clone())))
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 async fn fetch_object(setup: &Setup, kind: ObjectType) -> anyhow::Result<Remote> {
     let paths = setup.client().paths;
-    let properties = list_by_name(setup, &paths.property_list(kind)).await?;
+    let mut properties = list_by_name(setup, &paths.property_list(kind)).await?;
+    // Properties holding sensitive data are listed only on request, and only to apps granted
+    // the scope for them: without it, a clash shows only when HubSpot refuses the create.
+    let sensitive = format!("{}?dataSensitivity=sensitive", paths.property_list(kind));
+    match setup.get_if_allowed(&sensitive).await {
+        Ok(list) => {
+            for (name, p) in by_name(&list.unwrap_or(Value::Null)) {
+                properties.entry(name).or_insert(p);
+            }
+        }
+        Err(e) => tracing::warn!(
+            "cannot list the portal's sensitive {} properties ({e:#}); going on without them",
+            kind.plural()
+        ),
+    }
     let groups = list_by_name(setup, &paths.groups(kind)).await?;
     // Archived properties are invisible to the plain list, yet their names are taken.
     let archived = list_by_name(

@@ -122,6 +122,25 @@ async fn an_archived_property_of_that_name_is_refused_with_the_fix(pool: PgPool)
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_name_a_sensitive_property_holds_is_refused(pool: PgPool) {
+    let sim = sim().await;
+    // Listed only with dataSensitivity=sensitive, so the plain list does not show it.
+    sim.define_property(
+        "contacts",
+        json!({"name": "current_plan", "label": "Plan", "type": "string", "fieldType": "text",
+               "groupName": "contactinformation", "dataSensitivity": "sensitive"}),
+    );
+    let err = refused(&sim, CONFIG).await;
+    assert!(
+        err.contains("\"current_plan\"")
+            && err.contains("sensitive")
+            && err.contains("pick another name"),
+        "{err}"
+    );
+    drop(pool);
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_multi_select_declared_against_a_single_select_is_refused(pool: PgPool) {
     let sim = sim().await;
     let text = CONFIG.replace(

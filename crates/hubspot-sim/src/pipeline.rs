@@ -267,6 +267,11 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
         .query
         .iter()
         .any(|(key, value)| key == "archived" && value == "true");
+    let sensitivity = parsed
+        .query
+        .iter()
+        .find(|(key, _)| key == "dataSensitivity")
+        .map_or("non_sensitive", |(_, value)| value.as_str());
     let invalid_json =
         |err: &str| Reply::validation(&format!("Invalid input JSON: {err}"), json!({}));
     match &parsed.route {
@@ -283,7 +288,7 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
             objects::read_one(state, *object, id, &parsed.query)
         }
         Route::Properties(object) if method == Method::GET => {
-            state.store(*object).schema.list(archived)
+            state.store(*object).schema.list(archived, sensitivity)
         }
         Route::Properties(object) if method == Method::POST => match body {
             Ok(body) => {

@@ -390,14 +390,25 @@ impl Schema {
             .insert(name, PropertyDef::from_json(json, self.object));
     }
 
-    /// `GET /properties/{type}`: the live definitions, or with `archived` only the archived.
-    pub(crate) fn list(&self, archived: bool) -> Reply {
+    /// `GET /properties/{type}`: the live definitions of one sensitivity level (by default
+    /// `non_sensitive`), or with `archived` only the archived.
+    pub(crate) fn list(&self, archived: bool, sensitivity: &str) -> Reply {
         let source = if archived {
             &self.archived
         } else {
             &self.props
         };
-        let results: Vec<&Value> = source.values().map(|def| &def.json).collect();
+        // Each sensitivity level is listed only when asked for (`dataSensitivity`).
+        let results: Vec<&Value> = source
+            .values()
+            .map(|def| &def.json)
+            .filter(|json| {
+                json.get("dataSensitivity")
+                    .and_then(Value::as_str)
+                    .unwrap_or("non_sensitive")
+                    == sensitivity
+            })
+            .collect();
         Reply::json(200, json!({ "results": results }))
     }
 
