@@ -141,6 +141,34 @@ async fn a_name_a_sensitive_property_holds_is_refused(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn start_up_rides_out_a_portal_migration_and_a_burst_of_5xx(pool: PgPool) {
+    use hubspot_sim::Fault;
+    let sim = sim().await;
+    let status = |status, retry_after_secs| Fault::Status {
+        status,
+        retry_after_secs,
+    };
+    sim.script_setup(vec![
+        status(477, Some(1)),
+        status(503, None),
+        status(500, None),
+    ]);
+    let config = parse_config(CONFIG);
+    hubsync::reconcile::ensure(&client_for(&sim, &config).into(), &config)
+        .await
+        .expect("start-up waits as told and goes on");
+    let statuses: Vec<u16> = sim.requests().iter().take(4).map(|r| r.status).collect();
+    assert_eq!(statuses, [477, 503, 500, 200]);
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.status == 201),
+        "the properties are created"
+    );
+    drop(pool);
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_multi_select_declared_against_a_single_select_is_refused(pool: PgPool) {
     let sim = sim().await;
     let text = CONFIG.replace(

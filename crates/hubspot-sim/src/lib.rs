@@ -168,10 +168,17 @@ impl Simulator {
         self.shared.lock().faults.extend(faults);
     }
 
+    /// Queues faults for the calls that are not object writes (property, group and account
+    /// reads and writes), consumed one per such call in order, after auth and rate limit.
+    pub fn script_setup(&self, faults: Vec<Fault>) {
+        self.shared.lock().setup_faults.extend(faults);
+    }
+
     /// Drops every scripted fault not yet consumed and turns random faults off.
     pub fn clear_faults(&self) {
         let mut state = self.shared.lock();
         state.faults.clear();
+        state.setup_faults.clear();
         state.random_faults = None;
     }
 

@@ -231,7 +231,7 @@ fn decide(
     let fault = if parsed.is_write() {
         state.next_fault()
     } else {
-        None
+        state.setup_faults.pop_front()
     };
     match fault {
         None => Step::Done(dispatch(state, shared, parsed)),

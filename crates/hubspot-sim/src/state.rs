@@ -217,6 +217,8 @@ pub(crate) struct State {
     pub whole_batch_errors: bool,
     /// Scripted faults, consumed in order by object writes.
     pub faults: VecDeque<Fault>,
+    /// Scripted faults, consumed in order by the other calls (properties, groups, account).
+    pub setup_faults: VecDeque<Fault>,
     /// Random faults, drawn once the script is empty.
     pub random_faults: Option<RandomFaults>,
     /// Contacts.
@@ -249,6 +251,7 @@ impl State {
             latency: Duration::ZERO,
             whole_batch_errors: false,
             faults: VecDeque::new(),
+            setup_faults: VecDeque::new(),
             random_faults: None,
             contacts: ObjectStore::new(ObjectType::Contacts, &now),
             companies: ObjectStore::new(ObjectType::Companies, &now),
