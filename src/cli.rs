@@ -153,10 +153,11 @@ pub struct SimulatorArgs {
     /// Requests allowed per portal day (it resets at midnight at --utc-offset-minutes).
     #[arg(long)]
     pub daily_limit: Option<u64>,
-    /// The portal's time zone name, as its account details report it.
+    /// The portal's time zone name, as its account details report it; a name the tz database
+    /// knows (e.g. US/Eastern) sets the offset, daylight saving included.
     #[arg(long, default_value = "UTC")]
     pub time_zone: String,
-    /// The portal's offset from UTC in minutes (e.g. -300 for US Eastern in winter).
+    /// The portal's offset from UTC in minutes, for a zone given by offset alone (e.g. -300).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub utc_offset_minutes: i32,
     /// Echo `objectWriteTraceId` on upsert results (HubSpot may or may not).
@@ -493,13 +494,23 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
                 args.host, args.port
             )
         })?;
+    let offset = args.utc_offset_minutes.clamp(-24 * 60 + 1, 24 * 60 - 1);
     let config = SimConfig {
         token: hubspot_sim::Token::new(args.token.expose()),
         requests_per_window: args.requests_per_window,
         window: Duration::from_millis(args.window_ms),
         daily_limit: args.daily_limit,
-        time_zone: args.time_zone,
-        utc_offset_minutes: args.utc_offset_minutes.clamp(-24 * 60 + 1, 24 * 60 - 1),
+        // A name the tz database knows sets the offset; an offset alone names itself.
+        time_zone: match (args.time_zone.as_str(), offset) {
+            ("UTC", minutes) if minutes != 0 => format!(
+                "UTC{}{:02}:{:02}",
+                if minutes < 0 { '-' } else { '+' },
+                minutes.unsigned_abs() / 60,
+                minutes.unsigned_abs() % 60
+            ),
+            _ => args.time_zone,
+        },
+        utc_offset_minutes: offset,
         echo_trace_ids: args.echo_trace_ids,
         ..SimConfig::default()
     };

@@ -904,14 +904,14 @@ async fn options_are_kept_exactly_as_patched() {
 #[tokio::test]
 async fn the_portal_reports_its_time_zone() {
     let api = Api::with(SimConfig {
-        time_zone: "US/Eastern".into(),
-        utc_offset_minutes: -300,
+        // UTC−5 all year, so the offset it reports does not depend on the season.
+        time_zone: "America/Bogota".into(),
         ..SimConfig::default()
     })
     .await;
     let answer = api.get("/account-info/v3/details").await;
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.body["timeZone"], "US/Eastern");
+    assert_eq!(answer.body["timeZone"], "America/Bogota");
     assert_eq!(answer.body["utcOffset"], "-05:00");
     assert_eq!(answer.body["utcOffsetMilliseconds"], -18_000_000);
 }

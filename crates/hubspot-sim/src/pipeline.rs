@@ -326,7 +326,7 @@ fn account_details(config: &SimConfig) -> Reply {
     if !config.account_details_allowed {
         return Reply::missing_scopes(&["oauth".to_owned()]);
     }
-    let offset = config.utc_offset_minutes;
+    let offset = config.offset_minutes_now();
     let sign = if offset < 0 { '-' } else { '+' };
     let magnitude = offset.unsigned_abs();
     Reply::json(

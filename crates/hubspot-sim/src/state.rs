@@ -25,7 +25,7 @@ pub(crate) fn timestamp() -> String {
 
 /// Today in the portal's time zone: the day the daily limit counts.
 fn portal_today(config: &SimConfig) -> NaiveDate {
-    (Utc::now() + chrono::Duration::minutes(i64::from(config.utc_offset_minutes))).date_naive()
+    (Utc::now() + chrono::Duration::minutes(i64::from(config.offset_minutes_now()))).date_naive()
 }
 
 /// One stored record.

@@ -23,9 +23,11 @@ pub struct SimConfig {
     /// `None` means unlimited.
     pub daily_limit: Option<u64>,
     /// The portal's time zone name, as `GET /account-info/v3/details` reports it (default `UTC`).
+    /// A name the tz database knows sets the offset, daylight saving included.
     pub time_zone: String,
-    /// The portal's offset from UTC in minutes (default 0; `-300` for UTC−5): the daily limit
-    /// resets at midnight at this offset.
+    /// The portal's offset from UTC in minutes (default 0; `-300` for UTC−5), used when
+    /// `time_zone` is not a name the tz database knows: the daily limit resets at midnight at
+    /// the portal's offset.
     pub utc_offset_minutes: i32,
     /// Whether the token may read the account details (default true). HubSpot asks for the
     /// `oauth` scope there, which a private app's token may lack: then the call answers 403.
@@ -53,6 +55,25 @@ impl Default for SimConfig {
             echo_trace_ids: false,
             shuffle_results: true,
             log_bodies: true,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The portal's offset from UTC now, in minutes: from `time_zone` when it names a known
+    /// zone, else `utc_offset_minutes`.
+    pub fn offset_minutes_now(&self) -> i32 {
+        match self.time_zone.trim().parse::<chrono_tz::Tz>() {
+            Ok(zone) => {
+                use chrono::Offset;
+                chrono::Utc::now()
+                    .with_timezone(&zone)
+                    .offset()
+                    .fix()
+                    .local_minus_utc()
+                    / 60
+            }
+            Err(_) => self.utc_offset_minutes,
         }
     }
 }
