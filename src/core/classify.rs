@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-#[cfg(test)]
-use chrono::Utc;
-use chrono::{DateTime, Days, TimeZone};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use super::dlq::Category;
@@ -288,13 +286,9 @@ fn parse_body(body: &str) -> Value {
 /// The time left until the next midnight in `now`'s time zone (the portal's): when HubSpot's
 /// daily limit resets.
 fn next_midnight<Tz: TimeZone>(now: &DateTime<Tz>) -> Duration {
-    let tomorrow = now
-        .date_naive()
-        .checked_add_days(Days::new(1))
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .and_then(|t| now.timezone().from_local_datetime(&t).earliest());
-    tomorrow
-        .and_then(|t| (t - now.clone()).to_std().ok())
+    let at = now.with_timezone(&Utc);
+    (super::portal::next_midnight_in(&now.timezone(), at) - at)
+        .to_std()
         .unwrap_or(Duration::from_secs(3600))
 }
 

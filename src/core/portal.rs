@@ -44,7 +44,7 @@ impl PortalZone {
 /// The first midnight in `zone` after `at`. A day whose midnight a clock change skips starts at
 /// the first instant that exists; a day longer than 48 hours cannot happen, so the fallback
 /// (a day from now) is never reached in practice.
-fn next_midnight_in<Tz: TimeZone>(zone: &Tz, at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn next_midnight_in<Tz: TimeZone>(zone: &Tz, at: DateTime<Utc>) -> DateTime<Utc> {
     let local: NaiveDateTime = at.with_timezone(zone).naive_local();
     let Some(midnight) = local
         .date()

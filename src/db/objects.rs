@@ -176,9 +176,7 @@ pub async fn record_written(
     let rewrite_in = done
         .iter()
         .filter_map(|(_, secs)| *secs)
-        .fold(None, |soonest: Option<f64>, s| {
-            Some(soonest.map_or(s, |t| t.min(s)))
-        })
+        .reduce(f64::min)
         .map(|s| Duration::from_secs_f64(s.max(0.0)));
     let keys: Vec<String> = done.into_iter().map(|(k, _)| k).collect();
     sqlx::query(

@@ -61,10 +61,14 @@ impl SyncReport {
         self.released += other.released;
         self.requests += other.requests;
         self.halted |= other.halted;
-        self.retry_in = match (self.retry_in, other.retry_in) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        if let Some(due) = other.retry_in {
+            self.due_in(due);
+        }
+    }
+
+    /// Notes that an object falls due again after `due`; the soonest is kept.
+    fn due_in(&mut self, due: Duration) {
+        self.retry_in = Some(self.retry_in.map_or(due, |r| r.min(due)));
     }
 }
 
@@ -448,7 +452,7 @@ async fn record(
             .context("failed to record written objects")?;
         report.written += done.keys.len();
         if let Some(soonest) = done.rewrite_in {
-            report.retry_in = Some(report.retry_in.map_or(soonest, |r| r.min(soonest)));
+            report.due_in(soonest);
         }
     }
     if !released.is_empty() {
@@ -477,10 +481,8 @@ async fn record(
             .await
             .context("failed to schedule retries")?;
         report.retrying += after.len();
-        let soonest = delays.iter().copied().fold(f64::INFINITY, f64::min);
-        if soonest.is_finite() {
-            let soonest = Duration::from_secs_f64(soonest.max(0.0));
-            report.retry_in = Some(report.retry_in.map_or(soonest, |r| r.min(soonest)));
+        if let Some(soonest) = delays.iter().copied().reduce(f64::min) {
+            report.due_in(Duration::from_secs_f64(soonest.max(0.0)));
         }
     }
     if !failures.is_empty() {
