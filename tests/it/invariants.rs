@@ -155,9 +155,11 @@ async fn workers_together_stay_within_the_shared_rate_limit(
     const LIMIT: usize = 4;
     const CONTACTS: usize = 60;
     let window = Duration::from_millis(500);
-    // Twice the default margin for this window: room for a loaded machine, yet a request
-    // leaving more than 100 ms after its permit can land inside HubSpot's window.
-    let margin = Duration::from_millis(100);
+    // Four times the default margin for this window: a request that leaves more than this
+    // after its permit, while the one taken a limit's worth of permits later leaves at once,
+    // lands inside HubSpot's window. On two cores shared by six workers, the simulator and
+    // Postgres (and another test), 100 ms was sometimes not enough.
+    let margin = Duration::from_millis(200);
     // A short window keeps the test short; the limiter and simulator agree on it.
     let sim = SimConfig {
         requests_per_window: LIMIT as u32,

@@ -65,3 +65,82 @@ async fn notifications_wake_an_idle_worker(pool: PgPool) {
     cancel.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// What arrives on `hubsync` within a short wait, in order.
+async fn heard(listener: &mut sqlx::postgres::PgListener) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(n) = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await {
+        got.push(
+            n.expect("the listening connection failed")
+                .payload()
+                .to_owned(),
+        );
+    }
+    got
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&h.pool)
+        .await
+        .unwrap();
+    listener.listen("hubsync").await.unwrap();
+    let insert = |ids: &str| {
+        format!(
+            "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties)
+             SELECT id, 'contact', 'a@acme.com', '{{}}' FROM unnest('{{{ids}}}'::uuid[]) AS id"
+        )
+    };
+    let (a, b, c) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+
+    // Three rows in two statements of one transaction: one notification.
+    let mut tx = h.pool.begin().await.unwrap();
+    sqlx::query(&insert(&format!("{a},{b}")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(&insert(&c.to_string()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(heard(&mut listener).await, ["outbox"]);
+
+    // Ids already waiting are skipped, and nothing is said.
+    let done = sqlx::query(&insert(&format!("{a},{c}")))
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 0);
+    let queued: bool = sqlx::query_scalar(
+        "SELECT hubsync.enqueue(event_id => $1, object_type => 'contact',
+                                object_key => 'a@acme.com', properties => '{}')",
+    )
+    .bind(b)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(!queued);
+    assert_eq!(heard(&mut listener).await, Vec::<String>::new());
+
+    // A producer that turned notifications off is not heard; enqueue is heard once.
+    let mut tx = h.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL hubsync.notify = 'off'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(&insert(&uuid::Uuid::new_v4().to_string()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(heard(&mut listener).await, Vec::<String>::new());
+    h.enqueue("d@acme.com", json!({"total_sessions": 1})).await;
+    assert_eq!(heard(&mut listener).await, ["outbox"]);
+    assert_eq!(h.count("outbox").await, 5);
+}
