@@ -28,7 +28,8 @@ use sqlx::{ConnectOptions, Connection};
 use harness::{admin_options, table};
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- <p1|p2|p3|p4|p5|p6|p7|p8|all>... (p7 is measured in p3's run) [options]
-  --events N      P3/P5: outbox events (default 1000000), over N/10 contacts
+  --events N      P3/P5: outbox events (default 1000000)
+  --contacts C    P3/P5: the contacts they are spread over, in turn (default N/10)
   --limit L       P1: requests allowed per window (default 20)
   --window-ms W   P1: the rate window, simulator and worker alike (default 1000)
   --windows K     P1: windows measured after the first request (default 15)
@@ -41,16 +42,25 @@ env: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres); BENCH_L
 struct Args {
     scenarios: Vec<String>,
     events: usize,
+    contacts: Option<usize>,
     limit: u32,
     window_ms: u64,
     windows: u32,
     samples: usize,
 }
 
+impl Args {
+    /// The contacts P3 and P5 spread their events over.
+    fn contacts(&self) -> usize {
+        self.contacts.unwrap_or(self.events / 10).max(1)
+    }
+}
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         scenarios: Vec::new(),
         events: 1_000_000,
+        contacts: None,
         limit: 20,
         window_ms: 1000,
         windows: 15,
@@ -70,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             "--events" => args.events = usize::try_from(value("--events")?)?.max(1),
+            "--contacts" => args.contacts = Some(usize::try_from(value("--contacts")?)?.max(1)),
             "--limit" => args.limit = u32::try_from(value("--limit")?)?.max(1),
             "--window-ms" => args.window_ms = value("--window-ms")?.max(100),
             "--windows" => args.windows = u32::try_from(value("--windows")?)?.max(1),

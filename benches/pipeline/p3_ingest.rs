@@ -69,7 +69,7 @@ async fn wal_position(pool: &PgPool) -> anyhow::Result<i64> {
 
 pub async fn run(args: &Args, base_url: &str) -> anyhow::Result<()> {
     let events = args.events;
-    let contacts = (events / 10).max(1);
+    let contacts = args.contacts();
     let rig = Rig::start(base_url, "p3", 0, 10_000, 10_000).await?;
     let db = &rig.db;
     let chunk = rig.config.worker.ingest_chunk;

@@ -24,7 +24,7 @@ fn memory_of(pid: u32) -> Option<(u64, u64)> {
 
 pub async fn run(args: &Args, base_url: &str) -> anyhow::Result<()> {
     let events = args.events;
-    let contacts = (events / 10).max(1);
+    let contacts = args.contacts();
     // Built by `cargo bench` with the bench profile, which inherits release.
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_hubsync"));
     println!(
