@@ -12,10 +12,9 @@ use crate::harness::{
 };
 
 /// The claim statement of `db::ingest::claim_outbox`, run bare for P3's yardstick.
-const BARE_CLAIM: &str = "WITH picked AS MATERIALIZED (
-         SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-     )
-     DELETE FROM hubsync.outbox o USING picked WHERE o.id = picked.id
+const BARE_CLAIM: &str = "DELETE FROM hubsync.outbox o
+     WHERE o.id = ANY (ARRAY(
+         SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
      RETURNING o.id AS seq, o.event_id, o.object_type, o.object_key,
                o.properties::text AS properties, o.occurred_at, o.company_key";
 

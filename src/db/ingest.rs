@@ -41,10 +41,10 @@ pub(crate) async fn claim_outbox(
     limit: i64,
 ) -> Result<Vec<(OutboxEvent, bool)>, sqlx::Error> {
     let sql = format!(
-        "WITH picked AS MATERIALIZED (
-             SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-         ), claimed AS (
-             DELETE FROM hubsync.outbox o USING picked WHERE o.id = picked.id
+        "WITH claimed AS (
+             DELETE FROM hubsync.outbox o
+             WHERE o.id = ANY (ARRAY(
+                 SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
              RETURNING o.id, o.event_id, o.object_type, o.object_key, o.properties,
                        o.occurred_at, o.company_key, o.enqueued_at
          ), fresh AS (
