@@ -1,5 +1,6 @@
-//! `docs/ARCHITECTURE.md` §2 under concurrency and crashes: several workers at once, workers killed with
-//! SIGKILL mid-batch, SIGTERM finishing the batch in flight, the shared rate limit.
+//! The invariants of `docs/ARCHITECTURE.md` §4 under concurrency and crashes: several workers
+//! at once, workers killed with SIGKILL mid-batch, SIGTERM finishing the batch in flight, the
+//! shared rate limit.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
