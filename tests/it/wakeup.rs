@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use hubsync::core::vocabulary::ObjectType;
+use hubsync::db::producer::{NewEvent, enqueue};
 
 use crate::harness::{CONFIG, Harness};
 
@@ -79,68 +83,63 @@ async fn heard(listener: &mut sqlx::postgres::PgListener) -> Vec<String> {
     got
 }
 
+/// A producer's plain INSERT of one event per id, in one statement.
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    ids: Vec<Uuid>,
+) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties)
+         SELECT id, 'contact', 'a@acme.com', '{}' FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(pool: PgPool) {
-    let h = Harness::new(pool).await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&h.pool)
+    crate::harness::migrate(&pool).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
         .await
         .unwrap();
     listener.listen("hubsync").await.unwrap();
-    let insert = |ids: &str| {
-        format!(
-            "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties)
-             SELECT id, 'contact', 'a@acme.com', '{{}}' FROM unnest('{{{ids}}}'::uuid[]) AS id"
-        )
-    };
-    let (a, b, c) = (
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-    );
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut conn = pool.acquire().await.unwrap();
 
     // Three rows in two statements of one transaction: one notification.
-    let mut tx = h.pool.begin().await.unwrap();
-    sqlx::query(&insert(&format!("{a},{b}")))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(&insert(&c.to_string()))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    insert(&mut tx, vec![a, b]).await.unwrap();
+    insert(&mut tx, vec![c]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(heard(&mut listener).await, ["outbox"]);
 
     // Ids already waiting are skipped, and nothing is said.
-    let done = sqlx::query(&insert(&format!("{a},{c}")))
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    let done = insert(&mut conn, vec![a, c]).await.unwrap();
     assert_eq!(done.rows_affected(), 0);
-    let queued: bool = sqlx::query_scalar(
-        "SELECT hubsync.enqueue(event_id => $1, object_type => 'contact',
-                                object_key => 'a@acme.com', properties => '{}')",
-    )
-    .bind(b)
-    .fetch_one(&h.pool)
-    .await
-    .unwrap();
-    assert!(!queued);
+    let props = json!({});
+    let event = |event_id| NewEvent {
+        event_id,
+        object_type: ObjectType::Contact,
+        object_key: "a@acme.com",
+        properties: &props,
+        occurred_at: None,
+        company_key: None,
+    };
+    assert!(!enqueue(&mut conn, &event(b)).await.unwrap());
     assert_eq!(heard(&mut listener).await, Vec::<String>::new());
 
     // A producer that turned notifications off is not heard; enqueue is heard once.
-    let mut tx = h.pool.begin().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET LOCAL hubsync.notify = 'off'")
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query(&insert(&uuid::Uuid::new_v4().to_string()))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert(&mut tx, vec![Uuid::new_v4()]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(heard(&mut listener).await, Vec::<String>::new());
-    h.enqueue("d@acme.com", json!({"total_sessions": 1})).await;
+    assert!(enqueue(&mut conn, &event(Uuid::new_v4())).await.unwrap());
     assert_eq!(heard(&mut listener).await, ["outbox"]);
-    assert_eq!(h.count("outbox").await, 5);
+    let waiting: i64 = hubsync::db::status::count(&pool, "outbox").await.unwrap();
+    assert_eq!(waiting, 5);
 }
