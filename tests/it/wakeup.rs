@@ -142,4 +142,17 @@ async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(poo
     assert_eq!(heard(&mut listener).await, ["outbox"]);
     let waiting: i64 = hubsync::db::status::count(&pool, "outbox").await.unwrap();
     assert_eq!(waiting, 5);
+
+    // A row whose savepoint is rolled back takes its notification with it: the next row kept
+    // in the same transaction notifies.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    insert(&mut tx, vec![Uuid::new_v4()]).await.unwrap();
+    sqlx::query("ROLLBACK TO SAVEPOINT s")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    insert(&mut tx, vec![Uuid::new_v4()]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(heard(&mut listener).await, ["outbox"]);
 }
