@@ -132,6 +132,30 @@ async fn enqueueing_the_same_event_id_twice_changes_nothing(pool: PgPool) {
         Some("5")
     );
     assert_eq!(h.count("outbox").await, 0);
+
+    // A role allowed to write via_enqueue (enqueue's mark, which spares its rows the trigger)
+    // skips the early no-op, and nothing more: ingest still drops the processed id.
+    let privileged =
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties, via_enqueue)
+         VALUES ($1, 'contact', 'dup@acme.com', '{\"total_sessions\": 5}', true)";
+    sqlx::query(privileged)
+        .bind(id)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(h.count("outbox").await, 1);
+    // A second such row for the same id is refused by the unique index, not queued twice.
+    let again = sqlx::query(privileged).bind(id).execute(&h.pool).await;
+    assert!(
+        again.is_err_and(|e| e.to_string().contains("outbox_event_id")),
+        "a waiting id written twice must hit the unique index"
+    );
+    h.drain().await;
+    assert_eq!(
+        h.prop("dup@acme.com", "total_sessions").as_deref(),
+        Some("5")
+    );
+    assert_eq!(h.count("outbox").await, 0);
 }
 
 #[sqlx::test(migrations = false)]

@@ -166,6 +166,9 @@ async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
         "UPDATE hubsync.outbox SET properties = '{}'",
         "INSERT INTO hubsync.outbox (id, event_id, object_type, object_key)
          VALUES (1, gen_random_uuid(), 'contact', 'r@acme.com')",
+        // The mark that spares enqueue's rows the trigger: a producer cannot skip the check.
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, via_enqueue)
+         VALUES (gen_random_uuid(), 'contact', 'r@acme.com', true)",
         "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category, error_message)
          VALUES ('event', 'contact', 'x', '{}', 'x', 'x')",
         "INSERT INTO hubsync.ledger (event_id) VALUES (gen_random_uuid())",
