@@ -19,6 +19,7 @@ pub mod objects;
 pub mod producer;
 pub mod retention;
 pub mod status;
+pub mod wake;
 
 use std::str::FromStr;
 use std::time::Duration;

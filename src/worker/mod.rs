@@ -407,6 +407,72 @@ impl Worker {
         }
     }
 
+    /// While the ingest loop has nothing to do (`idle`), holds the waiting slots on a
+    /// connection of its own, so that producers notify (`db::wake`). Taking them waits for the
+    /// producers that enqueued without notifying; once they are held, ingest looks once more
+    /// and finds those producers' rows. They are let go as soon as ingest has work again, so
+    /// that producers do not notify a worker that is busy anyway.
+    async fn hold_slots_while_idle(
+        &self,
+        mut idle: tokio::sync::watch::Receiver<bool>,
+        cancel: &CancellationToken,
+    ) {
+        let mut outage = Streak::new("waiting for new events");
+        let mut conn: Option<sqlx::PgConnection> = None;
+        loop {
+            if idle.wait_for(|idle| *idle).await.is_err() {
+                return;
+            }
+            let held = async {
+                if conn.is_none() {
+                    conn = Some(db::wake::connect(&self.pool).await?);
+                }
+                match conn.as_mut() {
+                    Some(c) => db::wake::hold_slots(c).await,
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = held.await {
+                conn = None;
+                let e = anyhow::Error::new(e)
+                    .context("cannot tell producers that this worker waits for new events");
+                nap(cancel, outage.failed(&e)).await;
+                continue;
+            }
+            outage.succeeded();
+            // Producers that committed without notifying: ingest looks once more.
+            self.events.notify_one();
+            // Held until ingest has work. A dropped connection lets the slots go without a
+            // word, so it is checked now and then; if it is gone, the slots are taken again.
+            loop {
+                tokio::select! {
+                    busy = async { idle.wait_for(|idle| !*idle).await.map(|_| ()) } => {
+                        if busy.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep(self.config.worker.idle_poll) => {
+                        let alive = match conn.as_mut() {
+                            Some(c) => db::wake::still_there(c).await.is_ok(),
+                            None => false,
+                        };
+                        if !alive {
+                            conn = None;
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(c) = conn.as_mut()
+                && let Err(e) = db::wake::release_slots(c).await
+            {
+                tracing::debug!("could not let go of the waiting slots: {e}");
+                conn = None;
+            }
+        }
+    }
+
     /// The long-running worker: one ingest loop, `concurrency` sync loops, one upkeep loop,
     /// until `cancel` fires; each loop finishes the step in flight before returning.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -426,13 +492,24 @@ impl Worker {
         } else {
             settings.poll_interval
         };
+        // Whether the ingest loop found nothing to do at its last look.
+        let (idle_tx, idle_rx) = tokio::sync::watch::channel(false);
         if settings.listen {
+            let w = self.clone();
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = w.listen(&stop) => {}
+                }
+                Ok::<(), anyhow::Error>(())
+            });
             let w = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
-                    _ = w.listen(&cancel) => {}
+                    _ = w.hold_slots_while_idle(idle_rx, &cancel) => {}
                 }
                 Ok::<(), anyhow::Error>(())
             });
@@ -460,7 +537,10 @@ impl Worker {
                             }
                             // Nothing consumed (empty, or only events for locked objects).
                             if done.claimed == done.deferred {
+                                idle_tx.send_if_modified(|idle| !std::mem::replace(idle, true));
                                 wait_for(&w.events, &cancel, announced).await;
+                            } else {
+                                idle_tx.send_if_modified(|idle| std::mem::replace(idle, false));
                             }
                         }
                         Err(e) => {

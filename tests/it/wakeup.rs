@@ -1,6 +1,7 @@
 //! Idle workers sleep on LISTEN: an event committed by `hubsync.enqueue` or a plain INSERT,
 //! and a replay an operator asks for, wake them; nothing else does within the test (their own
-//! look comes only once an hour here).
+//! look comes only once an hour here). Producers notify only while a worker waits, and a
+//! worker going idle waits for the producers that did not notify before it looks once more.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use hubsync::core::vocabulary::ObjectType;
 use hubsync::db::producer::{NewEvent, enqueue};
+use hubsync::db::wake;
 
 use crate::harness::{CONFIG, Harness};
 
@@ -104,6 +106,9 @@ async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(poo
         .await
         .unwrap();
     listener.listen("hubsync").await.unwrap();
+    // Played here: a worker waiting for new events holds the slots.
+    let mut idle_worker = wake::connect(&pool).await.unwrap();
+    wake::hold_slots(&mut idle_worker).await.unwrap();
     let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let mut conn = pool.acquire().await.unwrap();
 
@@ -155,4 +160,97 @@ async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(poo
     insert(&mut tx, vec![Uuid::new_v4()]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(heard(&mut listener).await, ["outbox"]);
+
+    // No worker waits: nobody is told, through either path.
+    wake::release_slots(&mut idle_worker).await.unwrap();
+    assert!(enqueue(&mut conn, &event(Uuid::new_v4())).await.unwrap());
+    insert(&mut conn, vec![Uuid::new_v4()]).await.unwrap();
+    assert_eq!(heard(&mut listener).await, Vec::<String>::new());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_going_idle_waits_for_the_producers_that_did_not_notify(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let props = json!({});
+    let event = NewEvent {
+        event_id: Uuid::new_v4(),
+        object_type: ObjectType::Contact,
+        object_key: "a@acme.com",
+        properties: &props,
+        occurred_at: None,
+        company_key: None,
+    };
+    // Enqueued while no worker waits: no notification, and the producer keeps its slot.
+    let mut producer = pool.begin().await.unwrap();
+    assert!(enqueue(&mut producer, &event).await.unwrap());
+
+    let mut waiting = wake::connect(&pool).await.unwrap();
+    let holding = tokio::spawn(async move {
+        wake::hold_slots(&mut waiting).await.unwrap();
+        waiting
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !holding.is_finished(),
+        "the slots were taken while a producer that did not notify was still open"
+    );
+    producer.commit().await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_secs(10), holding)
+        .await
+        .expect("the slots were not taken after the producer committed")
+        .unwrap();
+    // What the worker now sees when it looks once more: the producer's row.
+    let rows: i64 = hubsync::db::status::count(&pool, "outbox").await.unwrap();
+    assert_eq!(rows, 1);
+    drop(waiting);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_event_committed_while_the_worker_settles_is_not_left_for_its_own_look(pool: PgPool) {
+    let config = format!("{CONFIG}\n[worker]\nidle_poll_secs = 3600\n");
+    let h = Harness::with(pool, &config, Default::default()).await;
+    h.setup().await;
+    // A producer's transaction is open, its event inserted, when the worker starts: the
+    // worker finds the outbox empty, and the producer found no worker to notify.
+    let props = json!({"total_sessions": 4});
+    let event = NewEvent {
+        event_id: Uuid::new_v4(),
+        object_type: ObjectType::Contact,
+        object_key: "late@acme.com",
+        properties: &props,
+        occurred_at: None,
+        company_key: None,
+    };
+    let mut producer = h.pool.begin().await.unwrap();
+    assert!(enqueue(&mut producer, &event).await.unwrap());
+
+    let worker = Arc::new(crate::harness::worker_for(&h.pool, &h.sim, &h.config).await);
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(cancel.clone()));
+    // Wait until the worker, idle, asks for the slots and waits for the producer.
+    let started = Instant::now();
+    loop {
+        let asking: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                                             AND classid = $1::int::oid",
+        )
+        .bind(wake::CLASS)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        if asking > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the idle worker never asked for the slots"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    producer.commit().await.unwrap();
+    // Its own look would come in three hours; the event arrives now.
+    arrives(&h, "late@acme.com", "total_sessions", "4").await;
+
+    cancel.cancel();
+    running.await.unwrap().unwrap();
 }

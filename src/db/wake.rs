@@ -1,0 +1,60 @@
+//! How producers know whether a worker waits for a notification. A NOTIFY makes every notifying
+//! commit in the database take one lock in turn, across its flush to disk, so producers notify
+//! only while some worker waits (migration 0011, `docs/ARCHITECTURE.md` §3, "Waking").
+//!
+//! A worker with nothing to ingest holds a shared advisory lock on each of [`SLOTS`] slots of
+//! class [`CLASS`], on a connection of its own. A producer tries an exclusive lock for its
+//! transaction on one slot: if the try fails, a worker holds or waits for that slot and the
+//! producer notifies; if it succeeds, the producer keeps the slot until its commit, and a
+//! worker going idle waits for that commit before it looks at the outbox once more. Workers
+//! never wait for each other here (shared locks), and producers never wait at all (they try).
+
+use sqlx::{ConnectOptions, PgConnection, PgPool};
+
+/// The advisory lock class of the slots: "hubs" in ASCII.
+pub const CLASS: i32 = 0x6875_6273;
+
+/// How many slots producers spread over (by transaction id), so that two producers rarely
+/// meet on one.
+pub const SLOTS: i32 = 64;
+
+/// A connection of its own for holding the slots, made with the pool's settings but without
+/// its timeouts: taking the slots waits for producers' transactions, however long they run.
+pub async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = pool.connect_options().connect().await?;
+    sqlx::query("SET lock_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// Takes every slot, shared, for this session: returns once every producer that took a slot
+/// without notifying has ended. Locks: session advisory locks (`CLASS`, 0..`SLOTS`), shared,
+/// waiting for the producers that hold them (the connection's `lock_timeout` applies).
+pub async fn hold_slots(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT count(pg_advisory_lock_shared($1, s)) FROM generate_series(0, $2 - 1) s")
+        .bind(CLASS)
+        .bind(SLOTS)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Lets go of the slots [`hold_slots`] took. Locks: releases them.
+pub async fn release_slots(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT count(pg_advisory_unlock_shared($1, s)) FROM generate_series(0, $2 - 1) s")
+        .bind(CLASS)
+        .bind(SLOTS)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Whether the connection holding the slots still answers (if it was dropped, so were the
+/// slots). Locks nothing.
+pub async fn still_there(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(conn).await.map(|_| ())
+}
