@@ -1,6 +1,6 @@
 //! How producers know whether a worker waits for a notification. A NOTIFY makes every notifying
 //! commit in the database take one lock in turn, across its flush to disk, so producers notify
-//! only while some worker waits (migration 0011, `docs/ARCHITECTURE.md` §3, "Waking").
+//! only while some worker waits (migration 0010, `docs/ARCHITECTURE.md` §3, "Waking").
 //!
 //! A worker with nothing to ingest holds a shared advisory lock on each of [`SLOTS`] slots of
 //! class [`CLASS`], on a connection of its own. A producer tries an exclusive lock for its
