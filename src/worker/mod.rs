@@ -60,6 +60,9 @@ pub struct Worker {
     dirty: Notify,
     /// A replay was asked for or objects were written (associations may be due).
     upkeep: Notify,
+    /// The LISTEN connection was made again: the one holding the waiting slots may have been
+    /// cut too, which nothing else would tell.
+    reconnected: Notify,
 }
 
 /// How often a running worker tells the others it is alive (they count it gone after
@@ -153,6 +156,7 @@ impl Worker {
             events: Notify::new(),
             dirty: Notify::new(),
             upkeep: Notify::new(),
+            reconnected: Notify::new(),
         })
     }
 
@@ -386,6 +390,7 @@ impl Worker {
             };
             outage.succeeded();
             self.events.notify_one();
+            self.reconnected.notify_one();
             loop {
                 match listener.try_recv().await {
                     Ok(Some(n)) => {
@@ -395,7 +400,10 @@ impl Worker {
                         }
                     }
                     // The connection dropped and was made again: look now.
-                    Ok(None) => self.events.notify_one(),
+                    Ok(None) => {
+                        self.events.notify_one();
+                        self.reconnected.notify_one();
+                    }
                     Err(sqlx::Error::PoolClosed) => return,
                     Err(e) => {
                         let e = anyhow::Error::new(e).context("lost the LISTEN connection");
@@ -443,7 +451,8 @@ impl Worker {
             // Producers that committed without notifying: ingest looks once more.
             self.events.notify_one();
             // Held until ingest has work. A dropped connection lets the slots go without a
-            // word, so it is checked now and then; if it is gone, the slots are taken again.
+            // word, so it is checked now and then, and whenever the LISTEN connection had to
+            // be made again; if it is gone, the slots are taken again.
             loop {
                 tokio::select! {
                     busy = async { idle.wait_for(|idle| !*idle).await.map(|_| ()) } => {
@@ -452,7 +461,12 @@ impl Worker {
                         }
                         break;
                     }
-                    _ = tokio::time::sleep(self.config.worker.idle_poll) => {
+                    _ = async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.config.worker.idle_poll) => {}
+                            _ = self.reconnected.notified() => {}
+                        }
+                    } => {
                         let alive = match conn.as_mut() {
                             Some(c) => db::wake::still_there(c).await.is_ok(),
                             None => false,

@@ -254,3 +254,64 @@ async fn an_event_committed_while_the_worker_settles_is_not_left_for_its_own_loo
     cancel.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_idle_worker_whose_sessions_were_cut_is_told_again(pool: PgPool) {
+    let config = format!("{CONFIG}\n[worker]\nidle_poll_secs = 3600\n");
+    let h = Harness::with(pool, &config, Default::default()).await;
+    h.setup().await;
+    // Its own pool, whose sessions carry hubsync's application name, as `hubsync run`'s do.
+    let worker_pool =
+        hubsync::db::connect_worker(&crate::harness::database_url(&h.pool), 8, &h.config.worker)
+            .await
+            .unwrap();
+    let worker = Arc::new(crate::harness::worker_for(&worker_pool, &h.sim, &h.config).await);
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(cancel.clone()));
+    // The session holding every slot, once there is one.
+    let holder = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                                      AND classid = $1::int::oid
+             GROUP BY pid HAVING count(*) = $2",
+        )
+        .bind(wake::CLASS)
+        .bind(i64::from(wake::SLOTS))
+        .fetch_optional(&h.pool)
+        .await
+        .unwrap()
+    };
+    let until_held_by_other_than = |old: Option<i32>| async move {
+        let started = Instant::now();
+        loop {
+            if let Some(pid) = holder().await.filter(|pid| Some(*pid) != old) {
+                return pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the idle worker did not take the slots (before: {old:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let first = until_held_by_other_than(None).await;
+    // Every worker session is cut, the one holding the slots included, as a restart would.
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(hubsync::db::APPLICATION_NAME)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(cut >= 2, "the worker's sessions are there to cut ({cut})");
+    // The worker takes the slots again on a new connection, and producers notify it: its own
+    // look would come in three hours.
+    until_held_by_other_than(Some(first)).await;
+    h.enqueue("again@acme.com", json!({"total_sessions": 7}))
+        .await;
+    arrives(&h, "again@acme.com", "total_sessions", "7").await;
+
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+}
