@@ -156,11 +156,12 @@ async fn workers_together_stay_within_the_shared_rate_limit(
     const LIMIT: usize = 4;
     const CONTACTS: usize = 60;
     let window = Duration::from_millis(500);
-    // Four times the default margin for this window: a request that leaves more than this
+    // Six times the default margin for this window: a request that leaves more than this
     // after its permit, while the one taken a limit's worth of permits later leaves at once,
     // lands inside HubSpot's window. On two cores shared by six workers, the simulator and
-    // Postgres (and another test), 100 ms was sometimes not enough.
-    let margin = Duration::from_millis(200);
+    // Postgres (and the other tests of the suite), 100 ms and then 200 ms were sometimes not
+    // enough.
+    let margin = Duration::from_millis(300);
     // A short window keeps the test short; the limiter and simulator agree on it.
     let sim = SimConfig {
         requests_per_window: LIMIT as u32,
