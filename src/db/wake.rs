@@ -33,19 +33,20 @@ pub async fn connect(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
 
 /// Takes every slot, shared, for this session: returns once every producer that took a slot
 /// without notifying has ended. Locks: session advisory locks (`CLASS`, 0..`SLOTS`), shared,
-/// waiting for the producers that hold them (the connection's `lock_timeout` applies).
+/// waiting as long as those producers run (the connection has no lock timeout).
 pub async fn hold_slots(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT count(pg_advisory_lock_shared($1, s)) FROM generate_series(0, $2 - 1) s")
-        .bind(CLASS)
-        .bind(SLOTS)
-        .execute(conn)
-        .await
-        .map(|_| ())
+    each_slot(conn, "pg_advisory_lock_shared").await
 }
 
 /// Lets go of the slots [`hold_slots`] took. Locks: releases them.
 pub async fn release_slots(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT count(pg_advisory_unlock_shared($1, s)) FROM generate_series(0, $2 - 1) s")
+    each_slot(conn, "pg_advisory_unlock_shared").await
+}
+
+/// Calls `function` (an advisory lock function) on every slot, in one statement.
+async fn each_slot(conn: &mut PgConnection, function: &str) -> Result<(), sqlx::Error> {
+    let sql = format!("SELECT count({function}($1, s)) FROM generate_series(0, $2 - 1) s");
+    sqlx::query(&sql)
         .bind(CLASS)
         .bind(SLOTS)
         .execute(conn)

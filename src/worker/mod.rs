@@ -426,40 +426,42 @@ impl Worker {
         cancel: &CancellationToken,
     ) {
         let mut outage = Streak::new("waiting for new events");
-        let mut conn: Option<sqlx::PgConnection> = None;
+        // Kept between idle spells while it works; dropped (and made again) once it fails.
+        let mut kept: Option<sqlx::PgConnection> = None;
         loop {
             if idle.wait_for(|idle| *idle).await.is_err() {
                 return;
             }
             let held = async {
-                if conn.is_none() {
-                    conn = Some(db::wake::connect(&self.pool).await?);
-                }
-                match conn.as_mut() {
-                    Some(c) => db::wake::hold_slots(c).await,
-                    None => Ok(()),
+                let mut conn = match kept.take() {
+                    Some(conn) => conn,
+                    None => db::wake::connect(&self.pool).await?,
+                };
+                db::wake::hold_slots(&mut conn).await?;
+                Ok::<_, sqlx::Error>(conn)
+            };
+            let mut conn = match held.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let e = anyhow::Error::new(e)
+                        .context("cannot tell producers that this worker waits for new events");
+                    nap(cancel, outage.failed(&e)).await;
+                    continue;
                 }
             };
-            if let Err(e) = held.await {
-                conn = None;
-                let e = anyhow::Error::new(e)
-                    .context("cannot tell producers that this worker waits for new events");
-                nap(cancel, outage.failed(&e)).await;
-                continue;
-            }
             outage.succeeded();
             // Producers that committed without notifying: ingest looks once more.
             self.events.notify_one();
             // Held until ingest has work. A dropped connection lets the slots go without a
             // word, so it is checked now and then, and whenever the LISTEN connection had to
-            // be made again; if it is gone, the slots are taken again.
-            loop {
+            // be made again; if it is gone, the slots are taken again on a new one.
+            let alive = loop {
                 tokio::select! {
                     busy = async { idle.wait_for(|idle| !*idle).await.map(|_| ()) } => {
                         if busy.is_err() {
                             return;
                         }
-                        break;
+                        break true;
                     }
                     _ = async {
                         tokio::select! {
@@ -467,22 +469,17 @@ impl Worker {
                             _ = self.reconnected.notified() => {}
                         }
                     } => {
-                        let alive = match conn.as_mut() {
-                            Some(c) => db::wake::still_there(c).await.is_ok(),
-                            None => false,
-                        };
-                        if !alive {
-                            conn = None;
-                            break;
+                        if db::wake::still_there(&mut conn).await.is_err() {
+                            break false;
                         }
                     }
                 }
-            }
-            if let Some(c) = conn.as_mut()
-                && let Err(e) = db::wake::release_slots(c).await
-            {
-                tracing::debug!("could not let go of the waiting slots: {e}");
-                conn = None;
+            };
+            if alive {
+                match db::wake::release_slots(&mut conn).await {
+                    Ok(()) => kept = Some(conn),
+                    Err(e) => tracing::debug!("could not let go of the waiting slots: {e}"),
+                }
             }
         }
     }

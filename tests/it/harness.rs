@@ -231,6 +231,20 @@ pub fn database_url(pool: &PgPool) -> String {
     format!("{}/{db}{query}", &head[..cut])
 }
 
+/// Cuts every session of this test's database that carries hubsync's application name (the
+/// workers' pools and their own connections), as a Postgres restart or a failover would.
+/// Returns how many were cut.
+pub async fn cut_worker_sessions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(hubsync::db::APPLICATION_NAME)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// Another pool on the test's database (each worker gets its own, as on separate machines).
 pub async fn connect_pool(
     options: &sqlx::postgres::PgPoolOptions,

@@ -14,7 +14,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{CONFIG, Harness, database_url, worker_for};
+use crate::harness::{CONFIG, Harness, cut_worker_sessions, database_url, worker_for};
 use crate::invariants::settled;
 
 #[sqlx::test(migrations = false)]
@@ -46,14 +46,7 @@ async fn workers_ride_out_their_connections_being_terminated(pool: PgPool) {
             *expected.entry(email).or_default() += delta;
         }
         // Every worker session is cut, as a Postgres restart or a failover would.
-        let cut: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE application_name = $1 AND datname = current_database()",
-        )
-        .bind(hubsync::db::APPLICATION_NAME)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
+        let cut = cut_worker_sessions(&h.pool).await;
         assert!(
             cut > 0 || round > 0,
             "the worker's sessions are there to cut"

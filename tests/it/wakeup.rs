@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -85,6 +85,18 @@ async fn heard(listener: &mut sqlx::postgres::PgListener) -> Vec<String> {
     got
 }
 
+/// One event for `hubsync.enqueue`, for a contact, occurring now.
+fn contact_event<'a>(event_id: Uuid, email: &'a str, properties: &'a Value) -> NewEvent<'a> {
+    NewEvent {
+        event_id,
+        object_type: ObjectType::Contact,
+        object_key: email,
+        properties,
+        occurred_at: None,
+        company_key: None,
+    }
+}
+
 /// A producer's plain INSERT of one event per id, in one statement.
 async fn insert(
     conn: &mut sqlx::PgConnection,
@@ -123,14 +135,7 @@ async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(poo
     let done = insert(&mut conn, vec![a, c]).await.unwrap();
     assert_eq!(done.rows_affected(), 0);
     let props = json!({});
-    let event = |event_id| NewEvent {
-        event_id,
-        object_type: ObjectType::Contact,
-        object_key: "a@acme.com",
-        properties: &props,
-        occurred_at: None,
-        company_key: None,
-    };
+    let event = |event_id| contact_event(event_id, "a@acme.com", &props);
     assert!(!enqueue(&mut conn, &event(b)).await.unwrap());
     assert_eq!(heard(&mut listener).await, Vec::<String>::new());
 
@@ -172,14 +177,7 @@ async fn the_outbox_notifies_once_per_transaction_and_only_for_what_it_keeps(poo
 async fn a_worker_going_idle_waits_for_the_producers_that_did_not_notify(pool: PgPool) {
     crate::harness::migrate(&pool).await;
     let props = json!({});
-    let event = NewEvent {
-        event_id: Uuid::new_v4(),
-        object_type: ObjectType::Contact,
-        object_key: "a@acme.com",
-        properties: &props,
-        occurred_at: None,
-        company_key: None,
-    };
+    let event = contact_event(Uuid::new_v4(), "a@acme.com", &props);
     // Enqueued while no worker waits: no notification, and the producer keeps its slot.
     let mut producer = pool.begin().await.unwrap();
     assert!(enqueue(&mut producer, &event).await.unwrap());
@@ -213,14 +211,7 @@ async fn an_event_committed_while_the_worker_settles_is_not_left_for_its_own_loo
     // A producer's transaction is open, its event inserted, when the worker starts: the
     // worker finds the outbox empty, and the producer found no worker to notify.
     let props = json!({"total_sessions": 4});
-    let event = NewEvent {
-        event_id: Uuid::new_v4(),
-        object_type: ObjectType::Contact,
-        object_key: "late@acme.com",
-        properties: &props,
-        occurred_at: None,
-        company_key: None,
-    };
+    let event = contact_event(Uuid::new_v4(), "late@acme.com", &props);
     let mut producer = h.pool.begin().await.unwrap();
     assert!(enqueue(&mut producer, &event).await.unwrap());
 
@@ -296,14 +287,7 @@ async fn an_idle_worker_whose_sessions_were_cut_is_told_again(pool: PgPool) {
     };
     let first = until_held_by_other_than(None).await;
     // Every worker session is cut, the one holding the slots included, as a restart would.
-    let cut: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE application_name = $1 AND datname = current_database()",
-    )
-    .bind(hubsync::db::APPLICATION_NAME)
-    .fetch_one(&h.pool)
-    .await
-    .unwrap();
+    let cut = crate::harness::cut_worker_sessions(&h.pool).await;
     assert!(cut >= 2, "the worker's sessions are there to cut ({cut})");
     // The worker takes the slots again on a new connection, and producers notify it: its own
     // look would come in three hours.
