@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{check_number_bounds, format_decimal, parse_decimal};
+use super::values::{Plain, check_number_bounds, format_decimal, parse_decimal};
 use super::vocabulary::{MergeRule, PropertyDef, PropertyType};
 
 /// One property's merged value: the HubSpot string, and the event that decided it.
@@ -49,13 +49,44 @@ fn later(a: (i64, i64), b: (i64, i64)) -> bool {
 
 fn compare_values(ptype: &PropertyType, a: &str, b: &str) -> Ordering {
     match ptype {
-        PropertyType::Number => match (parse_decimal(a), parse_decimal(b)) {
-            (Some(x), Some(y)) => x.cmp(&y),
-            _ => a.cmp(b),
-        },
+        PropertyType::Number => {
+            if let (Some(x), Some(y)) = (Plain::parse(a), Plain::parse(b))
+                && let Some(order) = x.compare(y)
+            {
+                return order;
+            }
+            match (parse_decimal(a), parse_decimal(b)) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                _ => a.cmp(b),
+            }
+        }
         // Both are fixed-width UTC forms, so text order is time order.
         _ => a.cmp(b),
     }
+}
+
+/// Why `current` + `delta` is refused.
+fn sum_refused(def: &PropertyDef, current: &str, delta: &str, reason: &str) -> String {
+    format!(
+        "property \"{}\": adding {delta} to {current} {reason}",
+        def.name
+    )
+}
+
+/// `current` + `delta` with arbitrary precision, for numbers [`Plain`] does not hold. An empty
+/// current value (never set) counts as zero.
+fn exact_sum(def: &PropertyDef, current: &str, delta: &str) -> Result<String, String> {
+    Ok(match (parse_decimal(current), parse_decimal(delta)) {
+        (Some(a), Some(b)) => {
+            let sum = a + b;
+            check_number_bounds(&sum)
+                .map_err(|reason| sum_refused(def, current, delta, &reason))?;
+            format_decimal(&sum)
+        }
+        (None, Some(b)) => format_decimal(&b),
+        (Some(a), None) => format_decimal(&a),
+        (None, None) => String::new(),
+    })
 }
 
 /// Folds one contribution into a property's state under the property's merge rule.
@@ -92,21 +123,17 @@ pub(crate) fn merge(
             }
         }
         MergeRule::Increment => {
-            let sum = match (parse_decimal(&cur.v), parse_decimal(&c.v)) {
-                (Some(a), Some(b)) => {
-                    let sum = a + b;
-                    check_number_bounds(&sum).map_err(|reason| {
-                        format!(
-                            "property \"{}\": adding {} to {} {reason}",
-                            def.name, c.v, cur.v
-                        )
-                    })?;
-                    format_decimal(&sum)
+            let plain = match (Plain::parse(&cur.v), Plain::parse(&c.v)) {
+                (Some(a), Some(b)) => a.checked_add(b),
+                _ => None,
+            };
+            let sum = match plain {
+                Some(sum) => {
+                    sum.check()
+                        .map_err(|reason| sum_refused(def, &cur.v, &c.v, &reason))?;
+                    sum.format()
                 }
-                // An empty current value (never set) counts as zero.
-                (None, Some(b)) => format_decimal(&b),
-                (Some(a), None) => format_decimal(&a),
-                (None, None) => String::new(),
+                None => exact_sum(def, &cur.v, &c.v)?,
             };
             let (at, seq) = if newer {
                 (c.at, c.seq)

@@ -173,7 +173,12 @@ pub(crate) fn check_number_bounds(value: &BigDecimal) -> Result<(), String> {
     let normal = value.normalized();
     let (_, scale) = normal.as_bigint_and_exponent();
     let digits = i64::try_from(normal.digits()).unwrap_or(i64::MAX);
-    // digits × 10^-scale: the integer part has (digits - scale) digits.
+    bounds(digits, scale)
+}
+
+/// The bounds for a nonzero number of `digits` significant digits × 10^-`scale`, with no
+/// trailing zero among its digits: the integer part has (digits - scale) digits.
+fn bounds(digits: i64, scale: i64) -> Result<(), String> {
     let integer_digits = digits.saturating_sub(scale);
     if integer_digits > MAX_INTEGER_DIGITS {
         return Err(format!(
@@ -186,6 +191,142 @@ pub(crate) fn check_number_bounds(value: &BigDecimal) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Most significant digits a [`Plain`] number holds: well inside an `i128` (38 digits), so
+/// that two of them can be added or compared after their scales are aligned, or the overflow
+/// is seen and the exact path takes over.
+const PLAIN_DIGITS: usize = 36;
+
+/// A number within the bounds written plainly: an optional `-`, digits, and optionally `.`
+/// and digits, no exponent, at most [`PLAIN_DIGITS`] significant digits. That is what
+/// products send and how Postgres writes a jsonb number, and it is held exactly as
+/// `units` × 10^-`scale`, without trailing zeros. Reading, adding, comparing and writing such
+/// numbers needs no arbitrary precision; any other text takes the `BigDecimal` path, which
+/// gives the same results (the property test below checks that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plain {
+    units: i128,
+    scale: u32,
+}
+
+impl Plain {
+    /// The number `text` holds when it is plain and within the bounds; `None` otherwise
+    /// (which says nothing about whether the exact path accepts it).
+    pub(crate) fn parse(text: &str) -> Option<Plain> {
+        let text = text.trim();
+        if text.len() > MAX_NUMBER_TEXT {
+            return None;
+        }
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (integer, fraction) = match rest.split_once('.') {
+            Some((i, f)) if !f.is_empty() => (i, f),
+            Some(_) => return None,
+            None => (rest, ""),
+        };
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if integer.is_empty() || !all_digits(integer) || !all_digits(fraction) {
+            return None;
+        }
+        let (integer, fraction) = (
+            integer.trim_start_matches('0'),
+            fraction.trim_end_matches('0'),
+        );
+        if integer.len() + fraction.len() > PLAIN_DIGITS {
+            return None;
+        }
+        let mut units: i128 = 0;
+        for b in integer.bytes().chain(fraction.bytes()) {
+            units = units * 10 + i128::from(b - b'0');
+        }
+        let plain = Plain {
+            units: if negative { -units } else { units },
+            scale: u32::try_from(fraction.len()).ok()?,
+        };
+        plain.check().ok()?;
+        Some(plain)
+    }
+
+    /// Without trailing zeros (zero has scale 0).
+    fn normalized(mut self) -> Plain {
+        if self.units == 0 {
+            self.scale = 0;
+        }
+        while self.scale > 0 && self.units % 10 == 0 {
+            self.units /= 10;
+            self.scale -= 1;
+        }
+        self
+    }
+
+    /// The bounds, with the reasons [`check_number_bounds`] gives.
+    pub(crate) fn check(self) -> Result<(), String> {
+        let n = self.normalized();
+        if n.units == 0 {
+            return Ok(());
+        }
+        let digits = i64::from(n.units.unsigned_abs().checked_ilog10().unwrap_or(0)) + 1;
+        bounds(digits, i64::from(n.scale))
+    }
+
+    /// Both at the larger scale, or `None` when that would not fit.
+    fn aligned(self, other: Plain) -> Option<(i128, i128, u32)> {
+        let scale = self.scale.max(other.scale);
+        let up = |p: Plain| 10i128.checked_pow(scale - p.scale)?.checked_mul(p.units);
+        Some((up(self)?, up(other)?, scale))
+    }
+
+    /// The exact sum, or `None` when it does not fit in a `Plain`.
+    pub(crate) fn checked_add(self, other: Plain) -> Option<Plain> {
+        let (a, b, scale) = self.aligned(other)?;
+        let units = a.checked_add(b)?;
+        Some(Plain { units, scale }.normalized())
+    }
+
+    /// The order of the two numbers, or `None` when they cannot be aligned.
+    pub(crate) fn compare(self, other: Plain) -> Option<std::cmp::Ordering> {
+        let (a, b, _) = self.aligned(other)?;
+        Some(a.cmp(&b))
+    }
+
+    /// The number as a whole `i64`, when it is one.
+    fn whole(self) -> Option<i64> {
+        let n = self.normalized();
+        if n.scale == 0 {
+            i64::try_from(n.units).ok()
+        } else {
+            None
+        }
+    }
+
+    /// As [`format_decimal`] writes it: plain digits, no trailing zeros after the point.
+    pub(crate) fn format(self) -> String {
+        let n = self.normalized();
+        let sign = if n.units < 0 { "-" } else { "" };
+        let digits = n.units.unsigned_abs().to_string();
+        let scale = n.scale as usize;
+        if scale == 0 {
+            return format!("{sign}{digits}");
+        }
+        let padded = if digits.len() <= scale {
+            format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
+        } else {
+            digits
+        };
+        let (integer, fraction) = padded.split_at(padded.len() - scale);
+        format!("{sign}{integer}.{fraction}")
+    }
+}
+
+/// A number as HubSpot wants it ([`format_decimal`]), within the bounds; the reason otherwise.
+pub(crate) fn canonical_number(text: &str) -> Result<String, String> {
+    match Plain::parse(text) {
+        Some(plain) => Ok(plain.format()),
+        None => parse_number(text).map(|d| format_decimal(&d)),
+    }
 }
 
 /// [`parse_number`] without the reason.
@@ -205,6 +346,9 @@ pub(crate) fn format_decimal(value: &BigDecimal) -> String {
 }
 
 fn epoch_ms(text: &str) -> Option<i64> {
+    if let Some(plain) = Plain::parse(text) {
+        return plain.whole();
+    }
     let value = parse_decimal(text)?;
     if !value.is_integer() {
         return None;
@@ -286,7 +430,7 @@ pub(crate) fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<Strin
             ))),
         },
         PropertyType::Number => match value {
-            JsonIn::Number(n) => parse_number(n).map(|d| format_decimal(&d)).map_err(refuse),
+            JsonIn::Number(n) => canonical_number(n).map_err(refuse),
             other => Err(refuse(format!(
                 "is {}, but the property is a number; send a JSON number such as 47 or -3.25",
                 other.kind()
@@ -408,6 +552,7 @@ pub(crate) fn normalize_email(raw: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn def(ptype: PropertyType, merge: MergeRule) -> PropertyDef {
         PropertyDef::test(ptype, merge)
@@ -585,6 +730,79 @@ mod tests {
             )
         );
         assert!(parse_properties("[1,2]").is_err());
+    }
+
+    /// Number texts of every shape: signs, leading and trailing zeros, digit runs around the
+    /// bounds and around what a `Plain` holds, exponents, and some that are not numbers.
+    fn number_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "-?[0-9]{1,40}(\\.[0-9]{1,40})?",
+            "[-+]?0{0,3}[0-9]{0,3}\\.?[0-9]{0,3}0{0,3}([eE][-+]?[0-9]{1,3})?",
+            "-?[1-9][0-9]{29,34}(\\.[0-9]{0,4})?",
+            "-?0\\.0{28,34}[1-9]0{0,3}",
+            "-?[0-9]{1,19}",
+            " ?-?[0-9]{1,3}\\.[0-9]{1,3} ?",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+        /// The plain path gives what the exact path gives: the same text for HubSpot, the same
+        /// refusal, sums, order and epoch milliseconds.
+        #[test]
+        fn plain_numbers_agree_with_the_exact_path(a in number_text(), b in number_text()) {
+            let exact = |t: &str| parse_number(t).map(|d| format_decimal(&d));
+            prop_assert_eq!(canonical_number(&a), exact(&a));
+            let slow_ms = parse_decimal(&a)
+                .filter(BigDecimal::is_integer)
+                .and_then(|d| d.with_scale(0).to_plain_string().parse::<i64>().ok());
+            prop_assert_eq!(epoch_ms(&a), slow_ms);
+            if let (Some(x), Some(y)) = (Plain::parse(&a), Plain::parse(&b)) {
+                let (dx, dy) = (parse_decimal(&a).unwrap(), parse_decimal(&b).unwrap());
+                if let Some(sum) = x.checked_add(y) {
+                    let exact_sum = &dx + &dy;
+                    prop_assert_eq!(sum.check(), check_number_bounds(&exact_sum));
+                    prop_assert_eq!(sum.format(), format_decimal(&exact_sum));
+                }
+                if let Some(order) = x.compare(y) {
+                    prop_assert_eq!(order, dx.cmp(&dy));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_numbers_cover_what_products_send() {
+        for t in [
+            "0",
+            "-0.0",
+            "47",
+            "-3.25",
+            "1767225600000",
+            "0.000001",
+            "12345678901234567890",
+        ] {
+            assert!(Plain::parse(t).is_some(), "{t}");
+        }
+        for t in [
+            "1e3",
+            "+1",
+            ".5",
+            "5.",
+            "1_000",
+            &"9".repeat(33),
+            &format!("0.{}1", "0".repeat(32)),
+        ] {
+            assert!(Plain::parse(t).is_none(), "{t}");
+        }
+        let sum = Plain::parse("0.1")
+            .unwrap()
+            .checked_add(Plain::parse("-0.1").unwrap())
+            .unwrap();
+        assert_eq!(sum.format(), "0");
+        assert_eq!(Plain::parse("-0.50").unwrap().format(), "-0.5");
+        assert_eq!(Plain::parse("100").unwrap().format(), "100");
     }
 
     #[test]
