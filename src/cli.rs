@@ -275,9 +275,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { until_idle } => {
             let config = Arc::new(load_config(&cli.config, &env)?);
             let client = client_for(&config, &env)?;
+            // Two ingest transactions (one folding, the next claimed), upkeep and the
+            // heartbeat, and two per sync loop (its lease and its settling).
             let pool = db::connect_worker(
                 env.database_url.expose(),
-                2 + config.worker.concurrency as u32 * 2,
+                3 + config.worker.concurrency as u32 * 2,
                 &config.worker,
             )
             .await?;

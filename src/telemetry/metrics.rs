@@ -398,12 +398,12 @@ impl Telemetry {
         report
     }
 
-    /// Runs one ingest step, then records and logs it.
+    /// Runs one ingest step (a chunk whose claim began at `started`), then records and logs it.
     pub(crate) async fn ingest(
         &self,
+        started: Instant,
         step: impl Future<Output = anyhow::Result<Ingested>>,
     ) -> anyhow::Result<Ingested> {
-        let started = Instant::now();
         let (done, trace) = super::traced(step).await;
         self.ingest_done(&done, &trace, started.elapsed());
         done

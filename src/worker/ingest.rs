@@ -380,7 +380,7 @@ pub(crate) async fn fold_isolating(
     Ok(total)
 }
 
-/// What one ingest transaction did.
+/// What one ingest (one or more chunks, each its own transaction) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ingested {
     /// Outbox rows claimed (0: the outbox is empty).
@@ -395,13 +395,48 @@ pub struct Ingested {
     pub newer: Option<db::generations::Newer>,
 }
 
-/// Claims one chunk of the outbox and folds it, in one transaction, unless a worker of a
-/// generation newer than `generation` is running.
-pub(crate) async fn ingest_once(
-    pool: &sqlx::PgPool,
-    config: &Config,
+impl Ingested {
+    pub(crate) fn add(&mut self, other: Ingested) {
+        self.claimed += other.claimed;
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.deferred += other.deferred;
+        self.newer = other.newer.or(self.newer.take());
+    }
+}
+
+/// One chunk claimed in a transaction that is still open: the claimed rows stay locked (and
+/// deleted, and their ids in the ledger) until [`fold_claimed`] commits, or the transaction is
+/// dropped and rolls back, which puts everything back.
+pub(crate) enum Claimed {
+    /// Rows claimed (none: the outbox was empty).
+    Chunk {
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        /// Each event, with `true` when its id was new to the ledger.
+        events: Vec<(OutboxEvent, bool)>,
+    },
+    /// Nothing claimed: a worker with newer declarations is running (rolling deploy).
+    Newer(db::generations::Newer),
+}
+
+impl Claimed {
+    /// Rows claimed.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Claimed::Chunk { events, .. } => events.len(),
+            Claimed::Newer(_) => 0,
+        }
+    }
+}
+
+/// Opens an ingest transaction and claims up to `limit` outbox rows in it, unless a worker of a
+/// generation newer than `generation` is running. Owns what it uses, so it can run beside the
+/// fold of the chunk before.
+pub(crate) async fn claim(
+    pool: sqlx::PgPool,
+    limit: usize,
     generation: i64,
-) -> anyhow::Result<Ingested> {
+) -> anyhow::Result<Claimed> {
     let mut tx = pool
         .begin()
         .await
@@ -411,15 +446,26 @@ pub(crate) async fn ingest_once(
         .context("failed to check for workers with a newer config")?
     {
         tx.commit().await?;
-        return Ok(Ingested {
-            newer: Some(newer),
-            ..Ingested::default()
-        });
+        return Ok(Claimed::Newer(newer));
     }
-    let limit = i64::try_from(config.worker.ingest_chunk).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let events = db::ingest::claim_outbox(&mut tx, limit)
         .await
         .context("failed to claim outbox rows")?;
+    Ok(Claimed::Chunk { tx, events })
+}
+
+/// Folds a claimed chunk and commits its transaction.
+pub(crate) async fn fold_claimed(config: &Config, claimed: Claimed) -> anyhow::Result<Ingested> {
+    let (mut tx, events) = match claimed {
+        Claimed::Newer(newer) => {
+            return Ok(Ingested {
+                newer: Some(newer),
+                ..Ingested::default()
+            });
+        }
+        Claimed::Chunk { tx, events } => (tx, events),
+    };
     if events.is_empty() {
         tx.commit().await?;
         return Ok(Ingested::default());

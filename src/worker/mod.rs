@@ -72,6 +72,10 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The channel the outbox and DLQ triggers notify.
 const CHANNEL: &str = "hubsync";
 
+/// Most chunks one [`Worker::ingest_once`] takes through a backlog: enough for claiming and
+/// folding to overlap, few enough that a stop or a newer config is seen within about a second.
+const PIPELINED_CHUNKS: usize = 4;
+
 /// What one `run_once` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -255,18 +259,45 @@ impl Worker {
         self
     }
 
-    /// Ingests one chunk of the outbox.
+    /// Ingests one chunk of the outbox or, while chunks come full (a backlog), up to
+    /// [`PIPELINED_CHUNKS`] of them, each in its own transaction. The next chunk is claimed
+    /// while the one before it is folded, so the database claims while this process folds;
+    /// the folds themselves, and so the object locks, stay one at a time, in claim order.
     pub async fn ingest_once(&self) -> anyhow::Result<ingest::Ingested> {
-        let ingest = ingest::ingest_once(&self.pool, &self.config, self.generation());
-        let done = self.telemetry.ingest(ingest).await?;
-        if done.newer.is_some() {
-            self.note_newer(done.newer.clone());
+        let chunk = self.config.worker.ingest_chunk;
+        let generation = self.generation();
+        let claim = || ingest::claim(self.pool.clone(), chunk, generation);
+        let mut total = ingest::Ingested::default();
+        let mut started = Instant::now();
+        let mut claimed = claim().await;
+        for round in 1..=PIPELINED_CHUNKS {
+            let full = claimed.as_ref().is_ok_and(|c| c.len() >= chunk);
+            // Claimed in a task of its own, so it goes on while this one folds; if this fold
+            // fails, the task's transaction rolls back when it ends.
+            let next =
+                (full && round < PIPELINED_CHUNKS).then(|| (Instant::now(), tokio::spawn(claim())));
+            let fold = async { ingest::fold_claimed(&self.config, claimed?).await };
+            let done = match self.telemetry.ingest(started, fold).await {
+                Ok(done) => done,
+                // Chunks already committed count; the failure shows again at the next look.
+                Err(e) if total.claimed > 0 => {
+                    tracing::warn!("ingest stopped after {} events: {e:#}", total.claimed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            self.backlog.store(done.claimed >= chunk, Ordering::Relaxed);
+            if done.newer.is_some() {
+                self.note_newer(done.newer.clone());
+            }
+            total.add(done);
+            let Some((at, task)) = next else { break };
+            started = at;
+            claimed = task
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the ingest claim task failed: {e}")));
         }
-        self.backlog.store(
-            done.claimed >= self.config.worker.ingest_chunk,
-            Ordering::Relaxed,
-        );
-        Ok(done)
+        Ok(total)
     }
 
     /// Syncs one batch of `kind`.
