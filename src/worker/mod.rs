@@ -281,7 +281,11 @@ impl Worker {
                 Ok(done) => done,
                 // Chunks already committed count; the failure shows again at the next look.
                 Err(e) if total.claimed > 0 => {
-                    tracing::warn!("ingest stopped after {} events: {e:#}", total.claimed);
+                    tracing::warn!(
+                        "ingest stopped part way through the backlog, after {} events: {e:#}; \
+                         the chunk that failed was rolled back and is taken again at the next look",
+                        total.claimed
+                    );
                     break;
                 }
                 Err(e) => return Err(e),
