@@ -1,4 +1,4 @@
-//! Every HubSpot path hubsync calls, in one place, for both API editions (`docs/HUBSPOT.md` §1).
+//! Every HubSpot path hubsync calls, in one place, for both API editions (`docs/hubspot-behaviour.md` §1).
 
 use crate::core::vocabulary::{ApiVersion, ObjectType};
 

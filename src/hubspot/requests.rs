@@ -1,4 +1,4 @@
-//! Every request body hubsync sends HubSpot, built here (`docs/HUBSPOT.md` §2, §6).
+//! Every request body hubsync sends HubSpot, built here (`docs/hubspot-behaviour.md` §2, §6).
 
 use serde_json::{Map, Value, json};
 

@@ -399,7 +399,7 @@ impl Worker {
         }
     }
 
-    /// Associates synced contacts with their synced companies (`docs/HUBSPOT.md` §6).
+    /// Associates synced contacts with their synced companies (`docs/hubspot-behaviour.md` §6).
     async fn associate_once(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
         associate::associate_once(self, cancel).await
     }

@@ -1,5 +1,5 @@
 //! The answers the simulator sends, and the HubSpot-shaped bodies of its errors. Every error
-//! body here copies what HubSpot is known to send (`docs/HUBSPOT.md` §4); none of them is
+//! body here copies what HubSpot is known to send (`docs/hubspot-behaviour.md` §4); none of them is
 //! friendlier than the real thing.
 
 use hyper::StatusCode;
