@@ -1,6 +1,7 @@
 //! `classify`: one pure function that turns any HubSpot reply or transport error into one
 //! `Outcome`. Retries, the DLQ, the limiter, logs and status all read that outcome and nothing
-//! else, so each HubSpot behaviour (`docs/hubspot-behaviour.md` §2, §4) is interpreted in exactly one place.
+//! else, so each HubSpot behaviour (`docs/hubspot-behaviour.md` §2, §4) is interpreted in
+//! exactly one place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -50,8 +50,9 @@ fn later(a: (i64, i64), b: (i64, i64)) -> bool {
 fn compare_values(ptype: &PropertyType, a: &str, b: &str) -> Ordering {
     match ptype {
         PropertyType::Number => {
-            if let (Some(x), Some(y)) = (Plain::parse(a), Plain::parse(b))
-                && let Some(order) = x.compare(y)
+            if let Some(order) = Plain::parse(a)
+                .zip(Plain::parse(b))
+                .and_then(|(x, y)| x.compare(y))
             {
                 return order;
             }
@@ -123,10 +124,9 @@ pub(crate) fn merge(
             }
         }
         MergeRule::Increment => {
-            let plain = match (Plain::parse(&cur.v), Plain::parse(&c.v)) {
-                (Some(a), Some(b)) => a.checked_add(b),
-                _ => None,
-            };
+            let plain = Plain::parse(&cur.v)
+                .zip(Plain::parse(&c.v))
+                .and_then(|(a, b)| a.checked_add(b));
             let sum = match plain {
                 Some(sum) => {
                     sum.check()

@@ -201,7 +201,7 @@ const PLAIN_DIGITS: usize = 36;
 /// A number within the bounds written plainly: an optional `-`, digits, and optionally `.`
 /// and digits, no exponent, at most [`PLAIN_DIGITS`] significant digits. That is what
 /// products send and how Postgres writes a jsonb number, and it is held exactly as
-/// `units` × 10^-`scale`, without trailing zeros. Reading, adding, comparing and writing such
+/// `units` × 10^-`scale`, always without trailing zeros (zero has scale 0). Reading, adding, comparing and writing such
 /// numbers needs no arbitrary precision; any other text takes the `BigDecimal` path, which
 /// gives the same results (the property test below checks that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +250,7 @@ impl Plain {
         Some(plain)
     }
 
-    /// Without trailing zeros (zero has scale 0).
+    /// Without trailing zeros (zero has scale 0): how every `Plain` is kept.
     fn normalized(mut self) -> Plain {
         if self.units == 0 {
             self.scale = 0;
@@ -264,12 +264,11 @@ impl Plain {
 
     /// The bounds, with the reasons [`check_number_bounds`] gives.
     pub(crate) fn check(self) -> Result<(), String> {
-        let n = self.normalized();
-        if n.units == 0 {
+        if self.units == 0 {
             return Ok(());
         }
-        let digits = i64::from(n.units.unsigned_abs().checked_ilog10().unwrap_or(0)) + 1;
-        bounds(digits, i64::from(n.scale))
+        let digits = i64::from(self.units.unsigned_abs().checked_ilog10().unwrap_or(0)) + 1;
+        bounds(digits, i64::from(self.scale))
     }
 
     /// Both at the larger scale, or `None` when that would not fit.
@@ -294,9 +293,8 @@ impl Plain {
 
     /// The number as a whole `i64`, when it is one.
     fn whole(self) -> Option<i64> {
-        let n = self.normalized();
-        if n.scale == 0 {
-            i64::try_from(n.units).ok()
+        if self.scale == 0 {
+            i64::try_from(self.units).ok()
         } else {
             None
         }
@@ -304,10 +302,9 @@ impl Plain {
 
     /// As [`format_decimal`] writes it: plain digits, no trailing zeros after the point.
     pub(crate) fn format(self) -> String {
-        let n = self.normalized();
-        let sign = if n.units < 0 { "-" } else { "" };
-        let digits = n.units.unsigned_abs().to_string();
-        let scale = n.scale as usize;
+        let sign = if self.units < 0 { "-" } else { "" };
+        let digits = self.units.unsigned_abs().to_string();
+        let scale = self.scale as usize;
         if scale == 0 {
             return format!("{sign}{digits}");
         }

@@ -1,4 +1,5 @@
-//! Every HubSpot path hubsync calls, in one place, for both API editions (`docs/hubspot-behaviour.md` §1).
+//! Every HubSpot path hubsync calls, in one place, for both API editions
+//! (`docs/hubspot-behaviour.md` §1).
 
 use crate::core::vocabulary::{ApiVersion, ObjectType};
 

@@ -1,5 +1,5 @@
-//! The HubSpot simulator, driven over real HTTP: it must answer the way `docs/hubspot-behaviour.md` says
-//! HubSpot does, including its errors and the faults tests inject.
+//! The HubSpot simulator, driven over real HTTP: it must answer the way
+//! `docs/hubspot-behaviour.md` says HubSpot does, including its errors and the faults tests inject.
 
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 //! groups, associations, the rolling-window and daily rate limits, authentication, and the
 //! request log; plus the fault injection (scripted or random) that tests and benchmarks use to
 //! prove the worker survives lost responses, 5xx, 429 and dropped connections.
-//! Behaviour follows the repository's `docs/hubspot-behaviour.md`; where that page marks a fact as unsure,
-//! the simulator takes the stricter reading. It is a crate of its own and depends on nothing of
+//! Behaviour follows the repository's `docs/hubspot-behaviour.md`; where that page marks a fact
+//! as unsure, the simulator takes the stricter reading. It is a crate of its own and depends on nothing of
 //! `hubsync`: the worker is tested against it, so sharing code with the worker would hide the
 //! worker's mistakes. Even the accepted token has its own type here, [`Token`], which keeps it
 //! out of any output.
