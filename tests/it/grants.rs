@@ -351,3 +351,120 @@ async fn a_migrating_role_that_cannot_read_the_applications_history_migrates_aga
     .unwrap();
     drop(roles);
 }
+
+/// The producer functions run as the schema's owner, so whatever they call must be what they
+/// mean whatever the caller's `search_path`. A producer puts a schema of its own, holding
+/// look-alikes of every function, operator and type their bodies use, before pg_catalog; each
+/// look-alike fails loudly if reached. A worker waits, so that the notifying branches run too,
+/// and enqueue is given NULLs, so that its defaults for them run.
+#[sqlx::test(migrations = false)]
+async fn a_producers_search_path_cannot_reach_into_the_producer_functions(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let roles = Roles::create(&pool).await;
+    grant_all(&pool, &roles);
+    sqlx::query(&format!(
+        "CREATE SCHEMA lookalike AUTHORIZATION {}",
+        roles.producer
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // An id in the ledger, so that its checks compare ids rather than meet an empty table.
+    sqlx::query("INSERT INTO hubsync.ledger (event_id) VALUES ($1)")
+        .bind(Uuid::from_u128(99))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut waiting = hubsync::db::wake::connect(&pool).await.unwrap();
+    hubsync::db::wake::hold_slots(&mut waiting).await.unwrap();
+
+    let producer = pool_as(&pool, &roles.producer).await;
+    let mut conn = producer.acquire().await.unwrap();
+    sqlx::raw_sql(
+        r#"
+        CREATE FUNCTION lookalike.reached(what text) RETURNS boolean LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'reached through the search path: %', what; END $$;
+        CREATE FUNCTION lookalike.now() RETURNS timestamptz LANGUAGE sql AS
+            $$ SELECT CASE WHEN lookalike.reached('now') THEN pg_catalog.now() END $$;
+        CREATE FUNCTION lookalike.current_setting(text, boolean) RETURNS text LANGUAGE sql AS
+            $$ SELECT CASE WHEN lookalike.reached('current_setting') THEN '' END $$;
+        CREATE FUNCTION lookalike.set_config(text, text, boolean) RETURNS text LANGUAGE sql AS
+            $$ SELECT CASE WHEN lookalike.reached('set_config') THEN '' END $$;
+        CREATE FUNCTION lookalike.txid_current() RETURNS bigint LANGUAGE sql AS
+            $$ SELECT CASE WHEN lookalike.reached('txid_current') THEN 0::bigint END $$;
+        CREATE FUNCTION lookalike.pg_try_advisory_xact_lock(integer, integer) RETURNS boolean
+            LANGUAGE sql AS $$ SELECT lookalike.reached('pg_try_advisory_xact_lock') $$;
+        CREATE FUNCTION lookalike.pg_notify(text, text) RETURNS void LANGUAGE sql AS
+            $$ SELECT CASE WHEN lookalike.reached('pg_notify') THEN NULL::void END $$;
+        CREATE FUNCTION lookalike.uuid_eq(uuid, uuid) RETURNS boolean LANGUAGE sql AS
+            $$ SELECT lookalike.reached('= on uuid') $$;
+        CREATE OPERATOR lookalike.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = lookalike.uuid_eq);
+        CREATE FUNCTION lookalike.text_op(text, text) RETURNS boolean LANGUAGE sql AS
+            $$ SELECT lookalike.reached('an operator on text') $$;
+        CREATE OPERATOR lookalike.= (LEFTARG = text, RIGHTARG = text, FUNCTION = lookalike.text_op);
+        CREATE OPERATOR lookalike.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = lookalike.text_op);
+        CREATE FUNCTION lookalike.int8_mod(bigint, integer) RETURNS bigint LANGUAGE sql AS
+            $$ SELECT CASE WHEN lookalike.reached('%') THEN 0::bigint END $$;
+        CREATE OPERATOR lookalike.% (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = lookalike.int8_mod);
+        CREATE TYPE lookalike.jsonb AS (reached text);
+        SET search_path = lookalike, pg_catalog;
+        -- Set, so that comparisons with it are made rather than skipped as NULL.
+        SET hubsync.notify = 'on';
+        "#,
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    // The look-alikes are what this session's own unqualified names reach.
+    let own = sqlx::query("SELECT pg_try_advisory_xact_lock(1, 1)")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(
+        own.to_string().contains("reached through the search path"),
+        "{own}"
+    );
+
+    for round in ["new", "known"] {
+        let id = Uuid::from_u128(1);
+        let queued: bool = sqlx::query_scalar(
+            "SELECT hubsync.enqueue(event_id => $1, object_type => 'contact',
+                                    object_key => 'p@acme.com', properties => NULL,
+                                    occurred_at => NULL)",
+        )
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("enqueue, {round} id: {e}"));
+        assert_eq!(queued, round == "new", "enqueue, {round} id");
+        let inserted = sqlx::query(
+            "INSERT INTO hubsync.outbox (event_id, object_type, object_key)
+             VALUES ('00000000-0000-0000-0000-000000000002', 'contact', 'q@acme.com')",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("plain INSERT, {round} id: {e}"))
+        .rows_affected();
+        assert_eq!(
+            inserted,
+            u64::from(round == "new"),
+            "plain INSERT, {round} id"
+        );
+    }
+    let waiting_rows: Vec<(Uuid, serde_json::Value)> =
+        sqlx::query_as("SELECT event_id, properties FROM hubsync.outbox ORDER BY event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        waiting_rows,
+        [
+            (Uuid::from_u128(1), json!({})),
+            (Uuid::from_u128(2), json!({}))
+        ]
+    );
+    drop(conn);
+    producer.close().await;
+    drop(waiting);
+    drop(roles);
+}
