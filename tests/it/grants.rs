@@ -353,10 +353,11 @@ async fn a_migrating_role_that_cannot_read_the_applications_history_migrates_aga
 }
 
 /// The producer functions run as the schema's owner, so whatever they call must be what they
-/// mean whatever the caller's `search_path`. A producer puts a schema of its own, holding
-/// look-alikes of every function, operator and type their bodies use, before pg_catalog; each
-/// look-alike fails loudly if reached. A worker waits, so that the notifying branches run too,
-/// and enqueue is given NULLs, so that its defaults for them run.
+/// mean whatever the caller's `search_path` (their own fixed search path sees to it). A
+/// producer puts a schema of its own, holding look-alikes of every function, operator and type
+/// their bodies use, before pg_catalog; each look-alike fails loudly if reached. A worker waits,
+/// so that the notifying branches run too, and enqueue is given NULLs, so that its defaults for
+/// them run.
 #[sqlx::test(migrations = false)]
 async fn a_producers_search_path_cannot_reach_into_the_producer_functions(pool: PgPool) {
     crate::harness::migrate(&pool).await;
