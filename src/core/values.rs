@@ -201,9 +201,9 @@ const PLAIN_DIGITS: usize = 36;
 /// A number within the bounds written plainly: an optional `-`, digits, and optionally `.`
 /// and digits, no exponent, at most [`PLAIN_DIGITS`] significant digits. That is what
 /// products send and how Postgres writes a jsonb number, and it is held exactly as
-/// `units` × 10^-`scale`, always without trailing zeros (zero has scale 0). Reading, adding, comparing and writing such
-/// numbers needs no arbitrary precision; any other text takes the `BigDecimal` path, which
-/// gives the same results (the property test below checks that).
+/// `units` × 10^-`scale`, always without trailing zeros (zero has scale 0). Reading, adding,
+/// comparing and writing such numbers needs no arbitrary precision; any other text takes the
+/// `BigDecimal` path, which gives the same results (the property test below checks that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plain {
     units: i128,

@@ -1,8 +1,8 @@
 //! Contact → company associations (`docs/hubspot-behaviour.md` §6): made once a contact and its
-//! company both have HubSpot ids, made again when the contact's id changes, and the one hubsync made to a
-//! previous company removed when the contact's company changes. Every reply is read pair by pair
-//! through `classify_associations`; a refused pair is retried with the objects' backoff, then
-//! dead-lettered (category `association_refused`, object_type `association`).
+//! company both have HubSpot ids, made again when the contact's id changes, and the one hubsync
+//! made to a previous company removed when the contact's company changes. Every reply is read
+//! pair by pair through `classify_associations`; a refused pair is retried with the objects'
+//! backoff, then dead-lettered (category `association_refused`, object_type `association`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

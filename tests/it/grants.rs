@@ -399,17 +399,22 @@ async fn a_producers_search_path_cannot_reach_into_the_producer_functions(pool: 
             $$ SELECT CASE WHEN lookalike.reached('pg_notify') THEN NULL::void END $$;
         CREATE FUNCTION lookalike.uuid_eq(uuid, uuid) RETURNS boolean LANGUAGE sql AS
             $$ SELECT lookalike.reached('= on uuid') $$;
-        CREATE OPERATOR lookalike.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = lookalike.uuid_eq);
+        CREATE OPERATOR lookalike.= (LEFTARG = uuid, RIGHTARG = uuid,
+            FUNCTION = lookalike.uuid_eq);
         CREATE FUNCTION lookalike.text_op(text, text) RETURNS boolean LANGUAGE sql AS
             $$ SELECT lookalike.reached('an operator on text') $$;
-        CREATE OPERATOR lookalike.= (LEFTARG = text, RIGHTARG = text, FUNCTION = lookalike.text_op);
-        CREATE OPERATOR lookalike.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = lookalike.text_op);
+        CREATE OPERATOR lookalike.= (LEFTARG = text, RIGHTARG = text,
+            FUNCTION = lookalike.text_op);
+        CREATE OPERATOR lookalike.<> (LEFTARG = text, RIGHTARG = text,
+            FUNCTION = lookalike.text_op);
         CREATE FUNCTION lookalike.int8_mod(bigint, integer) RETURNS bigint LANGUAGE sql AS
             $$ SELECT CASE WHEN lookalike.reached('%') THEN 0::bigint END $$;
-        CREATE OPERATOR lookalike.% (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = lookalike.int8_mod);
+        CREATE OPERATOR lookalike.% (LEFTARG = bigint, RIGHTARG = integer,
+            FUNCTION = lookalike.int8_mod);
         CREATE FUNCTION lookalike.int4_gt(integer, integer) RETURNS boolean LANGUAGE sql AS
             $$ SELECT lookalike.reached('> on integer') $$;
-        CREATE OPERATOR lookalike.> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = lookalike.int4_gt);
+        CREATE OPERATOR lookalike.> (LEFTARG = integer, RIGHTARG = integer,
+            FUNCTION = lookalike.int4_gt);
         CREATE TYPE lookalike.jsonb AS (reached text);
         SET search_path = lookalike, pg_catalog;
         -- Set, so that comparisons with it are made rather than skipped as NULL.

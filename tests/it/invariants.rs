@@ -628,9 +628,7 @@ async fn a_worker_killed_while_it_ingests_a_backlog_loses_nothing_and_counts_not
 ) {
     let h = Harness::new(pool.clone()).await;
     h.setup().await;
-    let dir = std::env::temp_dir().join(format!("hubsync-kill-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("hubsync.toml");
+    let config_path = crate::harness::tempdir().join("hubsync.toml");
     std::fs::write(
         &config_path,
         CONFIG.replace("# [worker]", "[worker]\ningest_chunk = 20\n# "),

@@ -5,10 +5,10 @@
 //! request log; plus the fault injection (scripted or random) that tests and benchmarks use to
 //! prove the worker survives lost responses, 5xx, 429 and dropped connections.
 //! Behaviour follows the repository's `docs/hubspot-behaviour.md`; where that page marks a fact
-//! as unsure, the simulator takes the stricter reading. It is a crate of its own and depends on nothing of
-//! `hubsync`: the worker is tested against it, so sharing code with the worker would hide the
-//! worker's mistakes. Even the accepted token has its own type here, [`Token`], which keeps it
-//! out of any output.
+//! as unsure, the simulator takes the stricter reading. It is a crate of its own and depends on
+//! nothing of `hubsync`: the worker is tested against it, so sharing code with the worker would
+//! hide the worker's mistakes. Even the accepted token has its own type here, [`Token`], which
+//! keeps it out of any output.
 //!
 //! Layout, each module using only those listed after it: this file holds [`Simulator`], the
 //! handle that starts, inspects, steers and stops one; `server` accepts connections and serves
