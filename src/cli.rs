@@ -256,7 +256,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
                 check_limiter(&env, &config).await,
                 config.worker.auth_probe_interval,
-            );
+            )
+            .without_halting();
             let plan = crate::reconcile::plan(&setup, &config).await?;
             println!("config {} is valid", config.path.display());
             let lines = plan.describe();

@@ -42,6 +42,9 @@ pub struct Setup {
     limiter: Option<Limiter>,
     /// How long every worker stops when HubSpot refuses the credentials.
     halt_for: Duration,
+    /// Whether a refusal of the credentials stops every worker (`false` for `check`, whose
+    /// token may not be the workers').
+    halts_workers: bool,
 }
 
 impl From<HubSpotClient> for Setup {
@@ -51,6 +54,7 @@ impl From<HubSpotClient> for Setup {
             client,
             limiter: None,
             halt_for: Duration::from_secs(60),
+            halts_workers: false,
         }
     }
 }
@@ -63,7 +67,16 @@ impl Setup {
             client,
             limiter,
             halt_for,
+            halts_workers: true,
         }
+    }
+
+    /// The same calls, paced by the same limiter, but a 401/403 fails only this process and
+    /// pauses nobody else: for `hubsync check`, which an operator may run with another token
+    /// (a typo, a new token being tried) than the workers use.
+    pub fn without_halting(mut self) -> Setup {
+        self.halts_workers = false;
+        self
     }
 
     /// The client (for its paths).
@@ -120,6 +133,16 @@ impl Setup {
         loop {
             attempt += 1;
             if let Some(limiter) = &self.limiter {
+                // Say why nothing happens while a pause lasts, instead of waiting in silence.
+                if attempt == 1
+                    && let Ok(Some(left)) = limiter.pause_remaining().await
+                    && left >= Duration::from_secs(1)
+                {
+                    tracing::warn!(
+                        "{what} waits {} s: HubSpot calls are paused for every worker (a 429, refused credentials, or the daily budget spent; `hubsync status` says which)",
+                        left.as_secs()
+                    );
+                }
                 let permit = limiter
                     .acquire(&CancellationToken::new(), Duration::from_secs(120))
                     .await
@@ -167,7 +190,10 @@ impl Setup {
                     ));
                 }
                 Outcome::Halt { reason, .. } => {
-                    if refusal_halts && let Some(limiter) = &self.limiter {
+                    if refusal_halts
+                        && self.halts_workers
+                        && let Some(limiter) = &self.limiter
+                    {
                         limiter.pause(self.halt_for, &reason).await?;
                     }
                     bail!("{what}: {reason}");

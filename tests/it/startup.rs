@@ -253,3 +253,42 @@ async fn the_v3_api_edition_uses_the_older_paths(pool: PgPool) {
     );
     assert!(paths.contains(&"/crm/v3/objects/contacts/batch/upsert".to_string()));
 }
+
+/// `check` run with a token HubSpot refuses (a typo, a token being tried) fails by itself: it
+/// does not pause the workers, whose token may be fine.
+#[sqlx::test(migrations = false)]
+async fn a_check_with_a_refused_token_pauses_no_worker(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let url = database_url(&pool);
+    let base = sim.base_url();
+    let envs = [
+        ("HUBSPOT_ACCESS_TOKEN", "sim-tokn"),
+        ("HUBSPOT_BASE_URL", base.as_str()),
+        ("DATABASE_URL", url.as_str()),
+    ];
+    let check = tokio::task::spawn_blocking({
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move || {
+            let envs: Vec<(&str, &str)> =
+                envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            hubsync(&["check"], Some(CONFIG), &envs)
+        }
+    })
+    .await
+    .unwrap();
+    assert_ne!(check.status.code(), Some(0));
+    let err = stderr(&check);
+    assert!(err.contains("refused the access token"), "{err}");
+    assert!(!sim.requests().is_empty(), "check reached HubSpot");
+    let paused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM hubsync.limiter WHERE paused_until > clock_timestamp()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(paused, 0, "no pause for the workers: {err}");
+}
