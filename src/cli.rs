@@ -190,6 +190,25 @@ pub async fn main_with(cli: Cli) -> ExitCode {
     }
 }
 
+/// Writes a command's output (through `out!` and `outln!`). When the reader has gone away
+/// (`hubsync dlq list | head -1`), the command ends at once with exit code 0, as Unix tools do:
+/// what it did before printing (a retry, a discard) is committed already. Any other failure to
+/// write is said on standard error, with exit code 1.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the output to standard output ({e}); check where it goes"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
 fn load_config(cli_path: &Option<PathBuf>, env: &Env) -> Result<Config, ConfigError> {
     let path = cli_path.clone().unwrap_or_else(|| env.config_path.clone());
     Config::load(&path)
@@ -243,7 +262,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let pool = db::connect(env.database_url.expose(), 2).await?;
             db::migrate(&pool).await?;
-            println!(
+            outln!(
                 "hubsync schema is up to date in {}",
                 db::describe(&pool.connect_options())
             );
@@ -259,13 +278,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .without_halting();
             let plan = crate::reconcile::plan(&setup, &config).await?;
-            println!("config {} is valid", config.path.display());
+            outln!("config {} is valid", config.path.display());
             let lines = plan.describe();
             if lines.is_empty() {
-                println!("the portal already has every declared property; nothing to create");
+                outln!("the portal already has every declared property; nothing to create");
             }
             for l in lines {
-                println!("{l}");
+                outln!("{l}");
             }
             Ok(if plan.mismatches.is_empty() {
                 ExitCode::SUCCESS
@@ -355,7 +374,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 status::print_once(&pool, per_10s, status::Format::Json).await?;
             } else {
                 status::print_once(&pool, per_10s, status::Format::Text).await?;
-                println!();
+                outln!();
                 print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
             }
             Ok(ExitCode::SUCCESS)
@@ -379,7 +398,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn purge(pool: &PgPool, older_than: u32) -> anyhow::Result<ExitCode> {
     let days = [("days", Var::Int(i64::from(older_than)))];
     let (_, rows) = db::dlq::run_operator(pool, &db::dlq::PURGE, &days).await?;
-    println!(
+    outln!(
         "{} parked row(s) purged (last failed more than {older_than} days ago)",
         rows.len()
     );
@@ -468,21 +487,21 @@ async fn print_sql(
 ) -> anyhow::Result<usize> {
     let (columns, rows) = db::dlq::run_operator(pool, sql, vars).await?;
     if rows.is_empty() {
-        println!("(no rows)");
+        outln!("(no rows)");
         return Ok(0);
     }
     if vertical {
         let width = columns.iter().map(|c| c.len()).max().unwrap_or(0);
         for (n, row) in rows.iter().enumerate() {
             if n > 0 {
-                println!();
+                outln!();
             }
             for (c, v) in columns.iter().zip(row) {
-                println!("{c:>width$} | {v}");
+                outln!("{c:>width$} | {v}");
             }
         }
     } else {
-        print!("{}", crate::table::render(&columns, &rows));
+        out!("{}", crate::table::render(&columns, &rows));
     }
     Ok(rows.len())
 }

@@ -63,8 +63,8 @@ async fn recreate_database(url: &str) -> anyhow::Result<PgConnectOptions> {
 /// Runs the demo end to end.
 pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Result<()> {
     let contacts = contacts.clamp(1, 10_000);
-    println!("hubsync demo");
-    println!(
+    outln!("hubsync demo");
+    outln!(
         "1. database: recreating \"{DEMO_DB}\" on {}",
         db::redact(env.database_url.expose())
     );
@@ -81,7 +81,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
     let sim = Simulator::start(SimConfig::default())
         .await
         .context("cannot start the HubSpot simulator on a loopback port")?;
-    println!(
+    outln!(
         "2. HubSpot simulator: {} (100 requests per 10 s)",
         sim.base_url()
     );
@@ -91,7 +91,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
     let config_path = dir.join("hubsync.toml");
     std::fs::write(&config_path, include_str!("../hubsync.example.toml"))?;
     let config = Arc::new(Config::load(&config_path)?);
-    println!("3. config: {}", config_path.display());
+    outln!("3. config: {}", config_path.display());
 
     // Sample events, through the producer interface, in a few transactions.
     let mut rng = Lcg(7);
@@ -176,7 +176,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
     };
     enqueue(&mut tx, &event).await?;
     tx.commit().await?;
-    println!(
+    outln!(
         "4. enqueued {events} contact events for {} contacts, 8 company events, and 1 invalid event",
         expected.len()
     );
@@ -188,7 +188,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
         config.hubspot.request_timeout,
     )?;
     let plan = crate::reconcile::ensure(&client.clone().into(), &config).await?;
-    println!(
+    outln!(
         "5. start-up: created {} properties and {} property groups in the portal",
         plan.create.len(),
         plan.create_groups.len()
@@ -196,7 +196,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
     let worker = Worker::new(pool.clone(), config.clone(), client).await?;
     let started = std::time::Instant::now();
     let step = worker.run_until_idle(&CancellationToken::new()).await?;
-    println!(
+    outln!(
         "6. worker drained the outbox in {:.1} s: {} events folded, {} objects written",
         started.elapsed().as_secs_f64(),
         step.ingested - step.refused,
@@ -240,8 +240,8 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
         row.push(if ok { "yes".into() } else { "NO".into() });
         rows.push(row);
     }
-    println!("\nContacts in HubSpot (simulator):");
-    print!("{}", table::render(&columns, &rows));
+    outln!("\nContacts in HubSpot (simulator):");
+    out!("{}", table::render(&columns, &rows));
 
     let mut company_rows = Vec::new();
     let associations = sim.associations();
@@ -261,8 +261,8 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
         ]);
     }
     company_rows.sort();
-    println!("\nCompanies in HubSpot (simulator):");
-    print!(
+    outln!("\nCompanies in HubSpot (simulator):");
+    out!(
         "{}",
         table::render(
             &[
@@ -281,26 +281,26 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
         .collect();
     let inputs: usize = upserts.iter().map(|r| r.inputs).sum();
     let dlq = db::dlq::reasons(&pool).await?;
-    println!(
+    outln!(
         "\nRequests made to HubSpot: {} in all, {} batch upserts carrying {inputs} inputs",
         requests.len(),
         upserts.len()
     );
-    println!(
+    outln!(
         "Events per batch request: {:.1} ({} events enqueued)",
         (events + 8) as f64 / upserts.len().max(1) as f64,
         events + 9
     );
-    println!("Dead-letter rows (hubsync.dlq): {}", dlq.len());
+    outln!("Dead-letter rows (hubsync.dlq): {}", dlq.len());
     for reason in &dlq {
-        println!("  [{}] {}", reason.category, reason.message);
+        outln!("  [{}] {}", reason.category, reason.message);
     }
     sim.shutdown().await;
     pool.close().await;
     if mismatches > 0 {
         anyhow::bail!("{mismatches} contacts in the simulator do not match their events");
     }
-    println!(
+    outln!(
         "\nEvery contact matches its events. Inspect the data with: psql {demo_url} -c 'SELECT * FROM hubsync.objects'"
     );
     Ok(())

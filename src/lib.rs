@@ -10,6 +10,24 @@
 //!
 //! `docs/ARCHITECTURE.md` tells how the parts fit.
 
+/// `print!` for what a command prints on standard output: a reader that went away
+/// (`hubsync status | head -3`) ends the command quietly instead of with a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`out!`].
+macro_rules! outln {
+    () => {
+        out!("\n")
+    };
+    ($($arg:tt)*) => {
+        out!("{}\n", format_args!($($arg)*))
+    };
+}
+
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -193,8 +193,8 @@ pub(crate) async fn print_once(
 ) -> anyhow::Result<()> {
     let snap = Snapshot::read(pool, requests_per_10s).await?;
     match format {
-        Format::Json => println!("{}", Value::Object(snap.fields)),
-        Format::Text => print!("{}", snap.render()),
+        Format::Json => outln!("{}", Value::Object(snap.fields)),
+        Format::Text => out!("{}", snap.render()),
     }
     Ok(())
 }
@@ -223,7 +223,7 @@ pub(crate) async fn watch(
                 largest
             );
         }
-        print!("{screen}");
+        out!("{screen}");
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -466,3 +466,27 @@ async fn readyz_says_a_worker_stands_aside_for_a_newer_config_and_serves_its_own
     assert_eq!(value(&text, "hubsync_ready"), 0.0);
     cancel.cancel();
 }
+
+/// `hubsync status | head -1`, `hubsync dlq list | head -1`: a reader that goes away ends the
+/// command quietly, with no panic and exit code 0. Here the reader is gone before the command
+/// prints anything, so every first write meets a closed pipe.
+#[sqlx::test(migrations = false)]
+async fn a_reader_that_goes_away_ends_a_command_quietly(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let url = database_url(&pool);
+    for args in [&["status"][..], &["status", "--json"], &["dlq", "list"]] {
+        let mut child = crate::harness::command(args, Some(CONFIG), &[("DATABASE_URL", &url)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hubsync starts");
+        drop(child.stdout.take());
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .expect("hubsync ends");
+        let err = crate::harness::stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
