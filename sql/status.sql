@@ -33,7 +33,10 @@ SELECT
   (SELECT daily_budget FROM hubsync.limiter WHERE name = 'hubspot')        AS daily_budget,
   (SELECT CASE WHEN day_ends > now() THEN day_used ELSE 0 END
      FROM hubsync.limiter WHERE name = 'hubspot')                          AS used_today,
-  (SELECT greatest(daily_budget - CASE WHEN day_ends > now() THEN day_used ELSE 0 END, 0)
+  -- NULL without a budget (greatest() would turn the NULL difference into 0).
+  (SELECT CASE WHEN daily_budget IS NOT NULL
+               THEN greatest(daily_budget - CASE WHEN day_ends > now() THEN day_used ELSE 0 END,
+                             0) END
      FROM hubsync.limiter WHERE name = 'hubspot')                          AS budget_left,
   (SELECT day_ends FROM hubsync.limiter WHERE name = 'hubspot')            AS day_resets_at,
   (SELECT coalesce(learned_max::text || ' per ' || learned_interval_ms || ' ms', 'not seen yet')

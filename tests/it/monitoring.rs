@@ -356,6 +356,11 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
     .execute(&pool)
     .await
     .unwrap();
+    // The shared limiter as a worker leaves it (no hubspot.daily_budget).
+    sqlx::query("INSERT INTO hubsync.limiter (name) VALUES ('hubspot')")
+        .execute(&pool)
+        .await
+        .unwrap();
     let url = database_url(&pool);
     let out = crate::harness::hubsync_beside(
         &["status", "--json"],
@@ -381,6 +386,9 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
     assert!(v["generation_in_use"].is_null());
     assert!(v.get("workers_by_generation").is_some());
     assert_eq!(v["dlq_by_category"], json!({}));
+    // No hubspot.daily_budget: nothing is left to count, rather than nothing left.
+    assert!(v["daily_budget"].is_null(), "{v}");
+    assert!(v["budget_left"].is_null(), "{v}");
 
     // The text form says the same in words.
     let out = crate::harness::hubsync_beside(
