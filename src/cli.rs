@@ -361,10 +361,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = db::connect(env.database_url.expose(), 2).await?;
             require_schema(&pool).await?;
             // The rate limit bounds the ETA; when hubsync.toml does not set it, HubSpot's
-            // lowest tier is assumed (and the output says so).
-            let per_10s = load_config(&cli.config, &env)
-                .ok()
-                .and_then(|c| c.hubspot.requests_per_10s);
+            // lowest tier is assumed (and the output says so). status reports even when the
+            // file is absent (run from another directory) or wrong (what it is for at 3 a.m.),
+            // and says what is wrong with it.
+            let per_10s = match load_config(&cli.config, &env) {
+                Ok(config) => config.hubspot.requests_per_10s,
+                Err(ConfigError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    None
+                }
+                Err(e) => {
+                    crate::telemetry::say(
+                        tracing::Level::WARN,
+                        &format!(
+                            "{e}; status reports all the same, with the rate limit assumed; `hubsync check` tells every mistake in the file"
+                        ),
+                    );
+                    None
+                }
+            };
             use crate::telemetry::status;
             if watch {
                 let cancel = CancellationToken::new();

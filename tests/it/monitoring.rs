@@ -498,3 +498,25 @@ async fn a_reader_that_goes_away_ends_a_command_quietly(pool: PgPool) {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+/// `status` answers with a wrong hubsync.toml too (it reads the file only for the rate limit),
+/// and says what is wrong with it.
+#[sqlx::test(migrations = false)]
+async fn status_reports_with_a_wrong_config_and_names_the_mistake(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let url = database_url(&pool);
+    let out = crate::harness::hubsync_beside(
+        &["status", "--json"],
+        Some("[hubspot]\nrequests_per_10s = \"many\"\n"),
+        &[("DATABASE_URL", url.as_str())],
+    )
+    .await;
+    let err = crate::harness::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(v["outbox_backlog"], 0);
+    assert!(
+        err.contains("hubsync.toml") && err.contains("requests_per_10s"),
+        "{err}"
+    );
+}
