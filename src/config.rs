@@ -163,6 +163,16 @@ pub struct MetricsSettings {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a name the system resolves (`localhost:9464`);
+/// `None` when it is neither.
+fn listen_address(text: &str) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let text = text.trim();
+    text.parse()
+        .ok()
+        .or_else(|| text.to_socket_addrs().ok()?.next())
+}
+
 impl MetricsSettings {
     /// The address to serve on: `HUBSYNC_METRICS_LISTEN` when set (an empty value turns the
     /// listener off), else `listen` from the file.
@@ -173,7 +183,7 @@ impl MetricsSettings {
         match &env.metrics_listen {
             None => Ok(self.listen),
             Some(v) if v.trim().is_empty() => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::BadEnv {
+            Some(v) => listen_address(v).map(Some).ok_or_else(|| ConfigError::BadEnv {
                 name: "HUBSYNC_METRICS_LISTEN",
                 message: format!(
                     "{v:?} is not an address; use HOST:PORT such as 127.0.0.1:9464 or 0.0.0.0:9464, or leave it empty for no listener"
@@ -472,7 +482,7 @@ impl Config {
         };
         let listen = match &raw.metrics.listen {
             None => None,
-            Some(l) => Some(l.get_ref().trim().parse().map_err(|_| {
+            Some(l) => Some(listen_address(l.get_ref()).ok_or_else(|| {
                 src.invalid(
                     src.at(l),
                     format!(
@@ -889,6 +899,12 @@ mod tests {
             file.metrics.effective_listen(&env(Some(" "))).unwrap(),
             None
         );
+        let named = parse(&format!(
+            "{EXAMPLE}\n[metrics]\nlisten = \"localhost:9464\"\n"
+        ))
+        .unwrap();
+        let named = named.metrics.listen.expect("a host name resolves");
+        assert!(named.ip().is_loopback() && named.port() == 9464, "{named}");
         let bad_env = file
             .metrics
             .effective_listen(&env(Some("localhost")))
