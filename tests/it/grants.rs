@@ -477,3 +477,90 @@ async fn a_producers_search_path_cannot_reach_into_the_producer_functions(pool: 
     drop(waiting);
     drop(roles);
 }
+
+/// A second copy of an `event_id` sent while the first one's transaction is still open, as the
+/// producer role: `enqueue` waits and answers `false`; `INSERT ... ON CONFLICT DO NOTHING` waits
+/// and inserts nothing; a bare `INSERT` waits and fails with `unique_violation`. One row either
+/// way.
+#[sqlx::test(migrations = false)]
+async fn a_copy_sent_while_the_first_is_uncommitted_waits_for_it(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let roles = Roles::create(&pool).await;
+    grant_all(&pool, &roles);
+    let producer = pool_as(&pool, &roles.producer).await;
+    const ON_CONFLICT: &str = "INSERT INTO hubsync.outbox (event_id, object_type, object_key)
+         VALUES ($1, 'contact', 'c@acme.com') ON CONFLICT DO NOTHING";
+    const BARE: &str = "INSERT INTO hubsync.outbox (event_id, object_type, object_key)
+         VALUES ($1, 'contact', 'c@acme.com')";
+    for (first_by_enqueue, second) in [
+        (true, "enqueue"),
+        (false, "enqueue"),
+        (true, ON_CONFLICT),
+        (false, ON_CONFLICT),
+        (true, BARE),
+        (false, BARE),
+    ] {
+        let id = Uuid::new_v4();
+        let mut first = producer.begin().await.unwrap();
+        if first_by_enqueue {
+            let queued: bool =
+                sqlx::query_scalar("SELECT hubsync.enqueue($1, 'contact', 'c@acme.com', '{}')")
+                    .bind(id)
+                    .fetch_one(&mut *first)
+                    .await
+                    .unwrap();
+            assert!(queued);
+        } else {
+            sqlx::query(BARE)
+                .bind(id)
+                .execute(&mut *first)
+                .await
+                .unwrap();
+        }
+        let copy = tokio::spawn({
+            let producer = producer.clone();
+            async move {
+                if second == "enqueue" {
+                    sqlx::query_scalar::<_, bool>(
+                        "SELECT hubsync.enqueue($1, 'contact', 'c@acme.com', '{}')",
+                    )
+                    .bind(id)
+                    .fetch_one(&producer)
+                    .await
+                    .map(u64::from)
+                } else {
+                    sqlx::query(second)
+                        .bind(id)
+                        .execute(&producer)
+                        .await
+                        .map(|r| r.rows_affected())
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !copy.is_finished(),
+            "the copy waits for the first transaction"
+        );
+        first.commit().await.unwrap();
+        let answer = copy.await.unwrap();
+        let case = format!("first by enqueue: {first_by_enqueue}, then {second}");
+        if second == BARE {
+            let e = answer.expect_err(&case);
+            let db = e.as_database_error().expect("a database error");
+            assert_eq!(db.code().as_deref(), Some("23505"), "{case}: {e}");
+            assert_eq!(db.constraint(), Some("outbox_event_id"), "{case}: {e}");
+        } else {
+            assert_eq!(answer.expect(&case), 0, "{case}: nothing queued twice");
+        }
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM hubsync.outbox WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 1, "{case}");
+    }
+    producer.close().await;
+    drop(roles);
+}
