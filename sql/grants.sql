@@ -34,10 +34,10 @@ END $$;
 \if :{?producer}
 GRANT USAGE ON SCHEMA hubsync TO :"producer";
 GRANT EXECUTE ON FUNCTION hubsync.enqueue(uuid, text, text, jsonb, timestamptz, text) TO :"producer";
--- The columns a producer writes; id and enqueued_at are always their defaults.
+-- The columns a producer writes; id (an identity column: no right on a sequence needed) and
+-- enqueued_at are always their defaults.
 GRANT INSERT (event_id, object_type, object_key, properties, occurred_at, company_key)
     ON hubsync.outbox TO :"producer";
-GRANT USAGE ON SEQUENCE hubsync.outbox_id_seq TO :"producer";
 \endif
 
 \if :{?worker}

@@ -173,6 +173,7 @@ async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
          VALUES ('event', 'contact', 'x', '{}', 'x', 'x')",
         "INSERT INTO hubsync.ledger (event_id) VALUES (gen_random_uuid())",
         "SELECT hubsync.outbox_skip_known()",
+        "SELECT nextval(pg_get_serial_sequence('hubsync.outbox', 'id'))",
         "CREATE TABLE hubsync.mine (id int)",
     ] {
         refused(&producer, sql).await;

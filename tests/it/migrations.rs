@@ -341,3 +341,49 @@ async fn a_changed_or_unknown_migration_in_the_history_is_refused(pool: PgPool) 
     let err = format!("{:#}", hubsync::db::migrate(&pool).await.unwrap_err());
     assert!(err.contains("a newer hubsync migrated it"), "{err}");
 }
+
+/// Upgrading an outbox whose ids came from a serial's sequence: ids go on from where the
+/// sequence stood (rows already numbered, ids drawn and not used), from an identity column.
+#[sqlx::test(migrations = false)]
+async fn the_outbox_ids_go_on_from_the_old_sequence_after_the_upgrade(pool: PgPool) {
+    previous_layout(&pool).await;
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key)
+         SELECT gen_random_uuid(), 'contact', 'u' || i || '@acme.com' FROM generate_series(1, 3) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Ids drawn by transactions that rolled back leave gaps; the next id is after them.
+    sqlx::query("SELECT setval('hubsync.outbox_id_seq', 40)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = on(&pool, &["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let identity: String = sqlx::query_scalar(
+        "SELECT is_identity FROM information_schema.columns
+         WHERE table_schema = 'hubsync' AND table_name = 'outbox' AND column_name = 'id'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(identity, "YES");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key)
+         VALUES (gen_random_uuid(), 'contact', 'v@acme.com') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(id, 41);
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hubsync.outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids,
+        [1, 2, 3, 41],
+        "the rows before the upgrade keep their ids"
+    );
+}
