@@ -76,7 +76,7 @@ fn property_body(def: &PropertyDef, group: &str) -> Value {
     });
     match &def.ptype {
         PropertyType::Enumeration { options, .. } => {
-            body["options"] = Value::Array(new_options(options, 0));
+            body["options"] = Value::Array(new_options(options, 0, &[]));
         }
         // As HubSpot's own UI creates a checkbox property.
         PropertyType::Bool => {
@@ -90,12 +90,21 @@ fn property_body(def: &PropertyDef, group: &str) -> Value {
     body
 }
 
-/// Options hubsync adds: label = value, ordered after `first`.
-fn new_options(values: &[String], first: usize) -> Vec<Value> {
+/// Options hubsync adds, ordered after `first`: label = value, unless an option already has
+/// that label (HubSpot refuses a label twice), then `value (2)`, `value (3)`, ...
+fn new_options(values: &[String], first: usize, taken: &[&str]) -> Vec<Value> {
+    let mut labels: Vec<String> = taken.iter().map(|l| l.to_string()).collect();
     values
         .iter()
         .enumerate()
-        .map(|(i, o)| json!({"label": o, "value": o, "displayOrder": first + i, "hidden": false}))
+        .map(|(i, o)| {
+            let label = std::iter::once(o.clone())
+                .chain((2..).map(|n| format!("{o} ({n})")))
+                .find(|l| !labels.contains(l))
+                .unwrap_or_else(|| o.clone());
+            labels.push(label.clone());
+            json!({"label": label, "value": o, "displayOrder": first + i, "hidden": false})
+        })
         .collect()
 }
 
@@ -125,8 +134,13 @@ pub(crate) fn options_to_send(p: &Value, declared: &[String]) -> Option<Vec<Valu
         .filter_map(|o| o.get("displayOrder").and_then(Value::as_i64))
         .max()
         .map_or(0, |m| usize::try_from(m.saturating_add(1)).unwrap_or(0));
+    let labels: Vec<&str> = existing
+        .iter()
+        .filter_map(|o| o.get("label").and_then(Value::as_str))
+        .collect();
+    let added = new_options(&missing, after.max(existing.len()), &labels);
     let mut all = existing;
-    all.extend(new_options(&missing, after.max(all.len())));
+    all.extend(added);
     Some(all)
 }
 

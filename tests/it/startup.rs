@@ -292,3 +292,39 @@ async fn a_check_with_a_refused_token_pauses_no_worker(pool: PgPool) {
     .unwrap();
     assert_eq!(paused, 0, "no pause for the workers: {err}");
 }
+
+/// HubSpot wants each option's label once, as its value: an option hubsync adds takes its
+/// value as label unless another option already has that label.
+#[sqlx::test(migrations = false)]
+async fn an_added_option_gets_a_label_no_other_option_has(pool: PgPool) {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    sim.define_property(
+        "contacts",
+        json!({"name": "current_plan", "label": "Plan", "type": "enumeration", "fieldType": "select",
+               "groupName": "contactinformation",
+               "options": [{"label": "free", "value": "free_tier", "displayOrder": 0, "hidden": false},
+                           {"label": "pro", "value": "pro", "displayOrder": 1, "hidden": false}]}),
+    );
+    let config = crate::harness::parse_config(CONFIG);
+    let client = crate::harness::client_for(&sim, &config);
+    hubsync::reconcile::ensure(&client.clone().into(), &config)
+        .await
+        .unwrap();
+    let plan = sim.property("contacts", "current_plan").unwrap();
+    let options: Vec<(&str, &str)> = plan["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["value"].as_str().unwrap(), o["label"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        options,
+        vec![
+            ("free_tier", "free"),
+            ("pro", "pro"),
+            ("free", "free (2)"),
+            ("enterprise", "enterprise")
+        ]
+    );
+    drop(pool);
+}

@@ -613,17 +613,28 @@ impl Schema {
                 json!({"options": []}),
             ));
         }
-        let mut seen = Vec::with_capacity(options.len());
+        // Each option's value and each option's label appear once.
+        let mut values = Vec::with_capacity(options.len());
+        let mut labels = Vec::with_capacity(options.len());
         for option in options {
             let value = option.get("value").and_then(Value::as_str);
             let label = option.get("label").and_then(Value::as_str);
             match (value, label) {
-                (Some(value), Some(_)) if !seen.contains(&value) => seen.push(value),
-                (Some(value), Some(_)) => {
+                (Some(value), Some(_)) if values.contains(&value) => {
                     return Err(Reply::validation(
                         &format!("Property '{name}' has the option value '{value}' twice"),
                         json!({"options": [value]}),
                     ));
+                }
+                (Some(_), Some(label)) if labels.contains(&label) => {
+                    return Err(Reply::validation(
+                        &format!("Property '{name}' has the option label '{label}' twice"),
+                        json!({"options": [label]}),
+                    ));
+                }
+                (Some(value), Some(label)) => {
+                    values.push(value);
+                    labels.push(label);
                 }
                 _ => {
                     return Err(Reply::validation(
