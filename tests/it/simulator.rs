@@ -741,6 +741,10 @@ async fn associations_are_stored_once_and_unknown_ids_are_reported() {
         .unwrap()
         .to_owned();
 
+    // Each object type has its own id sequence, as in HubSpot: the first contact and the first
+    // company share an id.
+    assert_eq!(contact_id, company_id);
+
     let pair = json!({"inputs": [{"from": {"id": contact_id}, "to": {"id": company_id}}]});
     for _ in 0..2 {
         let answer = api.post(ASSOCIATE, &pair).await;
@@ -762,7 +766,7 @@ async fn associations_are_stored_once_and_unknown_ids_are_reported() {
 
     let unknown = json!({"inputs": [
         {"from": {"id": contact_id}, "to": {"id": "999999"}},
-        {"from": {"id": company_id}, "to": {"id": company_id}},
+        {"from": {"id": "999998"}, "to": {"id": company_id}},
     ]});
     let answer = api
         .post(

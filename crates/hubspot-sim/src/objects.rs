@@ -66,7 +66,7 @@ pub(crate) fn batch_upsert(
         let existing = state
             .store(object)
             .find(input.id_property, &input.key)
-            .unwrap_or(state.next_id);
+            .unwrap_or_else(|| state.store(object).next_id());
         let what = match object {
             ObjectType::Contacts => "Contact",
             ObjectType::Companies => "Company",
@@ -323,8 +323,7 @@ fn apply(state: &mut State, object: ObjectType, prepared: Prepared, echo_trace_i
     let (id, new) = match existing {
         Some(id) => (id, false),
         None => {
-            let id = state.next_id;
-            state.next_id += 1;
+            let id = state.store_mut(object).allocate_id();
             let mut record = StoredRecord {
                 properties: Default::default(),
                 created_at: now.clone(),

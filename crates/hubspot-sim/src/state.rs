@@ -28,6 +28,9 @@ fn portal_today(config: &SimConfig) -> NaiveDate {
     (Utc::now() + chrono::Duration::minutes(i64::from(config.offset_minutes_now()))).date_naive()
 }
 
+/// The first record id of each object type: both types start here, so their ids collide.
+const FIRST_ID: u64 = 1001;
+
 /// One stored record.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredRecord {
@@ -51,6 +54,9 @@ pub(crate) struct ObjectStore {
     indexes: HashMap<String, HashMap<String, u64>>,
     /// Contacts' secondary emails (normalised) → record id: an upsert by email matches them too.
     secondary_emails: HashMap<String, u64>,
+    /// The id the next new record gets. Each object type counts on its own, as in HubSpot, so
+    /// a contact and a company can have the same id (`docs/hubspot-behaviour.md` §6).
+    next_id: u64,
 }
 
 impl ObjectStore {
@@ -60,6 +66,7 @@ impl ObjectStore {
             records: BTreeMap::new(),
             indexes: HashMap::new(),
             secondary_emails: HashMap::new(),
+            next_id: FIRST_ID,
         };
         store.refresh_indexes();
         store
@@ -77,6 +84,18 @@ impl ObjectStore {
         } else {
             value.to_owned()
         }
+    }
+
+    /// The id the next new record will get.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Takes the next id for a new record.
+    pub(crate) fn allocate_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     /// Whether `name` has an index, i.e. holds values unique across records.
@@ -225,8 +244,6 @@ pub(crate) struct State {
     pub contacts: ObjectStore,
     /// Companies.
     pub companies: ObjectStore,
-    /// Next record id, shared by both types so a contact id is never a valid company id.
-    pub next_id: u64,
     /// Shuffles batch results.
     pub rng: SmallRng,
     associations: Vec<(u64, u64)>,
@@ -255,7 +272,6 @@ impl State {
             random_faults: None,
             contacts: ObjectStore::new(ObjectType::Contacts, &now),
             companies: ObjectStore::new(ObjectType::Companies, &now),
-            next_id: 1001,
             rng: rand::make_rng(),
             associations: Vec::new(),
             association_set: HashSet::new(),
