@@ -468,10 +468,214 @@ impl BatchError {
     }
 }
 
+/// The association type HubSpot's default contact → company association has, read from
+/// contact to company; its reverse, read from company to contact, has the next one
+/// (`docs/hubspot-behaviour.md` §6).
+const CONTACT_TO_COMPANY: i64 = 279;
+const COMPANY_TO_CONTACT: i64 = 280;
+
+/// The end of a contact → company pair an id named in an error stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Contact,
+    Company,
+    /// The error does not say: contact and company ids overlap, so it may be either.
+    Unknown,
+}
+
+/// The end an object type name in an error's context stands for.
+fn end_of_type(name: Option<&str>) -> End {
+    match name.map(str::to_ascii_lowercase).as_deref() {
+        Some("contact" | "contacts" | "0-1") => End::Contact,
+        Some("company" | "companies" | "0-2") => End::Company,
+        _ => End::Unknown,
+    }
+}
+
+/// The ids an association error's `context` names, each with the end it stands for when the
+/// context says: `fromObjectId` / `toObjectId`, `objectId` beside `objectType`, and
+/// `INVALID_OBJECT_IDS` entries such as `CONTACT=5 is not valid`. Ids under any other key
+/// could be either end.
+fn named_ids(error: &Value) -> Vec<(End, String)> {
+    let Some(Value::Object(context)) = error.get("context") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in context {
+        let ids = strings(Some(value));
+        match key.as_str() {
+            "fromObjectId" => out.extend(ids.into_iter().map(|id| (End::Contact, id))),
+            "toObjectId" => out.extend(ids.into_iter().map(|id| (End::Company, id))),
+            "objectType" => {}
+            "objectId" => {
+                let types = strings(context.get("objectType"));
+                for (n, id) in ids.into_iter().enumerate() {
+                    // One type for every id, or one type per id; anything else says nothing.
+                    let name = match types.as_slice() {
+                        [one] => Some(one.as_str()),
+                        many if many.len() > 1 => many.get(n).map(String::as_str),
+                        _ => None,
+                    };
+                    out.push((end_of_type(name), id));
+                }
+            }
+            "INVALID_OBJECT_IDS" => {
+                for entry in ids {
+                    let placed = entry.split_once('=').and_then(|(kind, rest)| {
+                        let id = rest.split_whitespace().next()?;
+                        Some((end_of_type(Some(kind.trim())), id.to_string()))
+                    });
+                    out.push(placed.unwrap_or((End::Unknown, entry)));
+                }
+            }
+            _ => out.extend(ids.into_iter().map(|id| (End::Unknown, id))),
+        }
+    }
+    out
+}
+
+/// How surely an error is about a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// Its context places the pair: by the ends of its ids, or by an id no other pair holds.
+    Sure,
+    /// It names an id that more than one pair holds without saying at which end, or it names
+    /// none of the batch's ids at all: the pair may or may not be the one refused.
+    Maybe,
+}
+
+/// The pairs (contact id, company id) an association error is about, and how surely.
+fn blame(error: &Value, pairs: &[(String, String)]) -> Vec<(usize, Blame)> {
+    let named = named_ids(error);
+    let at = |end: End| -> Vec<&str> {
+        named
+            .iter()
+            .filter(|(e, _)| *e == end)
+            .map(|(_, id)| id.as_str())
+            .collect()
+    };
+    let (contacts, companies) = (at(End::Contact), at(End::Company));
+    if !contacts.is_empty() || !companies.is_empty() {
+        return pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, (contact, company))| {
+                (contacts.is_empty() || contacts.contains(&contact.as_str()))
+                    && (companies.is_empty() || companies.contains(&company.as_str()))
+            })
+            .map(|(i, _)| (i, Blame::Sure))
+            .collect();
+    }
+    let mut out: Vec<(usize, Blame)> = Vec::new();
+    for id in at(End::Unknown) {
+        let holders: Vec<usize> = (0..pairs.len())
+            .filter(|i| pairs[*i].0 == id || pairs[*i].1 == id)
+            .collect();
+        let blame = if holders.len() == 1 {
+            Blame::Sure
+        } else {
+            Blame::Maybe
+        };
+        for i in holders {
+            match out.iter_mut().find(|(j, _)| *j == i) {
+                Some(seen) if blame == Blame::Sure => seen.1 = Blame::Sure,
+                Some(_) => {}
+                None => out.push((i, blame)),
+            }
+        }
+    }
+    out
+}
+
+/// The `errors` of a batch reply.
+fn batch_errors(body: &Value) -> &[Value] {
+    match body.get("errors") {
+        Some(Value::Array(errors)) => errors,
+        _ => &[],
+    }
+}
+
+/// For each pair, the first error that is surely about it, else the first that may be.
+fn pair_errors<'a>(
+    errors: &'a [Value],
+    pairs: &[(String, String)],
+) -> Vec<Option<(&'a Value, Blame)>> {
+    let mut out: Vec<Option<(&Value, Blame)>> = vec![None; pairs.len()];
+    for error in errors {
+        for (i, blame) in blame(error, pairs) {
+            match out[i] {
+                None => out[i] = Some((error, blame)),
+                Some((_, Blame::Maybe)) if blame == Blame::Sure => out[i] = Some((error, blame)),
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// The id of an association end (`{"id": …}`), as text.
+fn end_id(end: Option<&Value>) -> Option<String> {
+    match end.and_then(|end| end.get("id")) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The HubSpot-defined association type of one result, when it has one.
+fn association_type(result: &Value) -> Option<i64> {
+    let spec = result.get("associationSpec")?;
+    match str_field(spec, "associationCategory") {
+        None | Some("HUBSPOT_DEFINED") => {}
+        Some(_) => return None,
+    }
+    match spec.get("associationTypeId")? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The pairs (contact id, company id) a batch-associate reply shows made. A result's direction
+/// comes from its association type (279 contact → company, 280 company → contact). A result
+/// without either type counts only when its two ids can be read one way alone: contact and
+/// company ids overlap, so (5, 7) and (7, 5) may both be in the batch.
+fn made_pairs(body: &Value, pairs: &[(String, String)]) -> Vec<(String, String)> {
+    let mut made: Vec<(String, String)> = Vec::new();
+    let Some(Value::Array(results)) = body.get("results") else {
+        return made;
+    };
+    for result in results {
+        let (Some(from), Some(to)) = (end_id(result.get("from")), end_id(result.get("to"))) else {
+            continue;
+        };
+        let pair = match association_type(result) {
+            Some(CONTACT_TO_COMPANY) => (from, to),
+            Some(COMPANY_TO_CONTACT) => (to, from),
+            _ => {
+                let forward = pairs.iter().any(|(c, k)| *c == from && *k == to);
+                let backward = pairs.iter().any(|(c, k)| *c == to && *k == from);
+                match (forward, backward) {
+                    (true, false) => (from, to),
+                    (false, true) => (to, from),
+                    // The same pair both ways round: a contact and a company with one id.
+                    (true, true) if from == to => (from, to),
+                    _ => continue,
+                }
+            }
+        };
+        if !made.contains(&pair) {
+            made.push(pair);
+        }
+    }
+    made
+}
+
 /// Classifies a batch-association reply for `pairs` (contact id, company id). A 2xx lists each
-/// pair as written when a result joins the two ids, as failed (`association_refused`) when an
-/// error's context names either id, and as failed (`not_written`) when the reply says nothing
-/// of it. Anything else is classified as for upserts: 429 pauses, 401/403 halt, the rest retry.
+/// pair as written when a result shows it made (`made_pairs`), as failed
+/// (`association_refused`) when an error is surely about it, and as failed (`not_written`)
+/// otherwise, an error that may be about it kept. Anything else is classified as for upserts:
+/// 429 pauses, 401/403 halt, the rest retry.
 pub(crate) fn classify_associations<Tz: TimeZone>(
     pairs: &[(String, String)],
     reply: Result<&Reply, &Transport>,
@@ -484,55 +688,42 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
         return classify(&[], "", reply, now);
     }
     let body = parse_body(&r.body);
-    let id = |v: Option<&Value>| match v.and_then(|end| end.get("id")) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    let made: Vec<(String, String)> = match body.get("results") {
-        Some(Value::Array(results)) => results
-            .iter()
-            .filter_map(|r| Some((id(r.get("from"))?, id(r.get("to"))?)))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let errors: Vec<(&Value, Vec<String>)> = match body.get("errors") {
-        Some(Value::Array(errors)) => errors
-            .iter()
-            .map(|e| {
-                let named = match e.get("context") {
-                    Some(Value::Object(context)) => {
-                        context.values().flat_map(|v| strings(Some(v))).collect()
-                    }
-                    _ => Vec::new(),
-                };
-                (e, named)
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let made = made_pairs(&body, pairs);
+    let errors = pair_errors(batch_errors(&body), pairs);
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for (i, (contact, company)) in pairs.iter().enumerate() {
-        let joined = made
-            .iter()
-            .any(|(a, b)| (a == contact && b == company) || (a == company && b == contact));
-        if joined {
+        if made.iter().any(|(c, k)| c == contact && k == company) {
             written.push(WrittenInput { input: i, id: None });
             continue;
         }
-        let refusal = errors
-            .iter()
-            .find(|(_, named)| named.iter().any(|n| n == contact || n == company));
-        let error = match refusal {
-            Some((e, _)) => RecordError {
+        let said = |e: &Value| {
+            str_field(e, "message")
+                .unwrap_or("(no message)")
+                .to_string()
+        };
+        let error = match errors[i] {
+            Some((e, Blame::Sure)) => RecordError {
                 category: Category::AssociationRefused,
                 code: str_field(e, "category").map(String::from),
                 message: format!(
                     "HubSpot refused to associate contact {contact} with company {company}: {}",
-                    str_field(e, "message").unwrap_or("(no message)")
+                    said(e)
                 ),
-                raw: (*e).clone(),
+                raw: e.clone(),
+                permanent: false,
+                properties: Vec::new(),
+            },
+            Some((e, Blame::Maybe)) => RecordError {
+                category: Category::NotWritten,
+                code: str_field(e, "category").map(String::from),
+                message: format!(
+                    "HubSpot did not associate contact {contact} with company {company}, and \
+                     refused a pair of the batch naming an id this pair shares with another \
+                     ({}); the association is tried again",
+                    said(e)
+                ),
+                raw: e.clone(),
                 permanent: false,
                 properties: Vec::new(),
             },
@@ -979,5 +1170,119 @@ mod tests {
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].input, 2);
         assert_eq!(failed[0].error.category, Category::NotWritten);
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(c, k)| (c.to_string(), k.to_string()))
+            .collect()
+    }
+
+    fn association(from: &str, to: &str, type_id: i64) -> Value {
+        json!({"from": {"id": from}, "to": {"id": to}, "associationSpec":
+            {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}})
+    }
+
+    fn associated(pairs: &[(String, String)], body: Value) -> (Vec<usize>, Vec<FailedInput>) {
+        let out = classify_associations(pairs, Ok(&reply(200, body)), Utc::now());
+        let Outcome::Completed { written, failed } = out else {
+            panic!("not completed: {out:?}")
+        };
+        (written.iter().map(|w| w.input).collect(), failed)
+    }
+
+    #[test]
+    fn colliding_ids_are_matched_by_the_direction_of_each_result() {
+        // Contact 5 with company 7, and contact 7 with company 5: only the second is made, and
+        // its two results join 5 and 7 both ways round.
+        let sent = pairs(&[("5", "7"), ("7", "5")]);
+        let refused = json!({"status": "error", "category": "OBJECT_NOT_FOUND",
+            "message": "No contact with id 5 exists", "context": {"fromObjectId": ["5"]}});
+        let body = json!({"status": "COMPLETE",
+            "results": [association("7", "5", 279), association("5", "7", 280)],
+            "errors": [refused], "numErrors": 1});
+        let (written, failed) = associated(&sent, body);
+        assert_eq!(written, vec![1]);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].input, 0);
+        assert_eq!(failed[0].error.category, Category::AssociationRefused);
+        assert_eq!(failed[0].error.raw["context"]["fromObjectId"][0], "5");
+
+        // The type id may come as text; a company → contact result alone is enough.
+        let body = json!({"results": [{"from": {"id": "7"}, "to": {"id": "5"},
+            "associationSpec": {"associationTypeId": "280"}}]});
+        assert_eq!(associated(&sent, body).0, vec![0]);
+    }
+
+    #[test]
+    fn an_error_is_pinned_on_the_end_its_context_names() {
+        // Company 7 and contact 7 are different records; each error says which end it means.
+        let sent = pairs(&[("5", "7"), ("7", "9")]);
+        let body = json!({"status": "COMPLETE", "results": [], "errors": [
+            {"category": "OBJECT_NOT_FOUND", "message": "No company with id 7 exists",
+             "context": {"toObjectId": ["7"]}},
+            {"category": "OBJECT_NOT_FOUND", "message": "No contact with id 7 exists",
+             "context": {"fromObjectId": ["7"]}}
+        ]});
+        let (written, failed) = associated(&sent, body);
+        assert!(written.is_empty());
+        let message = |i: usize| failed[i].error.message.clone();
+        assert!(
+            message(0).contains("No company with id 7"),
+            "{}",
+            message(0)
+        );
+        assert!(
+            message(1).contains("No contact with id 7"),
+            "{}",
+            message(1)
+        );
+        assert!(
+            failed
+                .iter()
+                .all(|f| f.error.category == Category::AssociationRefused)
+        );
+
+        // objectId beside objectType places the id as well.
+        let body = json!({"results": [association("5", "7", 279)], "errors": [
+            {"message": "One or more associations are invalid", "category": "VALIDATION_ERROR",
+             "context": {"objectId": ["7"], "objectType": ["CONTACT"]}}]});
+        let (written, failed) = associated(&sent, body);
+        assert_eq!(written, vec![0]);
+        assert_eq!(failed[0].error.category, Category::AssociationRefused);
+    }
+
+    #[test]
+    fn an_unplaced_id_or_an_untyped_result_counts_only_when_one_pair_can_hold_it() {
+        let sent = pairs(&[("5", "7"), ("7", "9")]);
+        // 7 is pair 0's company and pair 1's contact: neither is blamed for sure, neither made.
+        let body = json!({"results": [], "errors": [
+            {"category": "OBJECT_NOT_FOUND", "message": "gone", "context": {"ids": ["7"]}}]});
+        let (written, failed) = associated(&sent, body);
+        assert!(written.is_empty());
+        assert!(
+            failed
+                .iter()
+                .all(|f| f.error.category == Category::NotWritten
+                    && f.error.raw["message"] == "gone")
+        );
+        // 9 belongs to pair 1 alone.
+        let body = json!({"results": [], "errors": [
+            {"category": "OBJECT_NOT_FOUND", "message": "gone", "context": {"ids": ["9"]}}]});
+        let (_, failed) = associated(&sent, body);
+        assert_eq!(failed[1].error.category, Category::AssociationRefused);
+        assert_eq!(failed[0].error.category, Category::NotWritten);
+        assert!(failed[0].error.raw.is_null());
+
+        // A result without a type joins 5 and 7: one pair can be read from it...
+        let untyped = json!({"results": [{"from": {"id": "7"}, "to": {"id": "5"}}]});
+        assert_eq!(
+            associated(&pairs(&[("5", "7")]), untyped.clone()).0,
+            vec![0]
+        );
+        // ...but not when the batch holds both (5, 7) and (7, 5).
+        let (written, failed) = associated(&pairs(&[("5", "7"), ("7", "5")]), untyped);
+        assert!(written.is_empty());
+        assert_eq!(failed.len(), 2);
     }
 }

@@ -144,3 +144,46 @@ async fn a_re_created_contact_is_associated_again(pool: PgPool) {
     assert_ne!(new, old);
     assert_eq!(h.sim.associations(), vec![(new, company_id(&h, "acct_1"))]);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_pair_is_not_taken_as_made_by_the_reverse_pair_when_ids_collide(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    // One record at a time, so the ids cross: contact a and company acct_1 share an id, and so
+    // do contact b and company acct_2. a belongs with acct_2 and b with acct_1.
+    company(&h, "acct_1").await;
+    sync_only(&h).await;
+    company(&h, "acct_2").await;
+    sync_only(&h).await;
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    sync_only(&h).await;
+    contact_at(&h, "b@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    let (a, b) = (h.contact("a@acme.com").id, h.contact("b@acme.com").id);
+    let (acct_1, acct_2) = (company_id(&h, "acct_1"), company_id(&h, "acct_2"));
+    assert_eq!((&a, &b), (&acct_1, &acct_2), "the ids cross");
+
+    // a is deleted in HubSpot: its pair is refused, while b's is made, and b's reply joins the
+    // same two numbers the other way round (b→acct_1 is a→acct_2 read backwards).
+    assert!(h.sim.delete_record("contacts", &a));
+    h.drain().await;
+
+    assert_eq!(h.sim.associations(), vec![(b, acct_1)]);
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT object_key, error_category, error::text FROM hubsync.dlq
+         WHERE kind = 'object' AND object_type = 'association'",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("a@acme.com", "association_refused")
+    );
+    assert!(
+        rows[0].2.contains(&a),
+        "HubSpot's error is kept: {}",
+        rows[0].2
+    );
+}
