@@ -786,15 +786,52 @@ async fn associations_are_stored_once_and_unknown_ids_are_reported() {
     );
     assert_eq!(api.sim.associations().len(), 1);
 
+    // Removal: v4 answers 204 with no body, the dated edition 200 with a batch response.
     let archive = json!({"inputs": [{"from": {"id": contact_id}, "to": [{"id": company_id}]}]});
-    for path in [
-        "/crm/v4/associations/contacts/companies/batch/archive",
-        "/crm/associations/2026-03/contacts/companies/batch/archive",
-    ] {
-        let answer = api.post(path, &archive).await;
-        assert_eq!(answer.status, 204, "{}", answer.body);
-        assert!(api.sim.associations().is_empty());
-    }
+    let answer = api
+        .post(
+            "/crm/v4/associations/contacts/companies/batch/archive",
+            &archive,
+        )
+        .await;
+    assert_eq!(answer.status, 204, "{}", answer.body);
+    assert_eq!(answer.body, json!(""));
+    assert!(api.sim.associations().is_empty());
+    api.post(ASSOCIATE, &pair).await;
+    let dated = "/crm/associations/2026-03/contacts/companies/batch/archive";
+    let answer = api.post(dated, &archive).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["status"], "COMPLETE");
+    assert!(answer.body["results"].is_array());
+    assert!(answer.body["startedAt"].is_string() && answer.body["completedAt"].is_string());
+    assert!(answer.body.get("errors").is_none(), "{}", answer.body);
+    assert!(api.sim.associations().is_empty());
+
+    // A pair whose contact or company does not exist cannot be removed: the dated edition
+    // says so per pair, naming both ids, and still removes the others.
+    api.post(ASSOCIATE, &pair).await;
+    let mixed = json!({"inputs": [
+        {"from": {"id": contact_id}, "to": [{"id": "999999"}, {"id": company_id}]},
+        {"from": {"id": "999998"}, "to": [{"id": company_id}]},
+    ]});
+    let answer = api.post(dated, &mixed).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["numErrors"], 2);
+    let errors = answer.body["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["category"], "OBJECT_NOT_FOUND");
+    assert_eq!(
+        errors[0]["context"],
+        json!({"fromObjectId": [contact_id], "toObjectId": ["999999"]})
+    );
+    assert_eq!(
+        errors[1]["context"],
+        json!({"fromObjectId": ["999998"], "toObjectId": [company_id]})
+    );
+    assert!(errors.iter().all(|e| e["message"].is_string()
+        && e["status"] == "error"
+        && e["errors"].is_array()
+        && e["links"].is_object()));
+    assert!(api.sim.associations().is_empty());
 }
 
 #[tokio::test]

@@ -552,9 +552,26 @@ pub(crate) fn associate(state: &mut State, body: Result<&Value, &str>) -> Reply 
     reply
 }
 
+/// The edition an associations path belongs to: they answer a removal differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Edition {
+    /// `/crm/v4/associations/...`: 204 and no body.
+    V4,
+    /// `/crm/associations/2026-03/...`: 200 and a batch response that lists refused pairs.
+    Dated,
+}
+
 /// `POST .../associations/contacts/companies/batch/archive` with
-/// `{"inputs":[{"from":{"id"},"to":[{"id"}]}]}`: 204, removing what exists.
-pub(crate) fn archive_associations(state: &mut State, body: Result<&Value, &str>) -> Reply {
+/// `{"inputs":[{"from":{"id"},"to":[{"id"}]}]}`. A pair whose contact or company does not exist
+/// cannot be removed: the dated edition lists it in `errors`, naming both ids; v4 has no body to
+/// say so in. A pair of existing records that are not associated is removed already
+/// (`docs/hubspot-behaviour.md` §6).
+pub(crate) fn archive_associations(
+    state: &mut State,
+    body: Result<&Value, &str>,
+    edition: Edition,
+) -> Reply {
+    let started_at = timestamp();
     let inputs = match batch_inputs(body) {
         Ok(inputs) => inputs,
         Err(reply) => return reply,
@@ -575,16 +592,45 @@ pub(crate) fn archive_associations(state: &mut State, body: Result<&Value, &str>
         };
         pairs.extend(to.into_iter().map(|to| (from.clone(), to)));
     }
+    let mut errors = Vec::new();
     for (from, to) in pairs {
-        if let (Ok(contact), Ok(company)) = (from.parse::<u64>(), to.parse::<u64>()) {
-            state.dissociate(contact, company);
+        let contact = state.contacts.find("hs_object_id", &from);
+        let company = state.companies.find("hs_object_id", &to);
+        match (contact, company) {
+            (Some(contact), Some(company)) => {
+                state.dissociate(contact, company);
+            }
+            (None, _) => errors.push(archive_error("contact", &from, &from, &to)),
+            (_, None) => errors.push(archive_error("company", &to, &from, &to)),
         }
     }
-    Reply {
-        status: 204,
-        body: ReplyBody::Empty,
-        retry_after: None,
+    match edition {
+        Edition::V4 => Reply {
+            status: 204,
+            body: ReplyBody::Empty,
+            retry_after: None,
+        },
+        Edition::Dated => {
+            // What a removal's `results` hold is not documented: none are given, so a client
+            // can only go by `errors`.
+            let mut reply = batch_reply(Vec::new(), errors, started_at);
+            reply.status = 200;
+            reply
+        }
     }
+}
+
+/// A removal refused because the `missing` end (`kind`) does not exist: a full standard
+/// error, naming both ends of the pair.
+fn archive_error(kind: &str, missing: &str, from: &str, to: &str) -> Value {
+    json!({
+        "status": "error", "category": "OBJECT_NOT_FOUND",
+        "message": format!(
+            "Cannot remove the association: no {kind} with id {missing} exists"
+        ),
+        "context": {"fromObjectId": [from], "toObjectId": [to]},
+        "errors": [], "links": {}
+    })
 }
 
 /// The `id` of an association end, given as a string or a number.

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::object_type::ObjectType;
-use crate::objects;
+use crate::objects::{self, Edition};
 use crate::replies::{Reply, ReplyBody};
 use crate::state::{Admission, Shared, State, timestamp};
 use crate::types::{Fault, SimConfig, SimRequest};
@@ -35,7 +35,7 @@ enum Route {
     Property(ObjectType, String),
     Groups(ObjectType),
     Associate,
-    ArchiveAssociations,
+    ArchiveAssociations(Edition),
     AccountDetails,
     Unknown,
 }
@@ -62,14 +62,8 @@ impl Route {
             | ["crm", "properties", "2026-03", kind, name] => {
                 object(kind).map(|kind| Route::Property(kind, percent_decode(name, false)))
             }
-            ["crm", "v4", "associations", rest @ ..]
-            | ["crm", "associations", "2026-03", rest @ ..] => match rest {
-                ["contacts", "companies", "batch", "associate", "default"] => {
-                    Some(Route::Associate)
-                }
-                ["contacts", "companies", "batch", "archive"] => Some(Route::ArchiveAssociations),
-                _ => None,
-            },
+            ["crm", "v4", "associations", rest @ ..] => associations(rest, Edition::V4),
+            ["crm", "associations", "2026-03", rest @ ..] => associations(rest, Edition::Dated),
             ["account-info", "v3", "details"] => Some(Route::AccountDetails),
             _ => None,
         };
@@ -80,8 +74,17 @@ impl Route {
     fn is_batch(&self) -> bool {
         matches!(
             self,
-            Route::Upsert(_) | Route::Associate | Route::ArchiveAssociations
+            Route::Upsert(_) | Route::Associate | Route::ArchiveAssociations(_)
         )
+    }
+}
+
+/// The contact → company association routes below an edition's prefix.
+fn associations(rest: &[&str], edition: Edition) -> Option<Route> {
+    match rest {
+        ["contacts", "companies", "batch", "associate", "default"] => Some(Route::Associate),
+        ["contacts", "companies", "batch", "archive"] => Some(Route::ArchiveAssociations(edition)),
+        _ => None,
     }
 }
 
@@ -280,8 +283,8 @@ fn dispatch(state: &mut State, shared: &Shared, parsed: &Parsed) -> Reply {
             objects::batch_upsert(state, *object, body, &shared.config)
         }
         Route::Associate if method == Method::POST => objects::associate(state, body),
-        Route::ArchiveAssociations if method == Method::POST => {
-            objects::archive_associations(state, body)
+        Route::ArchiveAssociations(edition) if method == Method::POST => {
+            objects::archive_associations(state, body, *edition)
         }
         Route::AccountDetails if method == Method::GET => account_details(&shared.config),
         Route::ReadOne(object, id) if method == Method::GET => {
@@ -443,6 +446,14 @@ mod tests {
         assert_eq!(
             Route::parse("/crm/associations/2026-03/contacts/companies/batch/associate/default"),
             Route::Associate
+        );
+        assert_eq!(
+            Route::parse("/crm/v4/associations/contacts/companies/batch/archive"),
+            Route::ArchiveAssociations(Edition::V4)
+        );
+        assert_eq!(
+            Route::parse("/crm/associations/2026-03/contacts/companies/batch/archive"),
+            Route::ArchiveAssociations(Edition::Dated)
         );
         assert_eq!(
             Route::parse("/crm/v3/objects/deals/batch/upsert"),
