@@ -743,6 +743,69 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
     Outcome::Completed { written, failed }
 }
 
+/// Classifies the reply to a removal of `pairs` (contact id, previous company id). A 2xx
+/// without `errors` (the v4 path's 204 has no body) removed them all. An error surely about a
+/// pair fails it (`association_refused`); one that may be about it, or that names no pair of
+/// the batch, fails it as not removed (`not_written`): a removal is never taken as done on a
+/// guess, and trying one again is harmless. Anything else is classified as for upserts.
+pub(crate) fn classify_removals<Tz: TimeZone>(
+    pairs: &[(String, String)],
+    reply: Result<&Reply, &Transport>,
+    now: DateTime<Tz>,
+) -> Outcome {
+    let Ok(r) = reply else {
+        return classify(&[], "", reply, now);
+    };
+    if !(200..300).contains(&r.status) {
+        return classify(&[], "", reply, now);
+    }
+    let body = parse_body(&r.body);
+    let errors = batch_errors(&body);
+    let unplaced = errors.iter().find(|e| blame(e, pairs).is_empty());
+    let per_pair = pair_errors(errors, pairs);
+    let mut written = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (contact, company)) in pairs.iter().enumerate() {
+        let found = per_pair[i].or(unplaced.map(|e| (e, Blame::Maybe)));
+        let Some((e, blame)) = found else {
+            written.push(WrittenInput { input: i, id: None });
+            continue;
+        };
+        let said = str_field(e, "message").unwrap_or("(no message)");
+        let (category, message) = match blame {
+            Blame::Sure => (
+                Category::AssociationRefused,
+                format!(
+                    "HubSpot refused the removal of the association of contact {contact} with \
+                     its previous company {company}: {said}; the association with the new \
+                     company waits until the old one is removed"
+                ),
+            ),
+            Blame::Maybe => (
+                Category::NotWritten,
+                format!(
+                    "HubSpot refused the removal of an association of this batch without \
+                     saying which ({said}); the association of contact {contact} with its \
+                     previous company {company} may still be there, so its removal is tried \
+                     again"
+                ),
+            ),
+        };
+        failed.push(FailedInput {
+            input: i,
+            error: RecordError {
+                category,
+                code: str_field(e, "category").map(String::from),
+                message,
+                raw: e.clone(),
+                permanent: false,
+                properties: Vec::new(),
+            },
+        });
+    }
+    Outcome::Completed { written, failed }
+}
+
 fn offenders(inputs: &[SentInput], body: &Value) -> Vec<usize> {
     let by_trace: HashMap<&str, usize> = inputs
         .iter()
@@ -1284,5 +1347,45 @@ mod tests {
         let (written, failed) = associated(&pairs(&[("5", "7"), ("7", "5")]), untyped);
         assert!(written.is_empty());
         assert_eq!(failed.len(), 2);
+    }
+
+    #[test]
+    fn a_removal_is_done_unless_an_error_is_or_may_be_about_it() {
+        let sent = pairs(&[("5", "7"), ("7", "5"), ("9", "5")]);
+        let removed = |status: u16, body: &str| {
+            let r = Reply {
+                status,
+                rate: RateHeaders::default(),
+                retry_after: None,
+                body: body.to_string(),
+            };
+            let Outcome::Completed { written, failed } =
+                classify_removals(&sent, Ok(&r), Utc::now())
+            else {
+                panic!("not completed")
+            };
+            (written.iter().map(|w| w.input).collect::<Vec<_>>(), failed)
+        };
+        // The v4 path: 204, no body.
+        assert_eq!(removed(204, "").0, vec![0, 1, 2]);
+        // Contact 7's removal with company 5 is refused; contact 5 and company 7 are others.
+        let body = json!({"status": "COMPLETE", "results": [], "numErrors": 1, "errors": [
+            {"status": "error", "category": "OBJECT_NOT_FOUND", "message": "gone",
+             "context": {"fromObjectId": ["7"], "toObjectId": ["5"]}}]});
+        let (written, failed) = removed(200, &body.to_string());
+        assert_eq!(written, vec![0, 2]);
+        assert_eq!(failed[0].input, 1);
+        assert_eq!(failed[0].error.category, Category::AssociationRefused);
+        assert!(failed[0].error.message.contains("previous company 5"));
+        // An error that places no pair leaves every removal unsure: none is taken as done.
+        let body = json!({"status": "COMPLETE", "results": [], "errors": [
+            {"category": "VALIDATION_ERROR", "message": "something", "context": {}}]});
+        let (written, failed) = removed(200, &body.to_string());
+        assert!(written.is_empty());
+        assert!(
+            failed
+                .iter()
+                .all(|f| f.error.category == Category::NotWritten)
+        );
     }
 }

@@ -10,7 +10,7 @@ pub(crate) mod requests;
 
 pub(crate) use crate::core::classify::{
     FailedInput, Outcome, RecordError, Reply, SentInput, Transport, WrittenInput, classify,
-    classify_associations,
+    classify_associations, classify_removals,
 };
 pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

@@ -1,8 +1,10 @@
 //! Contact → company associations (`docs/hubspot-behaviour.md` §6): made once a contact and its
 //! company both have HubSpot ids, made again when the contact's id changes, and the one hubsync
 //! made to a previous company removed when the contact's company changes. Every reply is read
-//! pair by pair through `classify_associations`; a refused pair is retried with the objects'
-//! backoff, then dead-lettered (category `association_refused`, object_type `association`).
+//! pair by pair, through `classify_removals` and `classify_associations`; a refused pair is
+//! retried with the objects' backoff, then dead-lettered (category `association_refused`,
+//! object_type `association`). A contact whose old association was not removed waits for its
+//! new one.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,7 +19,9 @@ use crate::core::retry::retry_delay;
 use crate::db;
 use crate::db::objects::{AssociationFailure, PendingAssociation};
 use crate::hubspot::requests::{archive_body, associate_body};
-use crate::hubspot::{Outcome, RecordError, Reply, Transport, classify, classify_associations};
+use crate::hubspot::{
+    Outcome, RecordError, Reply, Transport, classify_associations, classify_removals,
+};
 
 /// Pairs per request.
 const BATCH: i64 = 100;
@@ -38,24 +42,33 @@ pub(crate) async fn associate_once(
 
     // The association hubsync made with the previous company goes first: writing the new
     // company does not replace it.
-    let stale: Vec<&PendingAssociation> = pending
+    let stale: Vec<(PendingAssociation, String)> = pending
         .iter()
-        .filter(|p| p.previous_company_id.is_some())
+        .filter_map(|p| Some((p.clone(), p.previous_company_id.clone()?)))
         .collect();
     let mut held_up: BTreeSet<String> = BTreeSet::new();
     if !stale.is_empty() {
         let pairs: Vec<(String, String)> = stale
             .iter()
-            .filter_map(|p| Some((p.contact_id.clone(), p.previous_company_id.clone()?)))
+            .map(|(p, previous)| (p.contact_id.clone(), previous.clone()))
             .collect();
         let path = w.client.paths.archive_contacts_to_companies();
         let Some(reply) = send(w, cancel, &path, &archive_body(&pairs)).await? else {
             return Ok(0);
         };
-        match w.daily_wait(classify(&[], "", reply.as_ref(), w.portal_now())) {
-            Outcome::Completed { .. } => {}
+        let stale: Vec<PendingAssociation> = stale.into_iter().map(|(p, _)| p).collect();
+        match w.daily_wait(classify_removals(&pairs, reply.as_ref(), w.portal_now())) {
+            // A contact whose old association is still there waits for its new one: making it
+            // now would leave the contact with two companies.
+            Outcome::Completed { failed, .. } => {
+                let failed: Vec<(PendingAssociation, RecordError)> = failed
+                    .into_iter()
+                    .map(|f| (stale[f.input].clone(), f.error))
+                    .collect();
+                held_up.extend(failed.iter().map(|(p, _)| p.contact_key.clone()));
+                retry_or_park(w, &failed, None, Duration::ZERO).await?;
+            }
             other => {
-                let stale: Vec<PendingAssociation> = stale.into_iter().cloned().collect();
                 if !settle_failure(w, &stale, other).await? {
                     return Ok(0);
                 }
@@ -196,6 +209,19 @@ fn with_error(
         .collect()
 }
 
+/// What a parked association row holds: the pair, and the previous company whose
+/// association is to be removed first, when there is one.
+fn payload(p: &PendingAssociation) -> Value {
+    let mut payload = json!({
+        "contact": p.contact_key, "company": p.company_key,
+        "from": {"id": p.contact_id}, "to": {"id": p.company_id}
+    });
+    if let Some(previous) = &p.previous_company_id {
+        payload["previous_company"] = json!({"id": previous});
+    }
+    payload
+}
+
 /// Schedules another try with the objects' backoff, or parks the pair once it is out of tries.
 async fn retry_or_park(
     w: &Worker,
@@ -217,11 +243,7 @@ async fn retry_or_park(
             tracing::warn!(contact = %p.contact_key, company = %p.company_key, "association dead-lettered: {message}");
             parked.push(AssociationFailure {
                 contact_key: p.contact_key.clone(),
-                payload: json!({
-                    "contact": p.contact_key, "company": p.company_key,
-                    "from": {"id": p.contact_id}, "to": {"id": p.company_id}
-                })
-                .to_string(),
+                payload: payload(p).to_string(),
                 category: if e.category == Category::AssociationFailed {
                     Category::AssociationFailed
                 } else {

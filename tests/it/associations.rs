@@ -187,3 +187,75 @@ async fn a_pair_is_not_taken_as_made_by_the_reverse_pair_when_ids_collide(pool: 
         rows[0].2
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_refused_removal_holds_back_that_contacts_new_association_until_dead_lettered(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    for key in ["acct_1", "acct_2", "acct_3"] {
+        company(&h, key).await;
+    }
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    contact_at(&h, "b@acme.com", "acct_2").await;
+    h.drain().await;
+    let (a, b) = (h.contact("a@acme.com").id, h.contact("b@acme.com").id);
+    let (acct_1, acct_3) = (company_id(&h, "acct_1"), company_id(&h, "acct_3"));
+    assert_eq!(h.sim.associations().len(), 2);
+
+    // Both move to acct_3; acct_1 is deleted in HubSpot meanwhile, so HubSpot refuses to
+    // remove a's association with it while it removes b's with acct_2.
+    contact_at(&h, "a@acme.com", "acct_3").await;
+    contact_at(&h, "b@acme.com", "acct_3").await;
+    assert!(h.sim.delete_record("companies", &acct_1));
+    h.sim.reset_requests();
+    h.drain().await;
+
+    assert_eq!(h.sim.associations(), vec![(b, acct_3.clone())]);
+    let removals = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/batch/archive"))
+        .filter(|r| {
+            r.body
+                .as_ref()
+                .is_some_and(|body| body.to_string().contains(&format!("\"{acct_1}\"")))
+        })
+        .count();
+    assert_eq!(
+        removals, h.config.worker.max_attempts as usize,
+        "retried, then given up"
+    );
+    let associating_a = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/associate/default"))
+        .any(|r| {
+            r.body.as_ref().is_some_and(|body| {
+                body["inputs"]
+                    .as_array()
+                    .is_some_and(|inputs| inputs.iter().any(|i| i["from"]["id"] == a.as_str()))
+            })
+        });
+    assert!(!associating_a, "a's new association waits for the removal");
+    let (key, category, message, error): (String, String, String, String) = sqlx::query_as(
+        "SELECT object_key, error_category, error_message, error::text FROM hubsync.dlq
+         WHERE kind = 'object' AND object_type = 'association'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (key.as_str(), category.as_str()),
+        ("a@acme.com", "association_refused")
+    );
+    assert!(
+        message.contains("remove") && message.contains("previous company"),
+        "{message}"
+    );
+    assert!(error.contains(&acct_1), "HubSpot's error is kept: {error}");
+    assert!(!h.sim.associations().contains(&(a, acct_3)));
+}
