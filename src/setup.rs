@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::portal::PortalZone;
-use crate::hubspot::{HubSpotClient, Outcome, Reply, SetupReply, Transport, classify};
+use crate::hubspot::{HubSpotClient, IdProperty, Outcome, Reply, SetupReply, Transport, classify};
 use crate::ratelimit::Limiter;
 
 /// Feeds a reply's rate-limit headers to the shared limiter (the limit it states, the daily
@@ -182,7 +182,7 @@ impl Setup {
                     _ => {}
                 }
             }
-            let wait = match classify(&[], "", reply.as_ref(), Utc::now()) {
+            let wait = match classify(&[], IdProperty::Unique(""), reply.as_ref(), Utc::now()) {
                 Outcome::Completed { .. } => {
                     let text = reply.map(|r| r.body).unwrap_or_default();
                     return Ok(SetupReply::Done(

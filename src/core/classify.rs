@@ -29,10 +29,41 @@ const PERMANENT_CODES: &[&str] = &[
     "VALUE_TOO_LONG",
 ];
 
-/// One input of a batch as sent: its normalised key and its trace id.
+/// The property a batch upserts by, and how HubSpot's replies give its values back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdProperty<'a> {
+    /// Contacts' `email`: HubSpot keeps emails lower-cased, so a reply's email is matched to
+    /// an input trimmed and lower-cased.
+    Email,
+    /// A property created with `hasUniqueValue` (companies). Whether HubSpot compares its
+    /// values ignoring case is not known, and hubsync keeps "Acme" and "acme" as two objects,
+    /// so a reply's value is matched to an input exactly as sent (and `worker/sync.rs` never
+    /// sends two keys equal but for case in one request).
+    Unique(&'a str),
+}
+
+impl IdProperty<'_> {
+    /// The property's name, as sent in `idProperty` and found in a result's `properties`.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            IdProperty::Email => "email",
+            IdProperty::Unique(name) => name,
+        }
+    }
+
+    /// A key as it is compared: emails trimmed and lower-cased, unique values as they are.
+    fn compared(&self, key: &str) -> String {
+        match self {
+            IdProperty::Email => key.trim().to_lowercase(),
+            IdProperty::Unique(_) => key.to_string(),
+        }
+    }
+}
+
+/// One input of a batch as sent: its key and its trace id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SentInput {
-    /// The normalised id (lower-cased email, or the company key).
+    /// The id sent (the normalised email, or the company key as kept).
     pub key: String,
     /// The unique `objectWriteTraceId` sent with it.
     pub trace_id: String,
@@ -293,12 +324,12 @@ fn next_midnight<Tz: TimeZone>(now: &DateTime<Tz>) -> Duration {
         .unwrap_or(Duration::from_secs(3600))
 }
 
-/// Classifies a batch-upsert reply for `inputs`. `key_property` is the property HubSpot echoes
-/// the key in (`email` for contacts); `now`, in the portal's time zone, decides how long a
+/// Classifies a batch-upsert reply for `inputs`. `id` is the property HubSpot echoes the key
+/// in, and says how keys compare; `now`, in the portal's time zone, decides how long a
 /// daily limit lasts (until the portal's midnight).
 pub(crate) fn classify<Tz: TimeZone>(
     inputs: &[SentInput],
-    key_property: &str,
+    id: IdProperty<'_>,
     reply: Result<&Reply, &Transport>,
     now: DateTime<Tz>,
 ) -> Outcome {
@@ -327,7 +358,7 @@ pub(crate) fn classify<Tz: TimeZone>(
         .map(String::from)
         .unwrap_or_else(|| reply.body.chars().take(300).collect());
     match reply.status {
-        200..=299 => completed(inputs, key_property, &body),
+        200..=299 => completed(inputs, id, &body),
         401 => Outcome::Halt {
             status: 401,
             reason: format!(
@@ -398,10 +429,10 @@ pub(crate) fn classify<Tz: TimeZone>(
         status @ 400..=499 if !matches!(status, 423 | 477) => {
             let not_unique = matches!(
                 BatchError::read(&message),
-                BatchError::NonUniqueIdProperty { property } if property == key_property
+                BatchError::NonUniqueIdProperty { property } if property == id.name()
             );
             // Contacts are upserted by `email`, which HubSpot keeps unique itself.
-            if status == 400 && key_property != "email" && not_unique {
+            if let (400, IdProperty::Unique(key_property), true) = (status, id, not_unique) {
                 return Outcome::Halt {
                     status,
                     reason: format!(
@@ -410,7 +441,7 @@ pub(crate) fn classify<Tz: TimeZone>(
                     scopes: Vec::new(),
                 };
             }
-            let offenders = offenders(inputs, &body);
+            let offenders = offenders(inputs, id, &body);
             let mut error = record_error(&body, Category::HubspotRejected);
             if error.category != Category::HubspotValidation {
                 error.category = Category::HubspotRejected;
@@ -682,10 +713,10 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
     now: DateTime<Tz>,
 ) -> Outcome {
     let Ok(r) = reply else {
-        return classify(&[], "", reply, now);
+        return classify(&[], IdProperty::Unique(""), reply, now);
     };
     if !(200..300).contains(&r.status) {
-        return classify(&[], "", reply, now);
+        return classify(&[], IdProperty::Unique(""), reply, now);
     }
     let body = parse_body(&r.body);
     let made = made_pairs(&body, pairs);
@@ -754,10 +785,10 @@ pub(crate) fn classify_removals<Tz: TimeZone>(
     now: DateTime<Tz>,
 ) -> Outcome {
     let Ok(r) = reply else {
-        return classify(&[], "", reply, now);
+        return classify(&[], IdProperty::Unique(""), reply, now);
     };
     if !(200..300).contains(&r.status) {
-        return classify(&[], "", reply, now);
+        return classify(&[], IdProperty::Unique(""), reply, now);
     }
     let body = parse_body(&r.body);
     let errors = batch_errors(&body);
@@ -806,7 +837,7 @@ pub(crate) fn classify_removals<Tz: TimeZone>(
     Outcome::Completed { written, failed }
 }
 
-fn offenders(inputs: &[SentInput], body: &Value) -> Vec<usize> {
+fn offenders(inputs: &[SentInput], id_property: IdProperty<'_>, body: &Value) -> Vec<usize> {
     let by_trace: HashMap<&str, usize> = inputs
         .iter()
         .enumerate()
@@ -820,9 +851,9 @@ fn offenders(inputs: &[SentInput], body: &Value) -> Vec<usize> {
         }
     }
     for id in strings(context.and_then(|c| c.get("ids"))) {
-        let id = id.trim().to_lowercase();
+        let id = id_property.compared(&id);
         for (i, s) in inputs.iter().enumerate() {
-            if s.key.to_lowercase() == id && !out.contains(&i) {
+            if id_property.compared(&s.key) == id && !out.contains(&i) {
                 out.push(i);
             }
         }
@@ -832,8 +863,9 @@ fn offenders(inputs: &[SentInput], body: &Value) -> Vec<usize> {
     out
 }
 
-fn completed(inputs: &[SentInput], key_property: &str, body: &Value) -> Outcome {
-    let normal = |s: &str| s.trim().to_lowercase();
+fn completed(inputs: &[SentInput], id_property: IdProperty<'_>, body: &Value) -> Outcome {
+    let normal = |s: &str| id_property.compared(s);
+    let key_property = id_property.name();
     let by_key: HashMap<String, usize> = inputs
         .iter()
         .enumerate()
@@ -966,7 +998,12 @@ mod tests {
     }
 
     fn run(status: u16, body: Value, n: usize) -> Outcome {
-        classify(&inputs(n), "email", Ok(&reply(status, body)), Utc::now())
+        classify(
+            &inputs(n),
+            IdProperty::Email,
+            Ok(&reply(status, body)),
+            Utc::now(),
+        )
     }
 
     #[test]
@@ -1010,7 +1047,7 @@ mod tests {
             {"id": "77", "properties": {"email": "other@acme.com"}},
             {"id": "9", "properties": {"email": "user2@acme.com"}}
         ]});
-        let out = classify(&sent, "email", Ok(&reply(200, body)), Utc::now());
+        let out = classify(&sent, IdProperty::Email, Ok(&reply(200, body)), Utc::now());
         let Outcome::Completed { written, failed } = out else {
             panic!("not completed")
         };
@@ -1025,6 +1062,55 @@ mod tests {
                 (1, Some("77".into())),
                 (2, Some("9".into()))
             ]
+        );
+    }
+
+    fn companies(keys: &[&str]) -> Vec<SentInput> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| SentInput {
+                key: key.to_string(),
+                trace_id: format!("t{i}"),
+                hubspot_id: None,
+                // The same values for all: only the key can tell the results apart.
+                properties: BTreeMap::from([("seats".to_string(), "1".to_string())]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn company_keys_that_differ_only_in_case_are_matched_exactly_as_sent() {
+        let sent = companies(&["Acme", "acme", "ACME"]);
+        let id = IdProperty::Unique("product_account_id");
+        let body = json!({"status": "COMPLETE",
+            "results": [
+                {"id": "2", "properties": {"product_account_id": "acme", "seats": "1"}},
+                {"id": "1", "properties": {"product_account_id": "Acme", "seats": "1"}}
+            ],
+            "numErrors": 1,
+            "errors": [{"status": "error", "category": "VALIDATION_ERROR",
+                "message": "Property values were not valid", "context": {"ids": ["ACME"]}}]
+        });
+        let Outcome::Completed { written, failed } =
+            classify(&sent, id, Ok(&reply(207, body)), Utc::now())
+        else {
+            panic!("not completed")
+        };
+        let mut pairs: Vec<(usize, Option<String>)> =
+            written.iter().map(|w| (w.input, w.id.clone())).collect();
+        pairs.sort();
+        assert_eq!(pairs, vec![(0, Some("1".into())), (1, Some("2".into()))]);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].input, 2);
+        assert_eq!(failed[0].error.category, Category::HubspotError);
+        // A whole-batch refusal naming one of them names that one only.
+        let refused = json!({"status": "error", "category": "VALIDATION_ERROR",
+            "message": "Duplicate IDs found in batch input: [acme]. IDs must be unique",
+            "context": {"ids": ["acme"]}});
+        let out = classify(&sent, id, Ok(&reply(400, refused)), Utc::now());
+        assert!(
+            matches!(&out, Outcome::Rejected { offenders, .. } if offenders == &vec![1]),
+            "{out:?}"
         );
     }
 
@@ -1076,7 +1162,7 @@ mod tests {
         let non_unique = json!({"message": "Unable to perform update/upsert by non-unique 0-2 property product_account_id"});
         let company = classify(
             &inputs(2),
-            "product_account_id",
+            IdProperty::Unique("product_account_id"),
             Ok(&reply(400, non_unique.clone())),
             Utc::now(),
         );
@@ -1106,13 +1192,13 @@ mod tests {
             json!({"policyName": "TEN_SECONDLY_ROLLING", "errorType": "RATE_LIMIT"}),
         );
         r.rate.interval_ms = Some(10_000);
-        let out = classify(&inputs(1), "email", Ok(&r), Utc::now());
+        let out = classify(&inputs(1), IdProperty::Email, Ok(&r), Utc::now());
         assert!(
             matches!(out, Outcome::RateLimited { daily: false, wait, .. } if wait == Duration::from_secs(10))
         );
         let daily = reply(429, json!({"policyName": "DAILY"}));
         let noon: chrono::DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
-        let out = classify(&inputs(1), "email", Ok(&daily), noon);
+        let out = classify(&inputs(1), IdProperty::Email, Ok(&daily), noon);
         assert!(
             matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(12 * 3600))
         );
@@ -1120,7 +1206,7 @@ mod tests {
         let eastern = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
         let out = classify(
             &inputs(1),
-            "email",
+            IdProperty::Email,
             Ok(&daily),
             noon.with_timezone(&eastern),
         );
@@ -1142,11 +1228,16 @@ mod tests {
         );
         let mut r = reply(477, json!({}));
         r.retry_after = Some(Duration::from_secs(30));
-        let out = classify(&inputs(1), "email", Ok(&r), Utc::now());
+        let out = classify(&inputs(1), IdProperty::Email, Ok(&r), Utc::now());
         assert!(
             matches!(out, Outcome::Retry { after: Some(a), .. } if a == Duration::from_secs(30))
         );
-        let out = classify(&inputs(1), "email", Err(&Transport::Timeout), Utc::now());
+        let out = classify(
+            &inputs(1),
+            IdProperty::Email,
+            Err(&Transport::Timeout),
+            Utc::now(),
+        );
         assert!(matches!(out, Outcome::Retry { .. }));
     }
 
@@ -1189,7 +1280,7 @@ mod tests {
                          "message": "You have reached your daily limit."})
             .to_string(),
         };
-        let out = classify(&inputs(1), "email", Ok(&reply), now);
+        let out = classify(&inputs(1), IdProperty::Email, Ok(&reply), now);
         assert!(
             matches!(out, Outcome::RateLimited { daily: true, wait, .. } if wait == Duration::from_secs(3600)),
             "{out:?}"

@@ -9,8 +9,8 @@ pub(crate) mod paths;
 pub(crate) mod requests;
 
 pub(crate) use crate::core::classify::{
-    FailedInput, Outcome, RecordError, Reply, SentInput, Transport, WrittenInput, classify,
-    classify_associations, classify_removals,
+    FailedInput, IdProperty, Outcome, RecordError, Reply, SentInput, Transport, WrittenInput,
+    classify, classify_associations, classify_removals,
 };
 pub use client::{HubSpotClient, SetupReply};
 pub use paths::Paths;

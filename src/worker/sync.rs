@@ -21,7 +21,9 @@ use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::db::objects::{Leased, ObjectFailure, Written};
 use crate::hubspot::requests::{self, UpsertInput};
-use crate::hubspot::{FailedInput, Outcome, RecordError, SentInput, WrittenInput, classify};
+use crate::hubspot::{
+    FailedInput, IdProperty, Outcome, RecordError, SentInput, WrittenInput, classify,
+};
 use crate::ratelimit::NoPermit;
 
 /// Tries at recording a sent batch's outcome while the database is away (about 15 s).
@@ -229,6 +231,10 @@ pub(crate) async fn sync_once(
                 .collect(),
         })
         .collect();
+    let id_property = match kind {
+        ObjectType::Contact => IdProperty::Email,
+        ObjectType::Company => IdProperty::Unique(&key_property),
+    };
     let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();
     let mut stack: Vec<Vec<usize>> = vec![(0..inputs.len()).collect()];
     let mut extra = 0usize;
@@ -272,7 +278,7 @@ pub(crate) async fn sync_once(
         crate::setup::observe(&w.limiter, &reply).await?;
         let outcome = w.daily_wait(classify(
             &group_sent,
-            &key_property,
+            id_property,
             reply.as_ref(),
             w.portal_now(),
         ));
