@@ -3,7 +3,7 @@
 //! else, so each HubSpot behaviour (`docs/hubspot-behaviour.md` §2, §4) is interpreted in
 //! exactly one place.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -57,6 +57,28 @@ impl IdProperty<'_> {
             IdProperty::Email => key.trim().to_lowercase(),
             IdProperty::Unique(_) => key.to_string(),
         }
+    }
+
+    /// Which of `keys` (in the order they were due) must wait for a later request: those HubSpot
+    /// may take for the same record as an earlier key. A request naming one record twice is
+    /// refused whole ("Duplicate IDs"), so for a unique value equal to an earlier one but for
+    /// case, the later one waits: harmless if HubSpot tells them apart, needed if it does not.
+    pub(crate) fn wait_for_next_request(&self, keys: &[&str]) -> Vec<bool> {
+        let mut seen: HashSet<String> = HashSet::with_capacity(keys.len() * 2);
+        keys.iter()
+            .map(|key| {
+                let forms = match self {
+                    IdProperty::Email => vec![self.compared(key)],
+                    // Both directions: some letters fold together only one way ("ß" and "SS").
+                    IdProperty::Unique(_) => vec![key.to_lowercase(), key.to_uppercase()],
+                };
+                let clash = forms.iter().any(|form| seen.contains(form));
+                if !clash {
+                    seen.extend(forms);
+                }
+                clash
+            })
+            .collect()
     }
 }
 
@@ -1111,6 +1133,21 @@ mod tests {
         assert!(
             matches!(&out, Outcome::Rejected { offenders, .. } if offenders == &vec![1]),
             "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_company_key_equal_to_an_earlier_one_but_for_case_waits_for_the_next_request() {
+        let id = IdProperty::Unique("product_account_id");
+        assert_eq!(
+            id.wait_for_next_request(&[
+                "Acme", "acme", "Beta", "ACME", "acme ", "STRASSE", "straße"
+            ]),
+            vec![false, true, false, true, false, false, true]
+        );
+        assert_eq!(
+            IdProperty::Email.wait_for_next_request(&["a@acme.com", "b@acme.com"]),
+            vec![false, false]
         );
     }
 

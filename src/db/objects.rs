@@ -73,8 +73,10 @@ pub struct Leased {
 }
 
 /// Leases up to `limit` dirty objects that are due, in the order they became due: a fresh
-/// object from when it became dirty, one backing off from when its retry fell due. Leases
-/// nothing while a worker of a generation newer than `generation` is alive. Locks: the chosen rows for the length of
+/// object from when it became dirty, one backing off from when its retry fell due. Returns
+/// them in that order (the sync step holds back the later of two keys HubSpot may take for
+/// one record, which then leads the next lease). Leases nothing while a worker of a
+/// generation newer than `generation` is alive. Locks: the chosen rows for the length of
 /// this statement only (`SKIP LOCKED`); the lease columns then keep others away until the
 /// batch is recorded or the lease expires. No transaction stays open across the HTTP call.
 pub async fn lease(
@@ -97,13 +99,18 @@ pub async fn lease(
                      AND w.seen_at > now() - make_interval(secs => $6))
              ORDER BY coalesce(next_attempt_at, dirty_since, '-infinity'::timestamptz)
              LIMIT $2 FOR UPDATE SKIP LOCKED
+         ), leased AS (
+             UPDATE hubsync.objects o
+             SET leased_until = clock_timestamp() + make_interval(secs => $3), lease_token = $4
+             FROM picked
+             WHERE o.object_type = picked.object_type AND o.object_key = picked.object_key
+             RETURNING o.object_key, o.state::text AS state, o.version, o.company_key,
+                       o.hubspot_id, o.attempts, o.held::text AS held,
+                       coalesce(o.next_attempt_at, o.dirty_since, '-infinity'::timestamptz)
+                           AS due
          )
-         UPDATE hubsync.objects o
-         SET leased_until = clock_timestamp() + make_interval(secs => $3), lease_token = $4
-         FROM picked
-         WHERE o.object_type = picked.object_type AND o.object_key = picked.object_key
-         RETURNING o.object_key, o.state::text AS state, o.version, o.company_key,
-                   o.hubspot_id, o.attempts, o.held::text AS held",
+         SELECT object_key, state, version, company_key, hubspot_id, attempts, held
+         FROM leased ORDER BY due, object_key",
     )
     .bind(object_type.as_str())
     .bind(limit)

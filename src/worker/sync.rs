@@ -43,7 +43,8 @@ pub struct SyncReport {
     pub dead_lettered: usize,
     /// Objects scheduled for another attempt.
     pub retrying: usize,
-    /// Objects handed back untouched (rate limit, halt, shutdown).
+    /// Objects handed back untouched (rate limit, halt, shutdown, or a key HubSpot may take
+    /// for the same record as another in the batch).
     pub released: usize,
     /// HTTP requests sent.
     pub requests: usize,
@@ -236,7 +237,27 @@ pub(crate) async fn sync_once(
         ObjectType::Company => IdProperty::Unique(&key_property),
     };
     let mut fates: BTreeMap<usize, Fate> = BTreeMap::new();
-    let mut stack: Vec<Vec<usize>> = vec![(0..inputs.len()).collect()];
+    // Two keys HubSpot may take for one record would get the whole request refused: the later
+    // waits for the next batch, handed back untouched and still due first.
+    let keys: Vec<&str> = inputs.iter().map(|i| i.leased.key.as_str()).collect();
+    let mut first: Vec<usize> = Vec::with_capacity(inputs.len());
+    for (i, wait) in id_property
+        .wait_for_next_request(&keys)
+        .into_iter()
+        .enumerate()
+    {
+        if wait {
+            tracing::debug!(
+                object = kind.as_str(),
+                key = %inputs[i].leased.key,
+                "key equal but for case to another in this batch; it goes in the next one"
+            );
+            fates.insert(i, Fate::Released);
+        } else {
+            first.push(i);
+        }
+    }
+    let mut stack: Vec<Vec<usize>> = vec![first];
     let mut extra = 0usize;
     let timeout = w.config.hubspot.request_timeout;
 

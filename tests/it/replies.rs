@@ -1,10 +1,14 @@
 //! How the worker reads HubSpot's replies: results matched to inputs by trace id, then by the
 //! record id hubsync knows, then by key, then by the values they carry; a whole-batch 4xx of
-//! unknown kind narrowed to the record that causes it.
+//! unknown kind narrowed to the record that causes it; company keys equal but for case kept
+//! apart.
 
 use hubspot_sim::SimConfig;
+use hubsync::core::vocabulary::ObjectType;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::harness::{CONFIG, Harness};
 
@@ -145,4 +149,79 @@ async fn a_409_for_one_record_of_a_full_batch_dead_letters_only_that_record(pool
             .await
             .unwrap();
     assert_eq!(attempts, 0, "no batch-mate is charged an attempt");
+}
+
+async fn enqueue_company(h: &Harness, key: &str, seats: u32) {
+    sqlx::query(
+        "SELECT hubsync.enqueue(event_id => gen_random_uuid(), object_type => 'company',
+                object_key => $1, properties => $2::jsonb)",
+    )
+    .bind(key)
+    .bind(json!({ "seats": seats }).to_string())
+    .execute(&h.pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn companies_whose_keys_differ_only_in_case_each_keep_their_own_record(pool: PgPool) {
+    // Results in input order and no trace ids echoed: only the key tells them apart.
+    let sim = SimConfig {
+        shuffle_results: false,
+        ..SimConfig::default()
+    };
+    let h = Harness::with(pool, CONFIG, sim).await;
+    h.setup().await;
+    enqueue_company(&h, "Acme", 3).await;
+    enqueue_company(&h, "acme", 7).await;
+    h.worker.ingest_once().await.unwrap();
+    let first = h
+        .worker
+        .sync_once(ObjectType::Company, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!((first.leased, first.written, first.released), (2, 1, 1));
+    let waiting: Vec<(bool, Option<Uuid>, i32)> = sqlx::query_as(
+        "SELECT dirty, lease_token, attempts FROM hubsync.objects
+         WHERE object_type = 'company' AND hubspot_id IS NULL",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        waiting,
+        vec![(true, None, 0)],
+        "the other is handed back for the next batch, due at once and not charged an attempt"
+    );
+    h.drain().await;
+    let mut ids = Vec::new();
+    for (key, seats) in [("Acme", "3"), ("acme", "7")] {
+        let record = h
+            .sim
+            .company("product_account_id", key)
+            .unwrap_or_else(|| panic!("company {key} is in the simulator"));
+        assert_eq!(record.properties["seats"], seats, "{key}");
+        assert_eq!(record.properties["product_account_id"], key);
+        assert_eq!(
+            object(&h.pool, key).await,
+            (false, Some(record.id.clone())),
+            "{key} is recorded clean with its own record id"
+        );
+        ids.push(record.id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert!(dlq(&h.pool).await.is_empty());
+    // A portal that compares the key case-insensitively would refuse a request holding both.
+    for upsert in h.upserts() {
+        let keys: Vec<String> = upsert.body.as_ref().unwrap()["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|input| input["id"].as_str().unwrap().to_lowercase())
+            .collect();
+        let mut distinct = keys.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), keys.len(), "one request holds {keys:?}");
+    }
 }
