@@ -905,6 +905,8 @@ fn completed(inputs: &[SentInput], id_property: IdProperty<'_>, body: &Value) ->
         .collect();
     let mut fate: Vec<Option<Result<Option<String>, RecordError>>> = vec![None; inputs.len()];
     let mut leftover: Vec<(Option<String>, Option<&Value>)> = Vec::new();
+    // Errors that name no input of this request, by trace id or by key.
+    let mut unmatched: Vec<&Value> = Vec::new();
 
     if let Some(Value::Array(errors)) = body.get("errors") {
         for err in errors {
@@ -918,6 +920,9 @@ fn completed(inputs: &[SentInput], id_property: IdProperty<'_>, body: &Value) ->
                     .iter()
                     .filter_map(|k| by_key.get(&normal(k)).copied())
                     .collect();
+            }
+            if hit.is_empty() {
+                unmatched.push(err);
             }
             for i in hit {
                 fate[i] = Some(Err(record_error(err, Category::HubspotError)));
@@ -972,6 +977,12 @@ fn completed(inputs: &[SentInput], id_property: IdProperty<'_>, body: &Value) ->
             fate[i] = Some(Ok(id));
         }
     }
+    // Errors naming no input are still HubSpot's words about the inputs left unaccounted:
+    // the only one left owns them; with several left, each keeps them, still not written.
+    let open: Vec<usize> = (0..inputs.len()).filter(|i| fate[*i].is_none()).collect();
+    if let ([one], false) = (open.as_slice(), unmatched.is_empty()) {
+        fate[*one] = Some(Err(combined_error(&unmatched)));
+    }
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for (i, f) in fate.into_iter().enumerate() {
@@ -980,18 +991,84 @@ fn completed(inputs: &[SentInput], id_property: IdProperty<'_>, body: &Value) ->
             Some(Err(error)) => failed.push(FailedInput { input: i, error }),
             None => failed.push(FailedInput {
                 input: i,
-                error: RecordError {
-                    category: Category::NotWritten,
-                    code: None,
-                    message: "HubSpot answered success but its reply does not mention this record, so it was not written".into(),
-                    raw: Value::Null,
-                    permanent: false,
-                    properties: Vec::new(),
-                },
+                error: not_written(&unmatched),
             }),
         }
     }
     Outcome::Completed { written, failed }
+}
+
+/// The error of an input that every one of `errors` is about.
+fn combined_error(errors: &[&Value]) -> RecordError {
+    let mut parts: Vec<RecordError> = errors
+        .iter()
+        .map(|e| record_error(e, Category::HubspotError))
+        .collect();
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    let permanent = parts.iter().any(|p| p.permanent);
+    // Properties can be held back only when every error names the ones it is about.
+    let mut properties: Vec<String> = if parts.iter().all(|p| !p.properties.is_empty()) {
+        parts.iter().flat_map(|p| p.properties.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    properties.sort();
+    properties.dedup();
+    let said: Vec<&str> = parts
+        .iter()
+        .map(|p| {
+            p.message
+                .strip_prefix("HubSpot refused the record: ")
+                .unwrap_or(&p.message)
+        })
+        .collect();
+    RecordError {
+        category: if permanent {
+            Category::HubspotValidation
+        } else {
+            Category::HubspotError
+        },
+        code: parts.iter().find_map(|p| p.code.clone()),
+        message: format!("HubSpot refused the record: {}", said.join("; ")),
+        raw: Value::Array(errors.iter().map(|e| (*e).clone()).collect()),
+        permanent,
+        properties,
+    }
+}
+
+/// The error of an input a 2xx reply does not account for; `unmatched` are the reply's errors
+/// that name no input, which may be about this one.
+fn not_written(unmatched: &[&Value]) -> RecordError {
+    let mut message = String::from(
+        "HubSpot answered success but its reply does not mention this record, so it was not \
+         written",
+    );
+    if !unmatched.is_empty() {
+        let said: Vec<String> = unmatched
+            .iter()
+            .map(|e| format!("\"{}\"", str_field(e, "message").unwrap_or("(no message)")))
+            .collect();
+        message.push_str(&format!(
+            "; the reply also carries {} error(s) naming no record, which may be about this \
+             one: {}",
+            unmatched.len(),
+            said.join("; ")
+        ));
+    }
+    RecordError {
+        category: Category::NotWritten,
+        code: None,
+        message,
+        raw: if unmatched.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(unmatched.iter().map(|e| (*e).clone()).collect())
+        },
+        permanent: false,
+        properties: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -1164,6 +1241,111 @@ mod tests {
                 .iter()
                 .all(|f| f.error.category == Category::NotWritten && !f.error.permanent)
         );
+    }
+
+    fn invalid_option(context: Value) -> Value {
+        json!({"status": "error", "category": "VALIDATION_ERROR",
+            "message": "Property values were not valid: [{\"isValid\":false,\"message\":\
+                \"platinum was not one of the allowed options\",\"error\":\"INVALID_OPTION\",\
+                \"name\":\"current_plan\"}]",
+            "context": context})
+    }
+
+    #[test]
+    fn an_error_naming_no_input_belongs_to_the_only_input_left_unaccounted() {
+        // One error with no context, one naming a trace id this request did not send.
+        for context in [json!({}), json!({"objectWriteTraceId": ["t99"]})] {
+            let error = invalid_option(context);
+            let body = json!({"status": "COMPLETE",
+                "results": [
+                    {"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}},
+                    {"id": "12", "properties": {"email": "user2@acme.com", "n": "2"}}
+                ],
+                "numErrors": 1, "errors": [error.clone()]});
+            let Outcome::Completed { written, failed } = run(207, body, 3) else {
+                panic!("not completed")
+            };
+            assert_eq!(written.len(), 2);
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            let FailedInput { input, error: e } = &failed[0];
+            assert_eq!(*input, 1);
+            assert_eq!(e.category, Category::HubspotValidation);
+            assert!(e.permanent);
+            assert_eq!(e.code.as_deref(), Some("INVALID_OPTION"));
+            assert_eq!(e.properties, vec!["current_plan".to_string()]);
+            assert!(
+                e.message.contains("platinum was not one of"),
+                "{}",
+                e.message
+            );
+            assert_eq!(e.raw, error);
+        }
+        // Two such errors and one input left: both are its.
+        let other = json!({"status": "error", "message": "Something else went wrong"});
+        let body = json!({"status": "COMPLETE",
+            "results": [{"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}}],
+            "numErrors": 2, "errors": [invalid_option(json!({})), other.clone()]});
+        let Outcome::Completed { written, failed } = run(207, body, 2) else {
+            panic!("not completed")
+        };
+        assert_eq!((written.len(), failed.len()), (1, 1));
+        let e = &failed[0].error;
+        assert_eq!((failed[0].input, e.permanent), (1, true));
+        assert!(
+            e.message.contains("platinum was not one of"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("Something else went wrong"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.raw, json!([invalid_option(json!({})), other]));
+    }
+
+    #[test]
+    fn errors_naming_no_input_are_kept_on_every_input_left_unaccounted() {
+        let first = invalid_option(json!({}));
+        let second = json!({"status": "error", "message": "Something else went wrong"});
+        let body = json!({"status": "COMPLETE",
+            "results": [{"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}}],
+            "numErrors": 2, "errors": [first.clone(), second.clone()]});
+        let Outcome::Completed { written, failed } = run(207, body, 3) else {
+            panic!("not completed")
+        };
+        assert_eq!(
+            written.iter().map(|w| w.input).collect::<Vec<_>>(),
+            vec![0],
+            "an error is never counted as a write"
+        );
+        assert_eq!(
+            failed.iter().map(|f| f.input).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        for FailedInput { error: e, .. } in &failed {
+            assert_eq!(e.category, Category::NotWritten);
+            assert!(!e.permanent);
+            assert!(
+                e.message.contains("platinum was not one of"),
+                "{}",
+                e.message
+            );
+            assert!(
+                e.message.contains("Something else went wrong"),
+                "{}",
+                e.message
+            );
+            assert_eq!(e.raw, json!([first, second]));
+        }
+        // Every input accounted for: an error naming none of them changes nothing.
+        let body = json!({"status": "COMPLETE",
+            "results": [{"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}}],
+            "numErrors": 1, "errors": [second]});
+        let Outcome::Completed { written, failed } = run(207, body, 1) else {
+            panic!("not completed")
+        };
+        assert_eq!((written.len(), failed.len()), (1, 0));
     }
 
     #[test]

@@ -180,6 +180,8 @@ enum Fate {
         reason: String,
         category: Category,
         may_land_late: bool,
+        /// HubSpot's error as received, kept for the DLQ row if it comes to that (or null).
+        raw: Value,
     },
     Released,
 }
@@ -316,6 +318,7 @@ pub(crate) async fn sync_once(
                             reason: e.message.clone(),
                             category: Category::NotWritten,
                             may_land_late: false,
+                            raw: e.raw,
                         }
                     } else {
                         Fate::Failed(e)
@@ -353,6 +356,7 @@ pub(crate) async fn sync_once(
                             reason: reason.clone(),
                             category: Category::HubspotUnavailable,
                             may_land_late,
+                            raw: Value::Null,
                         },
                     );
                 }
@@ -392,6 +396,7 @@ pub(crate) async fn sync_once(
                                 ),
                                 category: Category::HubspotRejected,
                                 may_land_late: false,
+                                raw: error.raw.clone(),
                             },
                         );
                     }
@@ -450,14 +455,17 @@ async fn record(
                 None => failure(input, e.category, &e.message, &e.raw, e.permanent),
             }),
             Fate::Transient {
-                reason, category, ..
+                reason,
+                category,
+                raw,
+                ..
             } if input.leased.attempts + 1 >= max_attempts => {
-                // Out of attempts: parked in the DLQ with the last reason.
+                // Out of attempts: parked in the DLQ with the last reason and HubSpot's words.
                 let message = format!(
                     "{reason} (gave up after {} attempts)",
                     input.leased.attempts + 1
                 );
-                failures.push(failure(input, *category, &message, &Value::Null, true));
+                failures.push(failure(input, *category, &message, raw, true));
             }
             Fate::Transient {
                 wait: delay,
