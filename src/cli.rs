@@ -150,7 +150,8 @@ pub struct SimulatorArgs {
     /// Rolling window length in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub window_ms: u64,
-    /// Requests allowed per portal day (it resets at midnight at --utc-offset-minutes).
+    /// Requests allowed per portal day (it resets at the portal's midnight); without it, the
+    /// Free and Starter tiers' 250,000.
     #[arg(long)]
     pub daily_limit: Option<u64>,
     /// The portal's time zone name, as its account details report it; a name the tz database

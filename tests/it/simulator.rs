@@ -191,7 +191,12 @@ async fn requests_past_the_window_get_429_without_a_category() {
         first.header("x-hubspot-ratelimit-interval-milliseconds"),
         Some("10000")
     );
-    assert_eq!(first.header("x-hubspot-ratelimit-daily"), None);
+    // No daily limit set: a private app still gets the lowest tier's, counting down.
+    assert_eq!(first.header("x-hubspot-ratelimit-daily"), Some("250000"));
+    assert_eq!(
+        first.header("x-hubspot-ratelimit-daily-remaining"),
+        Some("249999")
+    );
     api.get("/crm/v3/properties/contacts").await;
     api.get("/crm/v3/properties/contacts").await;
 
@@ -204,7 +209,15 @@ async fn requests_past_the_window_get_429_without_a_category() {
         limited.body["message"],
         "You have reached your ten_secondly_rolling limit."
     );
-    assert!(limited.body["groupName"].is_string());
+    assert_eq!(
+        limited.body["groupName"],
+        "publicapi:private_app-api-calls-ten-secondly:1"
+    );
+    assert_eq!(
+        limited.header("x-hubspot-ratelimit-daily-remaining"),
+        Some("249996"),
+        "the daily headers ride on a 429 too"
+    );
     assert!(limited.body.get("category").is_none());
     let statuses: Vec<u16> = api.sim.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
@@ -248,6 +261,14 @@ async fn an_exhausted_daily_limit_answers_429_daily() {
     assert_eq!(
         limited.body["message"],
         "You have reached your daily limit."
+    );
+    assert_eq!(
+        limited.body["groupName"],
+        "publicapi:private_app-api-calls-daily:1"
+    );
+    assert_eq!(
+        limited.header("x-hubspot-ratelimit-daily-remaining"),
+        Some("0")
     );
 }
 

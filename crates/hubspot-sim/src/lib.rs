@@ -39,7 +39,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use crate::token::Token;
-pub use crate::types::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
+pub use crate::types::{
+    DEFAULT_DAILY_LIMIT, Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE,
+};
 
 use crate::server::accept_loop;
 use crate::state::{Shared, State};

@@ -109,20 +109,24 @@ impl Reply {
 
     /// 429 for the rolling window or, when `daily`, the daily limit. No `category`, as seen live.
     pub(crate) fn rate_limited(daily: bool) -> Reply {
-        let (message, policy) = if daily {
-            ("You have reached your daily limit.", "DAILY")
+        let (message, policy, group) = if daily {
+            (
+                "You have reached your daily limit.",
+                "DAILY",
+                "publicapi:private_app-api-calls-daily:1",
+            )
         } else {
             (
                 "You have reached your ten_secondly_rolling limit.",
                 "TEN_SECONDLY_ROLLING",
+                "publicapi:private_app-api-calls-ten-secondly:1",
             )
         };
         Reply::json(
             429,
             json!({
                 "status": "error", "message": message, "errorType": "RATE_LIMIT",
-                "correlationId": correlation_id(), "policyName": policy,
-                "groupName": "publicapi:private_app-api-calls-ten-secondly:1"
+                "correlationId": correlation_id(), "policyName": policy, "groupName": group
             }),
         )
     }

@@ -15,7 +15,9 @@ use serde_json::Value;
 use crate::object_type::ObjectType;
 use crate::properties::Schema;
 use crate::token::Token;
-use crate::types::{Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE};
+use crate::types::{
+    DEFAULT_DAILY_LIMIT, Fault, SimConfig, SimRecord, SimRequest, UNLIMITED_HEADER_VALUE,
+};
 use crate::values::normalize_email;
 
 /// The current time as HubSpot writes timestamps: RFC 3339, UTC, milliseconds.
@@ -481,9 +483,9 @@ impl State {
             self.used_today = 0;
         }
         self.used_today += 1;
-        let over_daily = config
-            .daily_limit
-            .is_some_and(|limit| self.used_today > limit);
+        // A private app always has a daily limit: without one configured, the lowest tier's.
+        let daily_limit = config.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT);
+        let over_daily = self.used_today > daily_limit;
 
         let (max, remaining, over_window) = if config.requests_per_window == 0 {
             (UNLIMITED_HEADER_VALUE, UNLIMITED_HEADER_VALUE, false)
@@ -502,18 +504,16 @@ impl State {
         };
 
         let interval = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
-        let mut headers = vec![
+        let headers = vec![
             ("x-hubspot-ratelimit-max", u64::from(max)),
             ("x-hubspot-ratelimit-remaining", u64::from(remaining)),
             ("x-hubspot-ratelimit-interval-milliseconds", interval),
-        ];
-        if let Some(limit) = config.daily_limit {
-            headers.push(("x-hubspot-ratelimit-daily", limit));
-            headers.push((
+            ("x-hubspot-ratelimit-daily", daily_limit),
+            (
                 "x-hubspot-ratelimit-daily-remaining",
-                limit.saturating_sub(self.used_today),
-            ));
-        }
+                daily_limit.saturating_sub(self.used_today),
+            ),
+        ];
         let limited = if over_daily {
             Some(true)
         } else if over_window {
@@ -571,5 +571,43 @@ impl Shared {
     /// more than stopping the simulator would, so a poisoned lock is simply taken over.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_daily_limit_set_the_lowest_tiers_is_reported_and_kept() {
+        let config = SimConfig {
+            requests_per_window: 0,
+            ..SimConfig::default()
+        };
+        let mut state = State::new(&config);
+        let now = Instant::now();
+        let header = |admission: &Admission, name: &str| {
+            admission
+                .headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+        };
+        let first = state.admit(&config, now);
+        assert_eq!(first.limited, None);
+        assert_eq!(header(&first, "x-hubspot-ratelimit-daily"), Some(250_000));
+        assert_eq!(
+            header(&first, "x-hubspot-ratelimit-daily-remaining"),
+            Some(249_999)
+        );
+        for _ in 1..DEFAULT_DAILY_LIMIT {
+            assert_eq!(state.admit(&config, now).limited, None);
+        }
+        let over = state.admit(&config, now);
+        assert_eq!(over.limited, Some(true), "the 250,001st request of the day");
+        assert_eq!(
+            header(&over, "x-hubspot-ratelimit-daily-remaining"),
+            Some(0)
+        );
     }
 }

@@ -9,6 +9,9 @@ use crate::token::Token;
 /// The value both `X-HubSpot-RateLimit-Max` and `-Remaining` carry when the window is unlimited.
 pub const UNLIMITED_HEADER_VALUE: u32 = 1_000_000;
 
+/// Requests per portal day of the Free and Starter tiers: the daily limit when none is set.
+pub const DEFAULT_DAILY_LIMIT: u64 = 250_000;
+
 /// Settings fixed when the simulator starts; the rest is changed through
 /// [`Simulator`](crate::Simulator) methods.
 #[derive(Debug, Clone)]
@@ -20,7 +23,8 @@ pub struct SimConfig {
     /// Length of the rolling window (default 10 s).
     pub window: Duration,
     /// Requests allowed per portal day (it resets at midnight in the portal's time zone);
-    /// `None` means unlimited.
+    /// `None` means the Free and Starter tiers' [`DEFAULT_DAILY_LIMIT`]. Reported on every
+    /// response (`X-HubSpot-RateLimit-Daily`, `-Daily-Remaining`), as to any private app.
     pub daily_limit: Option<u64>,
     /// The portal's time zone name, as `GET /account-info/v3/details` reports it (default `UTC`).
     /// A name the tz database knows sets the offset, daylight saving included.
