@@ -79,7 +79,7 @@ pub async fn run(args: &Args, base_url: &str) -> anyhow::Result<()> {
         ]
     };
     table(
-        "P4 results, ms (target: p50 ≤ 300, p99 ≤ 1000)",
+        "P4 results, ms (target: p50 ≤ 50, p99 ≤ 250)",
         &["commit →", "samples", "p50", "p95", "p99", "max", "mean"],
         &[
             row("upsert arrival", &mut arrival),
