@@ -724,6 +724,18 @@ fn made_pairs(body: &Value, pairs: &[(String, String)]) -> Vec<(String, String)>
     made
 }
 
+/// The body of a 2xx reply to an association call; anything else classified as for upserts
+/// (429 pauses, 401/403 halt, the rest retry).
+fn success_body<Tz: TimeZone>(
+    reply: Result<&Reply, &Transport>,
+    now: DateTime<Tz>,
+) -> Result<Value, Box<Outcome>> {
+    match reply {
+        Ok(r) if (200..300).contains(&r.status) => Ok(parse_body(&r.body)),
+        _ => Err(Box::new(classify(&[], IdProperty::Unique(""), reply, now))),
+    }
+}
+
 /// Classifies a batch-association reply for `pairs` (contact id, company id). A 2xx lists each
 /// pair as written when a result shows it made (`made_pairs`), as failed
 /// (`association_refused`) when an error is surely about it, and as failed (`not_written`)
@@ -734,13 +746,10 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
     reply: Result<&Reply, &Transport>,
     now: DateTime<Tz>,
 ) -> Outcome {
-    let Ok(r) = reply else {
-        return classify(&[], IdProperty::Unique(""), reply, now);
+    let body = match success_body(reply, now) {
+        Ok(body) => body,
+        Err(outcome) => return *outcome,
     };
-    if !(200..300).contains(&r.status) {
-        return classify(&[], IdProperty::Unique(""), reply, now);
-    }
-    let body = parse_body(&r.body);
     let made = made_pairs(&body, pairs);
     let errors = pair_errors(batch_errors(&body), pairs);
     let mut written = Vec::new();
@@ -806,13 +815,10 @@ pub(crate) fn classify_removals<Tz: TimeZone>(
     reply: Result<&Reply, &Transport>,
     now: DateTime<Tz>,
 ) -> Outcome {
-    let Ok(r) = reply else {
-        return classify(&[], IdProperty::Unique(""), reply, now);
+    let body = match success_body(reply, now) {
+        Ok(body) => body,
+        Err(outcome) => return *outcome,
     };
-    if !(200..300).contains(&r.status) {
-        return classify(&[], IdProperty::Unique(""), reply, now);
-    }
-    let body = parse_body(&r.body);
     let errors = batch_errors(&body);
     let unplaced = errors.iter().find(|e| blame(e, pairs).is_empty());
     let per_pair = pair_errors(errors, pairs);
