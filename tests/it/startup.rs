@@ -189,28 +189,41 @@ async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothin
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPool) {
+/// Starts against a portal whose `current_plan` has `options`; returns the simulator and the
+/// options it then holds, as (value, label).
+async fn start_with_plan_options(options: serde_json::Value) -> (Simulator, Vec<(String, String)>) {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     sim.define_property(
         "contacts",
         json!({"name": "current_plan", "label": "Plan", "type": "enumeration", "fieldType": "select",
-               "groupName": "contactinformation",
-               "options": [{"label": "Legacy", "value": "legacy", "displayOrder": 0, "hidden": false},
-                           {"label": "Pro", "value": "pro", "displayOrder": 1, "hidden": false}]}),
+               "groupName": "contactinformation", "options": options}),
     );
     let config = crate::harness::parse_config(CONFIG);
     let client = crate::harness::client_for(&sim, &config);
-    hubsync::reconcile::ensure(&client.clone().into(), &config)
+    hubsync::reconcile::ensure(&client.into(), &config)
         .await
         .unwrap();
     let plan = sim.property("contacts", "current_plan").unwrap();
-    let values: Vec<&str> = plan["options"]
+    let held = plan["options"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| o["value"].as_str().unwrap())
+        .map(|o| {
+            let text = |k: &str| o[k].as_str().unwrap().to_string();
+            (text("value"), text("label"))
+        })
         .collect();
+    (sim, held)
+}
+
+#[sqlx::test(migrations = false)]
+async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPool) {
+    let (sim, options) = start_with_plan_options(json!([
+        {"label": "Legacy", "value": "legacy", "displayOrder": 0, "hidden": false},
+        {"label": "Pro", "value": "pro", "displayOrder": 1, "hidden": false}
+    ]))
+    .await;
+    let values: Vec<&str> = options.iter().map(|(v, _)| v.as_str()).collect();
     assert_eq!(
         values,
         vec!["legacy", "pro", "free", "enterprise"],
@@ -224,7 +237,9 @@ async fn start_up_creates_missing_properties_and_adds_missing_options(pool: PgPo
         "datetime"
     );
     // A second start has nothing left to do.
-    let again = hubsync::reconcile::plan(&client.clone().into(), &config)
+    let config = crate::harness::parse_config(CONFIG);
+    let client = crate::harness::client_for(&sim, &config);
+    let again = hubsync::reconcile::plan(&client.into(), &config)
         .await
         .unwrap();
     assert!(
@@ -297,25 +312,14 @@ async fn a_check_with_a_refused_token_pauses_no_worker(pool: PgPool) {
 /// value as label unless another option already has that label.
 #[sqlx::test(migrations = false)]
 async fn an_added_option_gets_a_label_no_other_option_has(pool: PgPool) {
-    let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    sim.define_property(
-        "contacts",
-        json!({"name": "current_plan", "label": "Plan", "type": "enumeration", "fieldType": "select",
-               "groupName": "contactinformation",
-               "options": [{"label": "free", "value": "free_tier", "displayOrder": 0, "hidden": false},
-                           {"label": "pro", "value": "pro", "displayOrder": 1, "hidden": false}]}),
-    );
-    let config = crate::harness::parse_config(CONFIG);
-    let client = crate::harness::client_for(&sim, &config);
-    hubsync::reconcile::ensure(&client.clone().into(), &config)
-        .await
-        .unwrap();
-    let plan = sim.property("contacts", "current_plan").unwrap();
-    let options: Vec<(&str, &str)> = plan["options"]
-        .as_array()
-        .unwrap()
+    let (_sim, options) = start_with_plan_options(json!([
+        {"label": "free", "value": "free_tier", "displayOrder": 0, "hidden": false},
+        {"label": "pro", "value": "pro", "displayOrder": 1, "hidden": false}
+    ]))
+    .await;
+    let options: Vec<(&str, &str)> = options
         .iter()
-        .map(|o| (o["value"].as_str().unwrap(), o["label"].as_str().unwrap()))
+        .map(|(v, l)| (v.as_str(), l.as_str()))
         .collect();
     assert_eq!(
         options,
