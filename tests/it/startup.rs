@@ -282,19 +282,7 @@ async fn a_check_with_a_refused_token_pauses_no_worker(pool: PgPool) {
         ("HUBSPOT_BASE_URL", base.as_str()),
         ("DATABASE_URL", url.as_str()),
     ];
-    let check = tokio::task::spawn_blocking({
-        let envs: Vec<(String, String)> = envs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move || {
-            let envs: Vec<(&str, &str)> =
-                envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            hubsync(&["check"], Some(CONFIG), &envs)
-        }
-    })
-    .await
-    .unwrap();
+    let check = crate::harness::hubsync_beside(&["check"], Some(CONFIG), &envs).await;
     assert_ne!(check.status.code(), Some(0));
     let err = stderr(&check);
     assert!(err.contains("refused the access token"), "{err}");
