@@ -4,7 +4,7 @@
 //! install made before this history existed has its rows moved out of the application's
 //! `_sqlx_migrations` (only the rows that are hubsync's own migrations; the table itself stays).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sqlx::migrate::{Migration, Migrator};
@@ -135,19 +135,62 @@ async fn migrate_locked(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a migration waits for a lock on one of hubsync's tables before it lets go.
+/// Waiting for a table lock (to add a column, replace a trigger) puts every later writer of
+/// that table in the queue behind it: the application's inserts into the outbox included. So
+/// a migration waits a little, gives way, and tries again a few times.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Tries before `migrate` gives up (about 15 s in all), and the pause between them.
+const LOCK_TRIES: u32 = 5;
+const LOCK_PAUSE: Duration = Duration::from_secs(1);
+
 /// Applies one migration and records it, in one transaction unless the file asks for none.
 async fn apply(conn: &mut PgConnection, m: &Migration) -> anyhow::Result<()> {
     let started = Instant::now();
     if m.no_tx {
         conn.execute(&*m.sql).await?;
         record(conn, m, started).await?;
-    } else {
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let mut tx = conn.begin().await?;
-        tx.execute(&*m.sql).await?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = {}",
+            LOCK_WAIT.as_millis()
+        ))
+        .execute(&mut *tx)
+        .await?;
+        match tx.execute(&*m.sql).await {
+            Ok(_) => {}
+            Err(e) if is_lock_timeout(&e) && attempt < LOCK_TRIES => {
+                tx.rollback().await?;
+                tracing::warn!(
+                    version = m.version,
+                    "hubsync migration {} waits for a lock another session holds on a hubsync table; giving way to the application's writes, then trying again ({attempt} of {LOCK_TRIES})",
+                    m.description
+                );
+                tokio::time::sleep(LOCK_PAUSE).await;
+                continue;
+            }
+            Err(e) if is_lock_timeout(&e) => bail!(
+                "another session held a lock on a hubsync table each time it was tried ({LOCK_TRIES} tries of {} s; {e}); often a transaction left open after writing to hubsync.outbox: look for it in pg_stat_activity (state 'idle in transaction'), end it, and run `hubsync migrate` again",
+                LOCK_WAIT.as_secs()
+            ),
+            Err(e) => return Err(e.into()),
+        }
         record(&mut tx, m, started).await?;
         tx.commit().await?;
+        return Ok(());
     }
-    Ok(())
+}
+
+/// Whether `e` is Postgres giving up on a lock (`lock_timeout`, SQLSTATE 55P03).
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
 }
 
 async fn record(conn: &mut PgConnection, m: &Migration, started: Instant) -> anyhow::Result<()> {

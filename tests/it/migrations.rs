@@ -387,3 +387,49 @@ async fn the_outbox_ids_go_on_from_the_old_sequence_after_the_upgrade(pool: PgPo
         "the rows before the upgrade keep their ids"
     );
 }
+
+/// An upgrade that needs a lock on the outbox while the application holds a transaction open on
+/// it (here: an insert not yet committed) gives way instead of queueing every later insert
+/// behind it: the application keeps inserting, and `migrate` stops after a few tries saying
+/// what holds it up. Run again once that transaction is over, it finishes.
+#[sqlx::test(migrations = false)]
+async fn an_upgrade_gives_way_to_an_open_transaction_on_the_outbox(pool: PgPool) {
+    previous_layout(&pool).await;
+    let insert = "INSERT INTO hubsync.outbox (event_id, object_type, object_key)
+                  VALUES (gen_random_uuid(), 'contact', 'app@acme.com')";
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query(insert).execute(&mut *open).await.unwrap();
+
+    let url = database_url(&pool);
+    let migrate = tokio::spawn({
+        let url = url.clone();
+        async move {
+            crate::harness::hubsync_beside(&["migrate"], None, &[("DATABASE_URL", &url)]).await
+        }
+    });
+    // The application goes on inserting while the upgrade waits for its turn.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), sqlx::query(insert).execute(&pool))
+            .await
+            .expect("an insert is not held up behind the upgrade")
+            .unwrap();
+    }
+    let out = migrate.await.unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("idle in transaction") && err.contains("nothing of it was applied"),
+        "{err}"
+    );
+    open.commit().await.unwrap();
+
+    let out = on(&pool, &["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(hubsync_history(&pool).await, embedded());
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 4);
+}
