@@ -752,6 +752,11 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
     };
     let made = made_pairs(&body, pairs);
     let errors = pair_errors(batch_errors(&body), pairs);
+    // Errors that name no pair of the batch: their words stay with the pairs not made.
+    let unplaced: Vec<&Value> = batch_errors(&body)
+        .iter()
+        .filter(|e| blame(e, pairs).is_empty())
+        .collect();
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for (i, (contact, company)) in pairs.iter().enumerate() {
@@ -793,9 +798,25 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
                 category: Category::NotWritten,
                 code: None,
                 message: format!(
-                    "HubSpot answered success but its reply does not mention the association of contact {contact} with company {company}, so it was not made"
+                    "HubSpot answered success but its reply does not mention the association of contact {contact} with company {company}, so it was not made{}",
+                    if unplaced.is_empty() {
+                        String::new()
+                    } else {
+                        let quoted: Vec<String> = unplaced
+                            .iter()
+                            .map(|e| format!("\"{}\"", said(e)))
+                            .collect();
+                        format!(
+                            "; the reply also carries error(s) naming no pair, which may be \
+                             about this one: {}",
+                            quoted.join("; ")
+                        )
+                    }
                 ),
-                raw: Value::Null,
+                raw: match unplaced.as_slice() {
+                    [] => Value::Null,
+                    errors => Value::Array(errors.iter().map(|e| (*e).clone()).collect()),
+                },
                 permanent: false,
                 properties: Vec::new(),
             },
@@ -1618,6 +1639,21 @@ mod tests {
         let (written, failed) = associated(&sent, body);
         assert_eq!(written, vec![0]);
         assert_eq!(failed[0].error.category, Category::AssociationRefused);
+    }
+
+    #[test]
+    fn an_error_naming_no_pair_is_kept_on_the_pairs_not_made() {
+        let sent = pairs(&[("5", "7"), ("6", "8")]);
+        let error = json!({"category": "VALIDATION_ERROR", "message": "Something went wrong"});
+        let body = json!({"status": "COMPLETE", "results": [association("5", "7", 279)],
+                          "errors": [error.clone()]});
+        let (written, failed) = associated(&sent, body);
+        assert_eq!(written, vec![0], "an error is never counted as a pair made");
+        assert_eq!(failed.len(), 1);
+        let e = &failed[0].error;
+        assert_eq!((failed[0].input, &e.category), (1, &Category::NotWritten));
+        assert!(e.message.contains("Something went wrong"), "{}", e.message);
+        assert_eq!(e.raw, json!([error]));
     }
 
     #[test]
