@@ -648,22 +648,33 @@ fn batch_errors(body: &Value) -> &[Value] {
     }
 }
 
-/// For each pair, the first error that is surely about it, else the first that may be.
-fn pair_errors<'a>(
-    errors: &'a [Value],
-    pairs: &[(String, String)],
-) -> Vec<Option<(&'a Value, Blame)>> {
-    let mut out: Vec<Option<(&Value, Blame)>> = vec![None; pairs.len()];
-    for error in errors {
-        for (i, blame) in blame(error, pairs) {
-            match out[i] {
-                None => out[i] = Some((error, blame)),
-                Some((_, Blame::Maybe)) if blame == Blame::Sure => out[i] = Some((error, blame)),
+/// The errors of a batch reply about pairs: for each pair, the first error that is surely
+/// about it, else the first that may be.
+struct PairErrors<'a> {
+    per_pair: Vec<Option<(&'a Value, Blame)>>,
+    /// The errors that name no pair of the batch at all.
+    unplaced: Vec<&'a Value>,
+}
+
+fn pair_errors<'a>(body: &'a Value, pairs: &[(String, String)]) -> PairErrors<'a> {
+    let mut per_pair: Vec<Option<(&Value, Blame)>> = vec![None; pairs.len()];
+    let mut unplaced = Vec::new();
+    for error in batch_errors(body) {
+        let blamed = blame(error, pairs);
+        if blamed.is_empty() {
+            unplaced.push(error);
+        }
+        for (i, blame) in blamed {
+            match per_pair[i] {
+                None => per_pair[i] = Some((error, blame)),
+                Some((_, Blame::Maybe)) if blame == Blame::Sure => {
+                    per_pair[i] = Some((error, blame))
+                }
                 Some(_) => {}
             }
         }
     }
-    out
+    PairErrors { per_pair, unplaced }
 }
 
 /// The id of an association end (`{"id": …}`), as text.
@@ -751,12 +762,13 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
         Err(outcome) => return *outcome,
     };
     let made = made_pairs(&body, pairs);
-    let errors = pair_errors(batch_errors(&body), pairs);
     // Errors that name no pair of the batch: their words stay with the pairs not made.
-    let unplaced: Vec<&Value> = batch_errors(&body)
-        .iter()
-        .filter(|e| blame(e, pairs).is_empty())
-        .collect();
+    let PairErrors { per_pair, unplaced } = pair_errors(&body, pairs);
+    let said = |e: &Value| {
+        str_field(e, "message")
+            .unwrap_or("(no message)")
+            .to_string()
+    };
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for (i, (contact, company)) in pairs.iter().enumerate() {
@@ -764,12 +776,7 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
             written.push(WrittenInput { input: i, id: None });
             continue;
         }
-        let said = |e: &Value| {
-            str_field(e, "message")
-                .unwrap_or("(no message)")
-                .to_string()
-        };
-        let error = match errors[i] {
+        let error = match per_pair[i] {
             Some((e, Blame::Sure)) => RecordError {
                 category: Category::AssociationRefused,
                 code: str_field(e, "category").map(String::from),
@@ -799,24 +806,9 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
                 code: None,
                 message: format!(
                     "HubSpot answered success but its reply does not mention the association of contact {contact} with company {company}, so it was not made{}",
-                    if unplaced.is_empty() {
-                        String::new()
-                    } else {
-                        let quoted: Vec<String> = unplaced
-                            .iter()
-                            .map(|e| format!("\"{}\"", said(e)))
-                            .collect();
-                        format!(
-                            "; the reply also carries error(s) naming no pair, which may be \
-                             about this one: {}",
-                            quoted.join("; ")
-                        )
-                    }
+                    unplaced_note(&unplaced, "pair")
                 ),
-                raw: match unplaced.as_slice() {
-                    [] => Value::Null,
-                    errors => Value::Array(errors.iter().map(|e| (*e).clone()).collect()),
-                },
+                raw: raw_errors(&unplaced),
                 permanent: false,
                 properties: Vec::new(),
             },
@@ -840,13 +832,11 @@ pub(crate) fn classify_removals<Tz: TimeZone>(
         Ok(body) => body,
         Err(outcome) => return *outcome,
     };
-    let errors = batch_errors(&body);
-    let unplaced = errors.iter().find(|e| blame(e, pairs).is_empty());
-    let per_pair = pair_errors(errors, pairs);
+    let PairErrors { per_pair, unplaced } = pair_errors(&body, pairs);
     let mut written = Vec::new();
     let mut failed = Vec::new();
     for (i, (contact, company)) in pairs.iter().enumerate() {
-        let found = per_pair[i].or(unplaced.map(|e| (e, Blame::Maybe)));
+        let found = per_pair[i].or(unplaced.first().map(|e| (*e, Blame::Maybe)));
         let Some((e, blame)) = found else {
             written.push(WrittenInput { input: i, id: None });
             continue;
@@ -1059,7 +1049,7 @@ fn combined_error(errors: &[&Value]) -> RecordError {
         },
         code: parts.iter().find_map(|p| p.code.clone()),
         message: format!("HubSpot refused the record: {}", said.join("; ")),
-        raw: Value::Array(errors.iter().map(|e| (*e).clone()).collect()),
+        raw: raw_errors(errors),
         permanent,
         properties,
     }
@@ -1068,33 +1058,42 @@ fn combined_error(errors: &[&Value]) -> RecordError {
 /// The error of an input a 2xx reply does not account for; `unmatched` are the reply's errors
 /// that name no input, which may be about this one.
 fn not_written(unmatched: &[&Value]) -> RecordError {
-    let mut message = String::from(
-        "HubSpot answered success but its reply does not mention this record, so it was not \
-         written",
-    );
-    if !unmatched.is_empty() {
-        let said: Vec<String> = unmatched
-            .iter()
-            .map(|e| format!("\"{}\"", str_field(e, "message").unwrap_or("(no message)")))
-            .collect();
-        message.push_str(&format!(
-            "; the reply also carries {} error(s) naming no record, which may be about this \
-             one: {}",
-            unmatched.len(),
-            said.join("; ")
-        ));
-    }
     RecordError {
         category: Category::NotWritten,
         code: None,
-        message,
-        raw: if unmatched.is_empty() {
-            Value::Null
-        } else {
-            Value::Array(unmatched.iter().map(|e| (*e).clone()).collect())
-        },
+        message: format!(
+            "HubSpot answered success but its reply does not mention this record, so it was not \
+             written{}",
+            unplaced_note(unmatched, "record")
+        ),
+        raw: raw_errors(unmatched),
         permanent: false,
         properties: Vec::new(),
+    }
+}
+
+/// What a "not written" message adds about a reply's `errors` that name no `what` (record,
+/// pair) of the request: they may be about this one. Empty when there are none.
+fn unplaced_note(errors: &[&Value], what: &str) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let said: Vec<String> = errors
+        .iter()
+        .map(|e| format!("\"{}\"", str_field(e, "message").unwrap_or("(no message)")))
+        .collect();
+    format!(
+        "; the reply also carries {} error(s) naming no {what}, which may be about this one: {}",
+        errors.len(),
+        said.join("; ")
+    )
+}
+
+/// `errors` as kept in a record error's `raw`: null when there are none.
+fn raw_errors(errors: &[&Value]) -> Value {
+    match errors {
+        [] => Value::Null,
+        errors => Value::Array(errors.iter().map(|e| (*e).clone()).collect()),
     }
 }
 
