@@ -494,9 +494,10 @@ pub(crate) fn classify<Tz: TimeZone>(
 /// A whole-request error HubSpot describes only in words, read once here into a type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BatchError {
-    /// `Unable to perform update/upsert by non-unique <object> property <name>`: the batch's
-    /// `idProperty` was not created with `hasUniqueValue`. HubSpot gives no code or context
-    /// for it, so its words are the only signal.
+    /// `Unable to perform update/upsert by non-unique <object> property <name>`, which HubSpot
+    /// may end with ` in portal ID <id>`: the batch's `idProperty` was not created with
+    /// `hasUniqueValue` (or no longer exists). HubSpot gives no code or context for it, so its
+    /// words are the only signal.
     NonUniqueIdProperty {
         /// The property named.
         property: String,
@@ -509,14 +510,23 @@ impl BatchError {
     /// Reads HubSpot's `message` of a 400 refusing a whole batch.
     pub(crate) fn read(message: &str) -> BatchError {
         const NON_UNIQUE: &str = "by non-unique ";
-        match message.find(NON_UNIQUE) {
-            Some(at) => match message[at + NON_UNIQUE.len()..].rsplit(' ').next() {
-                Some(property) if !property.is_empty() => BatchError::NonUniqueIdProperty {
-                    property: property.trim_end_matches(['.', '"']).to_string(),
-                },
-                _ => BatchError::Other,
-            },
-            None => BatchError::Other,
+        const PROPERTY: &str = " property ";
+        let Some(at) = message.find(NON_UNIQUE) else {
+            return BatchError::Other;
+        };
+        let rest = &message[at + NON_UNIQUE.len()..];
+        // The name is the word after "property", whatever follows it.
+        let name = rest
+            .find(PROPERTY)
+            .and_then(|p| rest[p + PROPERTY.len()..].split_whitespace().next())
+            .map(|word| word.trim_matches(['.', '"', '\'', ',']))
+            .unwrap_or_default();
+        if name.is_empty() {
+            BatchError::Other
+        } else {
+            BatchError::NonUniqueIdProperty {
+                property: name.to_string(),
+            }
         }
     }
 }
@@ -1484,10 +1494,22 @@ mod tests {
             }
         );
         assert_eq!(
+            BatchError::read(
+                "Unable to perform update/upsert by non-unique 0-2 property product_account_id in portal ID 21939747"
+            ),
+            BatchError::NonUniqueIdProperty {
+                property: "product_account_id".into()
+            }
+        );
+        assert_eq!(
             BatchError::read("Duplicate IDs found in batch input: [a@b.com]. IDs must be unique"),
             BatchError::Other
         );
         assert_eq!(BatchError::read("non-unique"), BatchError::Other);
+        assert_eq!(
+            BatchError::read("Unable to perform update/upsert by non-unique 0-2 property"),
+            BatchError::Other
+        );
     }
 
     #[test]

@@ -799,3 +799,46 @@ async fn a_daily_limit_in_a_portal_at_utc_minus_5_pauses_until_its_local_midnigh
         "paused until {paused_until}, local midnight is {local_midnight}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_company_key_that_stops_being_unique_halts_and_parks_nothing(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    // Someone archives the company key property in HubSpot while workers run: HubSpot then
+    // refuses every company upsert by it, whatever the records hold.
+    assert!(h.sim.archive_property("companies", "product_account_id"));
+    for i in 0..5 {
+        sqlx::query(
+            "SELECT hubsync.enqueue(event_id => gen_random_uuid(), object_type => 'company',
+                    object_key => $1, properties => '{\"seats\": 3}')",
+        )
+        .bind(format!("acct_{i}"))
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    }
+    let halted = h.worker.run_until_idle(&CancellationToken::new()).await;
+    assert!(halted.is_err(), "{halted:?}");
+    let reason: Option<String> = sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    let reason = reason.expect("the pipeline is paused");
+    assert!(
+        reason.contains("\"product_account_id\"") && reason.contains("hasUniqueValue"),
+        "{reason}"
+    );
+    assert_eq!(h.count("dlq").await, 0, "nothing is parked for it");
+    let dirty: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM hubsync.objects WHERE object_type = 'company' AND dirty",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(dirty, 5);
+    assert_eq!(
+        h.upserts().len(),
+        1,
+        "one refused request, not a search for offenders"
+    );
+}

@@ -703,7 +703,7 @@ async fn companies_upsert_only_by_a_unique_property() {
     assert_eq!(refused.status, 400);
     assert_eq!(
         refused.body["message"],
-        "Unable to perform update/upsert by non-unique 0-2 property domain"
+        "Unable to perform update/upsert by non-unique 0-2 property domain in portal ID 1512050"
     );
     let contacts_by_name =
         json!({"inputs": [{"id": "Ann", "idProperty": "firstname", "properties": {}}]});

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::object_type::ObjectType;
 use crate::replies::{Reply, ReplyBody, correlation_id};
 use crate::state::{ObjectStore, State, StoredRecord, timestamp};
-use crate::types::SimConfig;
+use crate::types::{PORTAL_ID, SimConfig};
 use crate::values::{ValueError, check_email, check_value};
 
 /// HubSpot's limit on inputs per batch request.
@@ -175,7 +175,7 @@ fn parse_inputs<'a>(store: &ObjectStore, raw_inputs: &'a [Value]) -> Result<Vec<
         if !usable {
             return Err(Reply::validation(
                 &format!(
-                    "Unable to perform update/upsert by non-unique {} property {id_property}",
+                    "Unable to perform update/upsert by non-unique {} property {id_property} in portal ID {PORTAL_ID}",
                     object.type_id()
                 ),
                 context(),

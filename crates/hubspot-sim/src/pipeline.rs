@@ -16,7 +16,7 @@ use crate::object_type::ObjectType;
 use crate::objects::{self, Edition};
 use crate::replies::{Reply, ReplyBody};
 use crate::state::{Admission, Shared, State, timestamp};
-use crate::types::{Fault, SimConfig, SimRequest};
+use crate::types::{Fault, PORTAL_ID, SimConfig, SimRequest};
 
 /// What the connection should do with a request.
 pub(crate) enum Outcome {
@@ -335,7 +335,7 @@ fn account_details(config: &SimConfig) -> Reply {
     Reply::json(
         200,
         json!({
-            "portalId": 1512050, "accountType": "STANDARD",
+            "portalId": PORTAL_ID, "accountType": "STANDARD",
             "timeZone": config.time_zone, "companyCurrency": "USD", "additionalCurrencies": [],
             "utcOffset": format!("{sign}{:02}:{:02}", magnitude / 60, magnitude % 60),
             "utcOffsetMilliseconds": i64::from(offset) * 60_000,

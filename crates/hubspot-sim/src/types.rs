@@ -9,6 +9,10 @@ use crate::token::Token;
 /// The value both `X-HubSpot-RateLimit-Max` and `-Remaining` carry when the window is unlimited.
 pub const UNLIMITED_HEADER_VALUE: u32 = 1_000_000;
 
+/// The simulated portal's id: in the account details, and at the end of some of HubSpot's
+/// messages (`... in portal ID 1512050`).
+pub const PORTAL_ID: u64 = 1_512_050;
+
 /// Requests per portal day of the Free and Starter tiers: the daily limit when none is set.
 pub const DEFAULT_DAILY_LIMIT: u64 = 250_000;
 
