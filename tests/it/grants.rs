@@ -148,11 +148,33 @@ async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
     assert_eq!(insert(&producer, plain, "q@acme.com").await, 1);
     assert_eq!(insert(&producer, plain, "q@acme.com").await, 0, "known id");
     assert_eq!(insert(&producer, id, "p@acme.com").await, 0, "known id");
+    // NULL where enqueue takes a default: the same default, not a failed transaction.
+    let nulls = Uuid::new_v4();
+    let inserted = sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties, occurred_at,
+                                     company_key)
+         VALUES ($1, 'contact', 'n@acme.com', NULL, NULL, NULL)",
+    )
+    .bind(nulls)
+    .execute(&producer)
+    .await
+    .expect("NULLs take enqueue's defaults");
+    assert_eq!(inserted.rows_affected(), 1);
+    let (properties, age): (String, f64) = sqlx::query_as(
+        "SELECT properties::text, extract(epoch FROM now() - occurred_at)::float8
+         FROM hubsync.outbox WHERE event_id = $1",
+    )
+    .bind(nulls)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(properties, "{}");
+    assert!((0.0..60.0).contains(&age), "occurred_at {age} s ago");
     let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.outbox")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(waiting, 2);
+    assert_eq!(waiting, 3);
 
     for sql in [
         "SELECT * FROM hubsync.outbox",
