@@ -329,7 +329,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let worker = Arc::new(worker.with_telemetry(telemetry));
             spawn_signal_handler(cancel.clone());
             if until_idle {
-                let step = worker.run_until_idle(&cancel).await?;
+                let step = worker.run_until_idle(&cancel).await;
+                worker.leave().await;
+                let step = step?;
                 // Cron users get the upkeep `run` does every ten minutes.
                 let pruned = db::retention::prune_ledger(
                     &worker.pool,

@@ -64,6 +64,8 @@ struct Inner {
     queue_read: tokio::sync::Mutex<Option<Instant>>,
     reconciled: AtomicBool,
     standing_aside: AtomicBool,
+    /// Why syncing was last halted, as the worker logged it.
+    halt_reason: Mutex<Option<String>>,
 }
 
 impl Default for Telemetry {
@@ -166,7 +168,7 @@ impl Telemetry {
         let halted = register(
             &mut r,
             "halted",
-            "1 while HubSpot refuses this worker's credentials (syncing is halted), else 0",
+            "1 while syncing is halted (HubSpot refuses this worker's credentials, the endpoint or the company key property), else 0",
             Gauge::default(),
         );
         let ready = register(
@@ -217,6 +219,7 @@ impl Telemetry {
                 queue_read: tokio::sync::Mutex::new(None),
                 reconciled: AtomicBool::new(false),
                 standing_aside: AtomicBool::new(false),
+                halt_reason: Mutex::new(None),
             }),
         }
     }
@@ -294,9 +297,18 @@ impl Telemetry {
         self.inner.standing_aside.store(aside, Ordering::Relaxed);
     }
 
-    /// Whether syncing is halted because HubSpot refused the credentials.
+    /// Whether syncing is halted: HubSpot refused the credentials, the endpoint or the company
+    /// key property.
     pub(crate) fn halted(&self) -> bool {
         self.inner.halted.get() != 0
+    }
+
+    /// Notes that syncing is halted, and why (what `/readyz` then says).
+    pub(crate) fn set_halted(&self, reason: &str) {
+        self.inner.halted.set(1);
+        if let Ok(mut r) = self.inner.halt_reason.lock() {
+            *r = Some(reason.to_string());
+        }
     }
 
     /// What `/readyz` answers: `database` is whether the database answered just now.
@@ -313,9 +325,18 @@ impl Telemetry {
             );
         }
         if self.halted() {
-            why.push(
-                "halted: HubSpot refuses the access token; set HUBSPOT_ACCESS_TOKEN to a valid private app token (the worker resumes by itself once it is accepted)".into(),
-            );
+            let reason = self
+                .inner
+                .halt_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| {
+                    "HubSpot refuses the access token; set HUBSPOT_ACCESS_TOKEN to a valid private app token".into()
+                });
+            why.push(format!(
+                "halted: {reason} (the worker tries again every worker.auth_probe_secs and resumes by itself once HubSpot accepts)"
+            ));
         }
         if self.inner.standing_aside.load(Ordering::Relaxed) {
             why.push(

@@ -243,9 +243,12 @@ impl Worker {
         Ok(self.limiter.pause(wait, reason).await?)
     }
 
-    /// A 401/403: every worker stops sending until the next probe; nothing is consumed.
+    /// A 401/403, or a request HubSpot would refuse whatever it held (404, a company key
+    /// property that is not unique): every worker stops sending until the next probe; nothing
+    /// is consumed.
     pub(crate) async fn halt(&self, status: u16, reason: &str) -> anyhow::Result<()> {
         let probe = self.config.worker.auth_probe_interval;
+        self.telemetry.set_halted(reason);
         tracing::error!(
             status,
             "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {probe:?}"
@@ -385,7 +388,7 @@ impl Worker {
             total.add(&step);
             if step.sync.halted {
                 anyhow::bail!(
-                    "syncing halted: HubSpot refused the credentials (see the log above); nothing was consumed"
+                    "syncing halted: HubSpot refused the credentials or the company key property (see the log above); nothing was consumed"
                 );
             }
             let only_released = step.ingested == 0
@@ -753,10 +756,17 @@ impl Worker {
                 result = Err(e);
             }
         }
+        self.leave().await;
+        result
+    }
+
+    /// Removes this worker's row from `hubsync.workers` as it stops, so that workers of an
+    /// older config do not stand aside for one that no longer runs. A row left behind (the
+    /// database unreachable) only counts as running for 30 s.
+    pub async fn leave(&self) {
         if let Err(e) = db::generations::leave(&self.pool, self.id).await {
             tracing::debug!("could not remove this worker's row: {e}");
         }
-        result
     }
 }
 

@@ -48,7 +48,8 @@ pub struct SyncReport {
     pub released: usize,
     /// HTTP requests sent.
     pub requests: usize,
-    /// Sending stopped because HubSpot refused the credentials.
+    /// Sending stopped: HubSpot refused the credentials, the endpoint or the company key
+    /// property.
     pub halted: bool,
     /// The soonest retry this step scheduled: an idle loop looks again then.
     pub retry_in: Option<Duration>,

@@ -9,7 +9,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{CONFIG, Harness, parse_config, worker_for};
+use crate::harness::{
+    CONFIG, Harness, database_url, hubsync_beside, parse_config, stderr, worker_for,
+};
 use crate::invariants::settled;
 
 fn newer_config() -> String {
@@ -126,4 +128,35 @@ async fn an_older_config_takes_no_work_while_a_newer_one_runs(pool: PgPool) {
     .unwrap();
     assert_eq!(generations, 2);
     assert!(workers >= 2);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_finished_until_idle_run_holds_no_older_worker_back(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    let url = database_url(&h.pool);
+    let base = h.sim.base_url();
+    let envs = [
+        ("DATABASE_URL", url.as_str()),
+        ("HUBSPOT_ACCESS_TOKEN", "sim-token"),
+        ("HUBSPOT_BASE_URL", base.as_str()),
+    ];
+    let newer = newer_config();
+    let out = hubsync_beside(&["run", "--until-idle"], Some(&newer), &envs).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let newer_rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)
+         WHERE c.generation > (SELECT min(generation) FROM hubsync.configs)",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(newer_rows, 0, "a run that ended is not a running worker");
+
+    // A cron run with the older config, right after: nothing newer runs, so it takes the work.
+    h.enqueue("a@acme.com", json!({"total_sessions": 2})).await;
+    let out = hubsync_beside(&["run", "--until-idle"], Some(CONFIG), &envs).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(h.count("outbox").await, 0, "{}", stderr(&out));
+    assert_eq!(h.prop("a@acme.com", "total_sessions").as_deref(), Some("2"));
 }

@@ -829,6 +829,15 @@ async fn a_company_key_that_stops_being_unique_halts_and_parks_nothing(pool: PgP
         "{reason}"
     );
     assert_eq!(h.count("dlq").await, 0, "nothing is parked for it");
+    let hubsync::telemetry::metrics::Readiness::NotReady(why) =
+        h.worker.telemetry().readiness(Ok(()))
+    else {
+        panic!("a halted worker is not ready");
+    };
+    assert!(
+        why.iter().any(|w| w.contains("\"product_account_id\"")),
+        "/readyz says why: {why:?}"
+    );
     let dirty: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM hubsync.objects WHERE object_type = 'company' AND dirty",
     )
