@@ -117,6 +117,25 @@ impl Snapshot {
                 .join(", "),
             _ => "none".into(),
         };
+        let resets = match self.fields.get("day_resets_at") {
+            None | Some(Value::Null) => String::new(),
+            Some(_) => format!(
+                "; the portal's day resets at {}",
+                self.text("day_resets_at")
+            ),
+        };
+        let budget = match self.fields.get("daily_budget") {
+            None | Some(Value::Null) => format!(
+                "not set (hubspot.daily_budget); {} requests today{resets}",
+                self.text("used_today")
+            ),
+            Some(_) => format!(
+                "{} used of {}, {} left{resets}",
+                self.text("used_today"),
+                self.text("daily_budget"),
+                self.text("budget_left")
+            ),
+        };
         let rows: Vec<(&str, String)> = vec![
             ("outbox_backlog", self.text("outbox_backlog")),
             (
@@ -147,7 +166,11 @@ impl Snapshot {
                 ),
             ),
             ("pause", pause),
-            ("daily_remaining", self.text("daily_remaining")),
+            (
+                "daily_remaining",
+                format!("{} (as HubSpot last counted)", self.text("daily_remaining")),
+            ),
+            ("daily_budget", budget),
             ("generation_in_use", self.text("generation_in_use")),
             ("workers_by_generation", self.text("workers_by_generation")),
         ];

@@ -405,6 +405,29 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
         "{text}"
     );
     assert!(text.contains("pause | none"), "{text}");
+    assert!(
+        text.contains("daily_budget | not set (hubspot.daily_budget); 0 requests today"),
+        "{text}"
+    );
+    // With a budget, the text gives what is used and left of it, as --json does.
+    sqlx::query(
+        "UPDATE hubsync.limiter SET daily_budget = 1000, day_used = 40,
+                day_ends = now() + interval '1 hour'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = crate::harness::hubsync_beside(
+        &["status"],
+        Some(CONFIG),
+        &[("DATABASE_URL", url.as_str())],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("daily_budget | 40 used of 1000, 960 left; the portal's day resets at"),
+        "{text}"
+    );
 
     // --watch draws the same with a progress bar, until stopped.
     let mut watch = crate::harness::command(
