@@ -252,7 +252,8 @@ async fn require_schema(pool: &PgPool) -> anyhow::Result<()> {
     match db::migrations::latest_applied(pool).await? {
         Some(v) if v >= latest => Ok(()),
         _ => anyhow::bail!(
-            "the hubsync schema is missing or out of date in this database; run `hubsync migrate` first"
+            "the hubsync schema is missing or out of date in the database at {}; run `hubsync migrate` first (with this DATABASE_URL)",
+            db::describe(&pool.connect_options())
         ),
     }
 }

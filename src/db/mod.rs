@@ -144,8 +144,61 @@ pub async fn connect_worker(
     pool(options, max_connections).await
 }
 
+/// How long a command waits for Postgres to accept a first connection (a server restarting).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether a failed connection will fail the same way however long one waits: refused
+/// credentials (class 28) or a database that does not exist (3D000).
+fn lasting(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code.starts_with("28") || code == "3D000")
+}
+
+/// Opens one connection before the pool does, so that a failure says why (the pool only
+/// says it timed out): at once when waiting cannot help, otherwise after trying again for
+/// up to [`CONNECT_PATIENCE`], saying once meanwhile that it waits.
+async fn first_connection(options: &PgConnectOptions, place: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let give_up = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut said = false;
+    loop {
+        let error = match tokio::time::timeout_at(
+            give_up,
+            sqlx::PgConnection::connect_with(options),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::bail!(
+                "cannot connect to Postgres at {place}: no answer within {}s; check DATABASE_URL and that the server is running",
+                CONNECT_PATIENCE.as_secs()
+            ),
+        };
+        if lasting(&error) || tokio::time::Instant::now() + Duration::from_secs(1) >= give_up {
+            // The error's own words only: its source would repeat them.
+            anyhow::bail!(
+                "cannot connect to Postgres at {place}: {error}; check DATABASE_URL and that the server is running"
+            );
+        }
+        if !said {
+            tracing::warn!(
+                "cannot connect to Postgres at {place} yet ({error}); trying again for up to {}s",
+                CONNECT_PATIENCE.as_secs()
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
     let place = describe(&options);
+    first_connection(&options, &place).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))

@@ -320,3 +320,33 @@ async fn an_added_option_gets_a_label_no_other_option_has(pool: PgPool) {
     );
     drop(pool);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_database_mistake_is_named_with_its_cause(pool: PgPool) {
+    // A database that does not exist: waiting cannot help, so the answer comes at once and
+    // gives Postgres's reason.
+    let url = database_url(&pool);
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let missing = format!("{base}/hubsync_no_such_database");
+    let out = hubsync(
+        &["status"],
+        Some(CONFIG),
+        &[("DATABASE_URL", missing.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("hubsync_no_such_database") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // A database without the schema: the message says which one.
+    let out = hubsync(&["status"], Some(CONFIG), &[("DATABASE_URL", url.as_str())]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let name = url.rsplit('/').next().unwrap();
+    assert!(
+        err.contains("schema is missing") && err.contains(name),
+        "{err}"
+    );
+}
