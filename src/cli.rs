@@ -218,7 +218,7 @@ fn load_config(cli_path: &Option<PathBuf>, env: &Env) -> Result<Config, ConfigEr
 fn client_for(config: &Config, env: &Env) -> anyhow::Result<HubSpotClient> {
     let token = env.require_token()?;
     HubSpotClient::new(
-        &env.base_url,
+        env.checked_base_url()?,
         token.clone(),
         Paths::new(config.hubspot.api_version),
         config.hubspot.request_timeout,

@@ -225,6 +225,24 @@ impl Env {
         }
     }
 
+    /// `HUBSPOT_BASE_URL` when it is an absolute http(s) URL, or the refusal that says what to
+    /// set instead (without echoing the value, which could hold credentials).
+    pub(crate) fn checked_base_url(&self) -> Result<&str, ConfigError> {
+        let problem = match reqwest::Url::parse(&self.base_url) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                format!("its scheme \"{}\" is not http or https", url.scheme())
+            }
+            Ok(_) => return Ok(&self.base_url),
+            Err(e) => format!("it is not an absolute URL ({e})"),
+        };
+        Err(ConfigError::BadEnv {
+            name: "HUBSPOT_BASE_URL",
+            message: format!(
+                "{problem}; set it to {DEFAULT_BASE_URL} (the default, when unset) or to a simulator's address such as http://127.0.0.1:8089"
+            ),
+        })
+    }
+
     /// The access token, or the refusal that says how to provide it.
     pub(crate) fn require_token(&self) -> Result<&Secret, ConfigError> {
         self.access_token.as_ref().ok_or(ConfigError::MissingEnv {

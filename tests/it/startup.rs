@@ -124,6 +124,31 @@ fn a_missing_token_is_refused_before_anything_runs() {
     );
 }
 
+#[test]
+fn a_base_url_that_is_not_an_http_url_is_refused_before_any_request() {
+    for (base, problem) in [
+        ("not a url", "not an absolute URL"),
+        ("ftp://api.hubapi.com", "scheme \"ftp\""),
+        ("https://user:hunter2@", "empty host"),
+    ] {
+        let out = hubsync(
+            &["check"],
+            Some(CONFIG),
+            &[("HUBSPOT_ACCESS_TOKEN", "t"), ("HUBSPOT_BASE_URL", base)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{base}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("HUBSPOT_BASE_URL") && err.contains(problem),
+            "{base}: {err}"
+        );
+        assert!(
+            !err.contains("unreachable") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothing(pool: PgPool) {
     crate::harness::migrate(&pool).await;
