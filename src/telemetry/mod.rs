@@ -47,11 +47,19 @@ impl LogFormat {
 }
 
 /// Installs the global subscriber with `default` (e.g. `info`) unless `RUST_LOG` is set, in
-/// the format `HUBSYNC_LOG_FORMAT` asks for; a second call is a no-op. An unknown format is
-/// reported on stderr and the default format is used.
+/// the format `HUBSYNC_LOG_FORMAT` asks for; a second call is a no-op. An unknown format or a
+/// `RUST_LOG` that is not a filter is reported on stderr, and the default is used.
 pub fn init(default: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn,hyper=warn,reqwest=warn")));
+    let fallback = || EnvFilter::new(format!("{default},sqlx=warn,hyper=warn,reqwest=warn"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            eprintln!(
+                "warning: RUST_LOG={v:?} is not a log filter ({e}); logging at the default level ({default}). Use a level (error, warn, info, debug, trace) or target=level pairs, such as hubsync=debug"
+            );
+            fallback()
+        }),
+        _ => fallback(),
+    };
     let format = LogFormat::from_env().unwrap_or_else(|e| {
         eprintln!("warning: {e}");
         LogFormat::Text

@@ -149,6 +149,24 @@ fn a_base_url_that_is_not_an_http_url_is_refused_before_any_request() {
     }
 }
 
+#[test]
+fn a_rust_log_that_is_not_a_filter_is_said_not_ignored() {
+    let out = hubsync(
+        &["check"],
+        Some(CONFIG),
+        &[
+            ("RUST_LOG", "hubsync=loud"),
+            ("HUBSPOT_ACCESS_TOKEN", "t"),
+            ("HUBSPOT_BASE_URL", "not a url"),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("RUST_LOG=\"hubsync=loud\" is not a log filter"),
+        "{err}"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothing(pool: PgPool) {
     crate::harness::migrate(&pool).await;
