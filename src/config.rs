@@ -345,11 +345,14 @@ impl Source<'_> {
     }
 
     /// The line of `[table]` (or a dotted key inside another table) that introduces `name`.
+    /// The line of `[table]`, or else of the first `[table.…]` header that opens it.
     fn line_of_table(&self, table: &str) -> Option<usize> {
         let header = format!("[{table}]");
-        self.text
-            .lines()
-            .position(|l| l.trim().replace(' ', "") == header)
+        let sub = format!("[{table}.");
+        let headers = || self.text.lines().map(|l| l.trim().replace(' ', ""));
+        headers()
+            .position(|l| l == header)
+            .or_else(|| headers().position(|l| l.starts_with(&sub)))
             .map(|i| i + 1)
     }
 

@@ -531,7 +531,8 @@ pub async fn ensure(setup: &Setup, config: &Config) -> anyhow::Result<Plan> {
     let plan = plan(setup, config).await?;
     if !plan.mismatches.is_empty() {
         anyhow::bail!(
-            "hubsync.toml does not match the portal's property definitions:\n  {}",
+            "{} does not match the portal's property definitions:\n  {}",
+            config.path.display(),
             plan.mismatches.join("\n  ")
         );
     }

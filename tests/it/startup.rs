@@ -93,7 +93,12 @@ fn each_config_mistake_is_refused_naming_the_key_and_the_fix() {
         (
             "[companies]\n",
             "companies without id_property",
-            &["id_property"],
+            &["id_property", "line 1"],
+        ),
+        (
+            "[contacts.properties.seen]\ntype = \"datetime\"\nmerge = \"max\"\n\n[companies.properties.seats]\ntype = \"number\"\n",
+            "companies opened by a sub-table, without id_property",
+            &["id_property", "line 5"],
         ),
         (
             &format!(
@@ -216,6 +221,11 @@ async fn a_property_of_another_type_in_hubspot_refuses_start_and_consumes_nothin
     assert!(
         err.contains("\"current_plan\" is \"string\" in HubSpot but \"enumeration\"")
             && err.contains(&format!("(line {line})")),
+        "{err}"
+    );
+    // The file named is the one in use.
+    assert!(
+        err.contains("/hubsync.toml does not match the portal's property definitions"),
         "{err}"
     );
     assert_eq!(check.status.code(), Some(1));
