@@ -30,21 +30,47 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<OutboxEvent, sqlx::Erro
     })
 }
 
-/// Claims and deletes up to `limit` outbox rows, oldest first, and records their event ids in
-/// the ledger in the same statement. Returns each claimed event with `true` when its id was new,
-/// `false` when it repeats an event already processed (to be dropped). Locks: the claimed rows
-/// (`SKIP LOCKED`, so concurrent ingesters take disjoint chunks) and the new ledger rows; a
-/// rollback restores both. A concurrent ingest of the same id waits on the ledger row, then
-/// sees it as a repeat.
+/// At most this many bytes of event data (properties and keys) are claimed in one chunk,
+/// however many rows that is (always at least one): a chunk of large events stays well within
+/// the worker's memory and far from Postgres's 1 GB limit on one message, which the statements
+/// writing a chunk's objects and dead-letter rows would otherwise meet.
+pub(crate) const CLAIM_BYTES: i64 = 32 << 20;
+
+/// What one claim took.
+pub(crate) struct ClaimedRows {
+    /// Each event, with `true` when its id was new to the ledger (`false`: a repeat of an event
+    /// already processed, to be dropped).
+    pub events: Vec<(OutboxEvent, bool)>,
+    /// Whether `limit` rows were waiting: a backlog, even when the chunk was cut short at
+    /// [`CLAIM_BYTES`].
+    pub more: bool,
+}
+
+/// Claims and deletes up to `limit` outbox rows (and at most about [`CLAIM_BYTES`] of them),
+/// oldest first, and records their event ids in the ledger in the same statement. Locks: the
+/// rows looked at (`SKIP LOCKED`, so concurrent ingesters take disjoint chunks; those left out
+/// by the byte budget stay locked until the transaction ends, and are claimed by a later
+/// chunk) and the new ledger rows; a rollback restores both. A concurrent ingest of the same id
+/// waits on the ledger row, then sees it as a repeat.
 pub(crate) async fn claim_outbox(
     tx: &mut PgConnection,
     limit: i64,
-) -> Result<Vec<(OutboxEvent, bool)>, sqlx::Error> {
+) -> Result<ClaimedRows, sqlx::Error> {
+    // A value stored compressed may be far larger than it is on disk: those (and only those,
+    // as compression starts at about 2 kB) are measured as text.
     let sql = format!(
-        "WITH claimed AS (
+        "WITH locked AS MATERIALIZED (
+             SELECT id,
+                    CASE WHEN pg_column_size(properties) < 256 THEN pg_column_size(properties)
+                         ELSE octet_length(properties::text) END
+                    + octet_length(object_key) + coalesce(octet_length(company_key), 0) AS bytes
+             FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), claimed AS (
              DELETE FROM hubsync.outbox o
              WHERE o.id = ANY (ARRAY(
-                 SELECT id FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+                 SELECT s.id FROM (SELECT id, sum(bytes) OVER (ORDER BY id) - bytes AS before
+                                   FROM locked) s
+                 WHERE s.before < $2))
              RETURNING o.id, o.event_id, o.object_type, o.object_key, o.properties,
                        o.occurred_at, o.company_key, o.enqueued_at
          ), fresh AS (
@@ -55,16 +81,28 @@ pub(crate) async fn claim_outbox(
          )
          SELECT c.id AS seq, c.event_id, c.object_type, c.object_key,
                 c.properties::text AS properties, {OCCURRED_AT_COLUMNS}, c.company_key,
-                c.enqueued_at, (f.event_id IS NOT NULL) AS fresh
+                c.enqueued_at, (f.event_id IS NOT NULL) AS fresh,
+                (SELECT count(*) FROM locked) AS looked_at
          FROM claimed c LEFT JOIN fresh f ON f.event_id = c.event_id"
     );
-    let rows = sqlx::query(&sql).bind(limit).fetch_all(&mut *tx).await?;
+    let rows = sqlx::query(&sql)
+        .bind(limit)
+        .bind(CLAIM_BYTES)
+        .fetch_all(&mut *tx)
+        .await?;
+    let looked_at: i64 = match rows.first() {
+        Some(r) => r.try_get("looked_at")?,
+        None => 0,
+    };
     let mut events: Vec<(OutboxEvent, bool)> = rows
         .iter()
         .map(|r| Ok((event_from_row(r)?, r.try_get("fresh")?)))
         .collect::<Result<_, sqlx::Error>>()?;
     events.sort_by_key(|(e, _)| e.seq);
-    Ok(events)
+    Ok(ClaimedRows {
+        events,
+        more: looked_at >= limit,
+    })
 }
 
 /// An object row locked for folding.

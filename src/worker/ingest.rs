@@ -9,6 +9,7 @@
 //! another session holds locked go back to the outbox (same sequence) instead of waiting.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Range;
 
 use anyhow::Context;
 use serde_json::json;
@@ -244,12 +245,19 @@ pub(crate) async fn fold(
                 new_companies.push(write.company_key);
                 new_failures.insert((*key).clone(), folding.failures);
             }
-            let inserted: HashSet<String> =
-                db::ingest::insert_objects(tx, kind, &new_keys, &new_states, &new_companies)
-                    .await
-                    .context("failed to insert new object rows")?
-                    .into_iter()
-                    .collect();
+            let mut inserted: HashSet<String> = HashSet::new();
+            for r in byte_ranges(new_states.iter().map(String::len), WRITE_BYTES) {
+                let (k, st, c) = (
+                    &new_keys[r.clone()],
+                    &new_states[r.clone()],
+                    &new_companies[r],
+                );
+                inserted.extend(
+                    db::ingest::insert_objects(tx, kind, k, st, c)
+                        .await
+                        .context("failed to insert new object rows")?,
+                );
+            }
             let mut taken = Vec::new();
             for (key, its_failures) in new_failures {
                 if inserted.contains(&key) {
@@ -273,8 +281,13 @@ pub(crate) async fn fold(
                 }
             }
         }
-        if !out_keys.is_empty() {
-            db::ingest::store_objects(tx, kind, &out_keys, &out_states, &out_companies)
+        for r in byte_ranges(out_states.iter().map(String::len), WRITE_BYTES) {
+            let (k, st, c) = (
+                &out_keys[r.clone()],
+                &out_states[r.clone()],
+                &out_companies[r],
+            );
+            db::ingest::store_objects(tx, kind, k, st, c)
                 .await
                 .context("failed to store merged object state")?;
         }
@@ -291,9 +304,14 @@ pub(crate) async fn fold(
     for f in &failures {
         tracing::warn!(event_id = %f.event_id, category = %f.category, "event dead-lettered: {}", f.message);
     }
-    db::dlq::insert_event_failures(tx, &failures)
-        .await
-        .context("failed to write refused events to hubsync.dlq")?;
+    let sizes = failures
+        .iter()
+        .map(|f| f.object_key.len() + f.payload.len() + f.message.len() + f.error.len());
+    for r in byte_ranges(sizes, WRITE_BYTES) {
+        db::dlq::insert_event_failures(tx, &failures[r])
+            .await
+            .context("failed to write refused events to hubsync.dlq")?;
+    }
     crate::telemetry::note_refused(failures.iter().map(|f| f.category));
     Ok(Folded {
         accepted: events.len() - failures.len() - deferred.len(),
@@ -380,6 +398,29 @@ pub(crate) async fn fold_isolating(
     Ok(total)
 }
 
+/// The most data one statement writing a chunk's objects or dead-letter rows carries: far
+/// below Postgres's 1 GB limit on one message, whatever the objects' states hold.
+const WRITE_BYTES: usize = 64 << 20;
+
+/// Consecutive ranges of `sizes` holding at most `max` bytes each (an item larger than `max`
+/// alone); none when there are no items. Writing range by range keeps key order.
+fn byte_ranges(sizes: impl IntoIterator<Item = usize>, max: usize) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes, mut end) = (0, 0usize, 0);
+    for size in sizes {
+        if end > start && bytes.saturating_add(size) > max {
+            ranges.push(start..end);
+            (start, bytes) = (end, 0);
+        }
+        bytes = bytes.saturating_add(size);
+        end += 1;
+    }
+    if end > start {
+        ranges.push(start..end);
+    }
+    ranges
+}
+
 /// What one ingest (one or more chunks, each its own transaction) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -393,6 +434,8 @@ pub struct Ingested {
     pub deferred: usize,
     /// Nothing was claimed: a worker with newer declarations is running (rolling deploy).
     pub newer: Option<db::generations::Newer>,
+    /// A full chunk's worth of rows was waiting: more may wait behind it.
+    pub backlog: bool,
 }
 
 impl Ingested {
@@ -402,6 +445,7 @@ impl Ingested {
         self.refused += other.refused;
         self.deferred += other.deferred;
         self.newer = other.newer.or(self.newer.take());
+        self.backlog = other.backlog;
     }
 }
 
@@ -414,18 +458,18 @@ pub(crate) enum Claimed {
         tx: sqlx::Transaction<'static, sqlx::Postgres>,
         /// Each event, with `true` when its id was new to the ledger.
         events: Vec<(OutboxEvent, bool)>,
+        /// A full chunk's worth of rows was waiting (the chunk may have been cut short by its
+        /// size): more may wait behind it.
+        more: bool,
     },
     /// Nothing claimed: a worker with newer declarations is running (rolling deploy).
     Newer(db::generations::Newer),
 }
 
 impl Claimed {
-    /// Rows claimed.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Claimed::Chunk { events, .. } => events.len(),
-            Claimed::Newer(_) => 0,
-        }
+    /// Whether more rows may wait behind this chunk.
+    pub(crate) fn backlog(&self) -> bool {
+        matches!(self, Claimed::Chunk { more: true, .. })
     }
 }
 
@@ -449,22 +493,26 @@ pub(crate) async fn claim(
         return Ok(Claimed::Newer(newer));
     }
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let events = db::ingest::claim_outbox(&mut tx, limit)
+    let claimed = db::ingest::claim_outbox(&mut tx, limit)
         .await
         .context("failed to claim outbox rows")?;
-    Ok(Claimed::Chunk { tx, events })
+    Ok(Claimed::Chunk {
+        tx,
+        events: claimed.events,
+        more: claimed.more,
+    })
 }
 
 /// Folds a claimed chunk and commits its transaction.
 pub(crate) async fn fold_claimed(config: &Config, claimed: Claimed) -> anyhow::Result<Ingested> {
-    let (mut tx, events) = match claimed {
+    let (mut tx, events, backlog) = match claimed {
         Claimed::Newer(newer) => {
             return Ok(Ingested {
                 newer: Some(newer),
                 ..Ingested::default()
             });
         }
-        Claimed::Chunk { tx, events } => (tx, events),
+        Claimed::Chunk { tx, events, more } => (tx, events, more),
     };
     if events.is_empty() {
         tx.commit().await?;
@@ -491,6 +539,7 @@ pub(crate) async fn fold_claimed(config: &Config, claimed: Claimed) -> anyhow::R
         refused: folded.refused,
         deferred: folded.deferred.len(),
         newer: None,
+        backlog,
     })
 }
 
@@ -530,4 +579,19 @@ pub(crate) async fn replay_due_events(
     db::dlq::delete_rows(&mut tx, &done).await?;
     tx.commit().await?;
     Ok(folded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_ranges;
+
+    #[test]
+    fn writes_are_split_by_bytes_in_order() {
+        assert!(byte_ranges(Vec::new(), 10).is_empty());
+        assert_eq!(byte_ranges([3, 3, 3, 3], 6), vec![0..2, 2..4]);
+        assert_eq!(byte_ranges([3, 3, 3], 10), vec![0..3]);
+        // An item larger than the limit goes alone; nothing is dropped.
+        assert_eq!(byte_ranges([1, 20, 1, 1], 10), vec![0..1, 1..2, 2..4]);
+        assert_eq!(byte_ranges([usize::MAX, 1], 10), vec![0..1, 1..2]);
+    }
 }

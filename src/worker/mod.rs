@@ -274,7 +274,7 @@ impl Worker {
         let mut started = Instant::now();
         let mut claimed = claim().await;
         for round in 1..=PIPELINED_CHUNKS {
-            let full = claimed.as_ref().is_ok_and(|c| c.len() >= chunk);
+            let full = claimed.as_ref().is_ok_and(ingest::Claimed::backlog);
             // Claimed in a task of its own, so it goes on while this one folds; if this fold
             // fails, the task's transaction rolls back when it ends.
             let next =
@@ -293,7 +293,7 @@ impl Worker {
                 }
                 Err(e) => return Err(e),
             };
-            self.backlog.store(done.claimed >= chunk, Ordering::Relaxed);
+            self.backlog.store(done.backlog, Ordering::Relaxed);
             if done.newer.is_some() {
                 self.note_newer(done.newer.clone());
             }

@@ -586,3 +586,39 @@ async fn any_row_ends_folded_or_dead_lettered_and_no_worker_stops(pool: PgPool) 
         .unwrap();
     assert_eq!(dirty, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_chunk_of_large_events_is_cut_by_size_and_the_rest_follows(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    // 120 events of 400 kB each (48 MB, stored compressed in far less), refused as unknown
+    // properties, then a good one behind them.
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties)
+         SELECT gen_random_uuid(), 'contact', 'big' || g || '@acme.com',
+                jsonb_build_object('nickname', repeat(chr(65 + g % 26), 400000))
+         FROM generate_series(1, 120) g",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    h.enqueue("behind@acme.com", json!({"total_sessions": 3}))
+        .await;
+    h.drain().await;
+    assert_eq!(h.count("outbox").await, 0);
+    assert_eq!(h.count("dlq").await, 120);
+    assert_eq!(
+        h.prop("behind@acme.com", "total_sessions").as_deref(),
+        Some("3")
+    );
+    // Each ingest transaction records its ids at its own start time: the 48 MB went in more
+    // than one chunk, none of them holding much more than 32 MB.
+    let chunks: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM hubsync.ledger GROUP BY processed_at ORDER BY processed_at",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    assert!(chunks.iter().all(|n| *n <= 84), "{chunks:?}");
+}
