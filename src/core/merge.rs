@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::values::{Plain, check_number_bounds, format_decimal, parse_decimal};
-use super::vocabulary::{MergeRule, PropertyDef, PropertyType};
+use super::vocabulary::{MergeRule, ObjectConfig, PropertyDef, PropertyType};
 
 /// One property's merged value: the HubSpot string, and the event that decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,51 @@ pub struct ObjectState {
     /// The company key, merged like a `set` property.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub company: Option<PropState>,
+}
+
+impl ObjectState {
+    /// Reads a state as stored in `hubsync.objects`: a JSON object whose declared properties
+    /// hold values of their declared type, as hubsync writes them (or nothing, for a cleared
+    /// one). Anything else (edited by hand?) is refused with the reason, so that it is parked,
+    /// never merged into or overwritten: an increment onto a sum that is not a number would
+    /// otherwise start again from the event's delta.
+    pub(crate) fn read(stored: &str, declared: &ObjectConfig) -> Result<ObjectState, String> {
+        if !stored.trim_start().starts_with('{') {
+            return Err("it is not a JSON object".into());
+        }
+        let state: ObjectState = serde_json::from_str(stored).map_err(|e| e.to_string())?;
+        for (name, prop) in &state.props {
+            if let Some(def) = declared.properties.get(name)
+                && let Some(problem) = stored_value_problem(&def.ptype, &prop.v)
+            {
+                return Err(format!(
+                    "property \"{name}\" holds \"{}\", {problem}",
+                    super::values::shown(&prop.v)
+                ));
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// Why a stored value cannot be one hubsync wrote for `ptype`, if it cannot.
+fn stored_value_problem(ptype: &PropertyType, v: &str) -> Option<&'static str> {
+    if v.is_empty() {
+        return None;
+    }
+    let fits = match ptype {
+        PropertyType::Number => Plain::parse(v).is_some() || parse_decimal(v).is_some(),
+        PropertyType::Bool => v == "true" || v == "false",
+        PropertyType::Date => chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok(),
+        PropertyType::Datetime => chrono::DateTime::parse_from_rfc3339(v).is_ok(),
+        PropertyType::String | PropertyType::Enumeration { .. } => true,
+    };
+    (!fits).then(|| match ptype {
+        PropertyType::Number => "which is not a number",
+        PropertyType::Bool => "which is not true or false",
+        PropertyType::Date => "which is not a YYYY-MM-DD date",
+        _ => "which is not an RFC 3339 time",
+    })
 }
 
 /// One accepted event's contribution to one property.
@@ -253,5 +298,57 @@ mod tests {
         assert!(err.contains("too large"), "{err}");
         let down = merge(&d, Some(&cur), &c(&format!("-{big}"), 2, 2)).unwrap();
         assert_eq!(down.v, "0");
+    }
+
+    #[test]
+    fn a_stored_state_is_read_only_when_its_values_fit_their_types() {
+        let mut declared = ObjectConfig {
+            properties: BTreeMap::new(),
+            lines: BTreeMap::new(),
+        };
+        for (name, ptype, merge) in [
+            ("sessions", PropertyType::Number, MergeRule::Increment),
+            ("seen", PropertyType::Datetime, MergeRule::Max),
+            ("trial", PropertyType::Date, MergeRule::Set),
+            ("paid", PropertyType::Bool, MergeRule::Set),
+        ] {
+            let mut d = def(ptype, merge);
+            d.name = name.into();
+            declared.properties.insert(name.into(), d);
+        }
+        let state = |name: &str, v: &str| {
+            format!(r#"{{"props":{{"{name}":{{"v":"{v}","at":1,"seq":1}}}}}}"#)
+        };
+        for (name, v) in [
+            ("sessions", "12"),
+            ("sessions", "-0.5"),
+            ("sessions", "12345678901234567890123456789012.00000001"),
+            ("sessions", ""),
+            ("seen", "2026-11-26T10:00:00.000Z"),
+            ("trial", "2026-11-26"),
+            ("paid", "false"),
+            ("undeclared", "anything"),
+        ] {
+            assert!(
+                ObjectState::read(&state(name, v), &declared).is_ok(),
+                "{name} {v}"
+            );
+        }
+        for (name, v, why) in [
+            ("sessions", "12abc", "not a number"),
+            ("seen", "garbage", "not an RFC 3339 time"),
+            ("trial", "2026-02-30", "not a YYYY-MM-DD date"),
+            ("paid", "yes", "not true or false"),
+        ] {
+            let err = ObjectState::read(&state(name, v), &declared).unwrap_err();
+            assert!(
+                err.contains(name) && err.contains(v) && err.contains(why),
+                "{err}"
+            );
+        }
+        for not_an_object in ["[]", "null", "5", " \"x\""] {
+            let err = ObjectState::read(not_an_object, &declared).unwrap_err();
+            assert!(err.contains("not a JSON object"), "{not_an_object}: {err}");
+        }
     }
 }

@@ -98,7 +98,7 @@ fn fold_row(
     let mut failures = Vec::new();
     let new = stored.is_none();
     let stored = stored.unwrap_or("{}");
-    let mut state: ObjectState = match serde_json::from_str(stored) {
+    let mut state: ObjectState = match ObjectState::read(stored, objects) {
         Ok(s) => s,
         Err(e) => {
             let problem = format!(
@@ -112,7 +112,7 @@ fn fold_row(
                     format!(
                         "not folded: {problem}; fix or reset that state (see the object's row in hubsync.dlq), then replay this event"
                     ),
-                    json!({"object_key": key, "reason": e.to_string()}),
+                    json!({"object_key": key, "reason": e}),
                 ));
             }
             return Ok(Folding {

@@ -104,10 +104,10 @@ fn build_inputs(w: &Worker, kind: ObjectType, leased: Vec<Leased>) -> Built {
     let mut inputs = Vec::with_capacity(leased.len());
     let mut unreadable = Vec::new();
     for l in leased {
-        let state: ObjectState = match serde_json::from_str(&l.state) {
+        let state = match ObjectState::read(&l.state, objects) {
             Ok(state) => state,
             Err(e) => {
-                unreadable.push((l, e.to_string()));
+                unreadable.push((l, e));
                 continue;
             }
         };

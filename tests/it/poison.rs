@@ -622,3 +622,83 @@ async fn a_chunk_of_large_events_is_cut_by_size_and_the_rest_follows(pool: PgPoo
     assert!(chunks.len() >= 2, "{chunks:?}");
     assert!(chunks.iter().all(|n| *n <= 84), "{chunks:?}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_stored_value_edited_into_the_wrong_type_is_parked_not_merged_over(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    for key in ["sum@acme.com", "max@acme.com", "list@acme.com"] {
+        h.enqueue(
+            key,
+            json!({"total_sessions": 2, "last_active_at": "2026-11-20T10:00:00Z"}),
+        )
+        .await;
+    }
+    h.drain().await;
+    // Edited by hand: a sum that is not a number, a time that is not a time, not an object.
+    let edits = [
+        (
+            "sum@acme.com",
+            r#"{"props": {"total_sessions": {"v": "12abc", "at": 1, "seq": 1}}}"#,
+        ),
+        (
+            "max@acme.com",
+            r#"{"props": {"last_active_at": {"v": "garbage", "at": 1, "seq": 1}}}"#,
+        ),
+        ("list@acme.com", "[]"),
+    ];
+    for (key, state) in edits {
+        sqlx::query("UPDATE hubsync.objects SET state = $1::jsonb WHERE object_key = $2")
+            .bind(state)
+            .bind(key)
+            .execute(&h.pool)
+            .await
+            .unwrap();
+        h.enqueue(
+            key,
+            json!({"total_sessions": 1, "last_active_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    }
+    h.drain().await;
+    for (key, state) in edits {
+        let stored: Value =
+            sqlx::query_scalar("SELECT state FROM hubsync.objects WHERE object_key = $1")
+                .bind(key)
+                .fetch_one(&h.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            serde_json::from_str::<Value>(state).unwrap(),
+            "{key}"
+        );
+        let categories: Vec<(String, String)> = sqlx::query_as(
+            "SELECT kind, error_category FROM hubsync.dlq WHERE object_key = $1 ORDER BY kind",
+        )
+        .bind(key)
+        .fetch_all(&h.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            categories,
+            vec![
+                ("event".to_string(), "invalid_state".to_string()),
+                ("object".to_string(), "invalid_state".to_string())
+            ],
+            "{key}"
+        );
+        // HubSpot keeps what it had: nothing went backwards.
+        assert_eq!(h.prop(key, "total_sessions").as_deref(), Some("2"), "{key}");
+    }
+    let message: String = sqlx::query_scalar(
+        "SELECT error_message FROM hubsync.dlq WHERE object_key = 'sum@acme.com' AND kind = 'object'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(
+        message.contains("\"total_sessions\" holds \"12abc\", which is not a number"),
+        "{message}"
+    );
+}
