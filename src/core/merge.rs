@@ -69,7 +69,7 @@ fn stored_value_problem(ptype: &PropertyType, v: &str) -> Option<&'static str> {
         PropertyType::Datetime => chrono::DateTime::parse_from_rfc3339(v).is_ok(),
         PropertyType::String | PropertyType::Enumeration { .. } => true,
     };
-    (!fits).then(|| match ptype {
+    (!fits).then_some(match ptype {
         PropertyType::Number => "which is not a number",
         PropertyType::Bool => "which is not true or false",
         PropertyType::Date => "which is not a YYYY-MM-DD date",
