@@ -10,6 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use super::dlq::Category;
+use super::values::listed;
 
 /// Per-record error codes that will fail again until someone changes the data, the config or
 /// the portal: such records are parked at once.
@@ -313,7 +314,10 @@ fn record_error(err: &Value, default_category: Category) -> RecordError {
                 )
             })
             .collect();
-        format!("HubSpot refused the record: {}", parts.join("; "))
+        format!(
+            "HubSpot refused the record: {}",
+            listed(parts.iter().cloned(), parts.len(), "; ", "problems")
+        )
     };
     let named: Option<Vec<String>> = problems.iter().map(|(_, p, _)| p.clone()).collect();
     let mut properties = named.unwrap_or_default();
@@ -1058,7 +1062,15 @@ fn combined_error(errors: &[&Value]) -> RecordError {
             Category::HubspotError
         },
         code: parts.iter().find_map(|p| p.code.clone()),
-        message: format!("HubSpot refused the record: {}", said.join("; ")),
+        message: format!(
+            "HubSpot refused the record: {}",
+            listed(
+                said.iter().map(|s| s.to_string()),
+                said.len(),
+                "; ",
+                "errors"
+            )
+        ),
         raw: raw_errors(errors),
         permanent,
         properties,
@@ -1095,7 +1107,7 @@ fn unplaced_note(errors: &[&Value], what: &str) -> String {
     format!(
         "; the reply also carries {} error(s) naming no {what}, which may be about this one: {}",
         errors.len(),
-        said.join("; ")
+        listed(said.iter().cloned(), said.len(), "; ", "")
     )
 }
 
@@ -1277,6 +1289,59 @@ mod tests {
                 .iter()
                 .all(|f| f.error.category == Category::NotWritten && !f.error.permanent)
         );
+    }
+
+    #[test]
+    fn a_reply_with_many_errors_gives_messages_that_list_the_first_twenty() {
+        let problem = |n: usize| {
+            json!({"code": "INVALID_OPTION", "message": format!("bad value {n:03}"),
+            "context": {"propertyName": [format!("p{n:03}")]}})
+        };
+        // One error for input 1 with 100 property problems.
+        let body = json!({"status": "COMPLETE", "results": [],
+            "errors": [{"status": "error", "category": "VALIDATION_ERROR", "message": "invalid",
+                "context": {"objectWriteTraceId": ["t1"]},
+                "errors": (0..100).map(problem).collect::<Vec<_>>()}]});
+        let Outcome::Completed { failed, .. } = run(207, body, 2) else {
+            panic!("not completed")
+        };
+        let e = &failed.iter().find(|f| f.input == 1).unwrap().error;
+        assert!(
+            e.message.contains("bad value 019; and 80 more problems"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("bad value 020"), "{}", e.message);
+        assert_eq!(e.properties.len(), 100, "every property is still held back");
+        // 30 errors naming no input, and only input 1 left to own them.
+        let body = json!({"status": "COMPLETE",
+            "results": [{"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}}],
+            "errors": (0..30).map(|n| json!({"status": "error", "category": "VALIDATION_ERROR",
+                "message": "invalid", "errors": [problem(n)]})).collect::<Vec<_>>()});
+        let Outcome::Completed { failed, .. } = run(207, body, 2) else {
+            panic!("not completed")
+        };
+        let e = &failed.iter().find(|f| f.input == 1).unwrap().error;
+        assert!(
+            e.message.contains("bad value 019; and 10 more errors"),
+            "{}",
+            e.message
+        );
+        // 100 errors naming no input, two inputs left unaccounted: each carries the first 20.
+        let body = json!({"status": "COMPLETE",
+            "results": [{"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}}],
+            "errors": (0..100).map(|n| json!({"status": "error", "message": format!("lost {n:03}")}))
+                .collect::<Vec<_>>()});
+        let Outcome::Completed { failed, .. } = run(207, body, 3) else {
+            panic!("not completed")
+        };
+        assert_eq!(failed.len(), 2);
+        for f in &failed {
+            let m = &f.error.message;
+            assert!(m.contains("carries 100 error(s)"), "{m}");
+            assert!(m.contains("\"lost 019\"; and 80 more"), "{m}");
+            assert!(!m.contains("lost 020"), "{m}");
+        }
     }
 
     /// The error quotes both of the two errors the tests below give HubSpot's reply.

@@ -13,7 +13,10 @@ use uuid::Uuid;
 use super::dlq::Category;
 
 use super::merge::Contribution;
-use super::values::{normalize_email, parse_properties, serialize_value, shown};
+use super::values::{
+    MAX_LISTED, ValueError, clipped, listed, normalize_email, parse_properties, serialize_value,
+    shown,
+};
 use super::vocabulary::{Declared, ObjectType};
 
 /// One outbox row, as claimed. Every column is read in a form that cannot fail to decode, so
@@ -169,13 +172,16 @@ pub(crate) fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Pre
     })?;
     let at = occurred_at.timestamp_micros();
     let mut contributions = Vec::with_capacity(props.len());
-    let mut unknown: Vec<String> = Vec::new();
-    let mut invalid: Vec<String> = Vec::new();
-    let mut details: Vec<Value> = Vec::new();
+    // Every unknown name and invalid value is counted; the first MAX_LISTED of each are kept
+    // for the message and the detail.
+    let (mut unknown, mut unknown_count) = (Vec::new(), 0usize);
+    let (mut invalid, mut invalid_count) = (Vec::<ValueError>::new(), 0usize);
     for (name, value) in &props {
         let Some(def) = objects.properties.get(name) else {
-            unknown.push(name.clone());
-            details.push(json!({"property": name, "value": value.to_json_text(), "reason": "not declared in hubsync.toml"}));
+            unknown_count += 1;
+            if unknown.len() < MAX_LISTED {
+                unknown.push((name, value));
+            }
             continue;
         };
         match serialize_value(def, value) {
@@ -188,45 +194,57 @@ pub(crate) fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Pre
                 },
             )),
             Err(e) => {
-                details.push(json!({"property": name, "value": e.value, "reason": e.reason}));
-                invalid.push(e.to_string());
+                invalid_count += 1;
+                if invalid.len() < MAX_LISTED {
+                    invalid.push(e);
+                }
             }
         }
     }
-    if !unknown.is_empty() {
+    if unknown_count + invalid_count > 0 {
+        let mut problems: Vec<Value> = unknown
+            .iter()
+            .map(|(name, value)| json!({"property": shown(name), "value": clipped(&value.to_json_text()), "reason": "not declared in hubsync.toml"}))
+            .collect();
+        problems.extend(invalid.iter().map(
+            |e| json!({"property": e.property, "value": clipped(&e.value), "reason": e.reason}),
+        ));
+        let not_listed = unknown_count + invalid_count - problems.len();
+        let mut detail = json!({ "problems": problems });
+        if not_listed > 0 {
+            detail["problems_not_listed"] = json!(not_listed);
+        }
+        let invalid_text = listed(
+            invalid.iter().map(ToString::to_string),
+            invalid_count,
+            "; ",
+            "invalid values",
+        );
+        if unknown_count == 0 {
+            return Err(refuse(Category::InvalidValue, invalid_text, detail));
+        }
+        let one = unknown_count == 1;
         let mut message = format!(
             "{} {} not declared for {} in hubsync.toml; declare {} under [{}.properties.<name>] or stop sending {}",
-            if unknown.len() == 1 {
-                "property"
-            } else {
-                "properties"
-            },
-            unknown
-                .iter()
-                .map(|u| format!("\"{u}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
+            if one { "property" } else { "properties" },
+            listed(
+                unknown
+                    .iter()
+                    .map(|(name, _)| format!("\"{}\"", shown(name))),
+                unknown_count,
+                ", ",
+                "",
+            ),
             kind.plural(),
-            if unknown.len() == 1 { "it" } else { "them" },
+            if one { "it" } else { "them" },
             kind.plural(),
-            if unknown.len() == 1 { "it" } else { "them" },
+            if one { "it" } else { "them" },
         );
-        if !invalid.is_empty() {
+        if invalid_count > 0 {
             message.push_str("; also ");
-            message.push_str(&invalid.join("; "));
+            message.push_str(&invalid_text);
         }
-        return Err(refuse(
-            Category::UnknownProperty,
-            message,
-            json!({"problems": details}),
-        ));
-    }
-    if !invalid.is_empty() {
-        return Err(refuse(
-            Category::InvalidValue,
-            invalid.join("; "),
-            json!({"problems": details}),
-        ));
+        return Err(refuse(Category::UnknownProperty, message, detail));
     }
     let company_key = match (kind, &event.company_key) {
         (ObjectType::Contact, Some(c)) if !c.trim().is_empty() => {
@@ -286,4 +304,172 @@ pub(crate) fn payload(event: &OutboxEvent) -> String {
     text.push_str(properties.get());
     text.push('}');
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{TimeZone, Utc};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::core::vocabulary::{MergeRule, ObjectConfig, PropertyDef, PropertyType};
+
+    fn contacts() -> ObjectConfig {
+        let def = |name: &str, ptype: PropertyType| PropertyDef {
+            name: name.into(),
+            ..PropertyDef::test(ptype, MergeRule::Set)
+        };
+        let plans = PropertyType::Enumeration {
+            options: (0..30).map(|n| format!("plan_{n:02}")).collect(),
+            multiple: false,
+        };
+        ObjectConfig {
+            properties: [
+                ("score".to_string(), def("score", PropertyType::Number)),
+                ("plan".to_string(), def("plan", plans)),
+            ]
+            .into(),
+            lines: BTreeMap::new(),
+        }
+    }
+
+    fn event(properties: String) -> OutboxEvent {
+        OutboxEvent {
+            seq: 1,
+            event_id: Uuid::from_u128(1),
+            object_type: "contact".into(),
+            object_key: "a@acme.com".into(),
+            properties,
+            occurred_at: Ok(Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()),
+            company_key: None,
+            enqueued_at: None,
+        }
+    }
+
+    fn refused(properties: String) -> Refusal {
+        let contacts = contacts();
+        let declared = Declared {
+            contacts: &contacts,
+            companies: None,
+        };
+        prepare(&event(properties), declared).expect_err("refused")
+    }
+
+    fn object(entries: impl Iterator<Item = String>) -> String {
+        format!("{{{}}}", entries.collect::<Vec<_>>().join(","))
+    }
+
+    #[test]
+    fn twenty_thousand_unknown_properties_give_a_short_message_and_detail() {
+        let r = refused(object((0..20_000).map(|n| format!(r#""u{n:05}":{n}"#))));
+        assert_eq!(r.category, Category::UnknownProperty);
+        let m = &r.message;
+        assert!(m.len() < 1_000, "{} bytes: {m}", m.len());
+        assert!(m.starts_with(r#"properties "u00000", "u00001", "#), "{m}");
+        assert!(
+            m.contains(r#""u00019", and 19980 more not declared for contacts"#),
+            "{m}"
+        );
+        assert!(!m.contains("u00020"), "{m}");
+        assert!(m.contains("[contacts.properties.<name>]"), "{m}");
+        let detail = r.detail.to_string();
+        assert!(detail.len() < 4_000, "{} bytes: {detail}", detail.len());
+        assert_eq!(r.detail["problems"].as_array().unwrap().len(), 20);
+        assert_eq!(r.detail["problems_not_listed"], 19_980);
+    }
+
+    #[test]
+    fn twenty_thousand_invalid_values_give_a_short_message_and_detail() {
+        // One property holds one value: many invalid values need many declared properties.
+        let many: ObjectConfig = ObjectConfig {
+            properties: (0..20_000)
+                .map(|n| {
+                    let name = format!("n{n:05}");
+                    let def = PropertyDef {
+                        name: name.clone(),
+                        ..PropertyDef::test(PropertyType::Number, MergeRule::Set)
+                    };
+                    (name, def)
+                })
+                .collect(),
+            lines: BTreeMap::new(),
+        };
+        let declared = Declared {
+            contacts: &many,
+            companies: None,
+        };
+        let e = event(object((0..20_000).map(|n| format!(r#""n{n:05}":"{n}""#))));
+        let r = prepare(&e, declared).expect_err("refused");
+        assert_eq!(r.category, Category::InvalidValue);
+        assert!(r.message.len() < 4_000, "{} bytes", r.message.len());
+        assert!(r.message.contains("property \"n00000\""), "{}", r.message);
+        assert!(
+            r.message.contains("and 19980 more invalid values"),
+            "{}",
+            r.message
+        );
+        assert!(r.detail.to_string().len() < 8_000);
+        assert_eq!(r.detail["problems"].as_array().unwrap().len(), 20);
+        assert_eq!(r.detail["problems_not_listed"], 19_980);
+        // Unknown and invalid together: each list is capped.
+        let mut mixed: Vec<String> = (0..100).map(|n| format!(r#""u{n:03}":1"#)).collect();
+        mixed.extend((0..100).map(|n| format!(r#""n{n:05}":"x""#)));
+        let r = prepare(&event(object(mixed.into_iter())), declared).expect_err("refused");
+        assert_eq!(r.category, Category::UnknownProperty);
+        assert!(
+            r.message.contains(", and 80 more not declared"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.contains("and 80 more invalid values"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.detail["problems"].as_array().unwrap().len(), 40);
+        assert_eq!(r.detail["problems_not_listed"], 160);
+    }
+
+    #[test]
+    fn a_huge_value_or_name_is_not_copied_whole_into_the_message_or_detail() {
+        let huge = "x".repeat(1_000_000);
+        let r = refused(format!(
+            r#"{{"nickname":"{huge}","score":"{huge}","{huge}":1}}"#
+        ));
+        assert!(r.message.len() < 1_000, "{} bytes", r.message.len());
+        assert!(
+            r.detail.to_string().len() < 2_000,
+            "{} bytes",
+            r.detail.to_string().len()
+        );
+    }
+
+    #[test]
+    fn a_short_list_is_given_whole() {
+        let r = refused(r#"{"nope":1,"score":"47"}"#.into());
+        assert!(
+            r.message.starts_with(
+                r#"property "nope" not declared for contacts in hubsync.toml; declare it under"#
+            ),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.contains(r#"also property "score": value "47""#),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.detail["problems"].as_array().unwrap().len(), 2);
+        assert!(
+            r.detail.get("problems_not_listed").is_none(),
+            "{}",
+            r.detail
+        );
+        // An option list longer than a message lists is cut the same way.
+        let r = refused(r#"{"plan":"gold"}"#.into());
+        assert!(r.message.contains("plan_19, and 10 more]"), "{}", r.message);
+        assert!(!r.message.contains("plan_20"), "{}", r.message);
+    }
 }

@@ -35,16 +35,50 @@ pub(crate) struct ValueError {
 
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown: String = self.value.chars().take(200).collect();
-        if shown.len() < self.value.len() {
-            shown.push('…');
-        }
         write!(
             f,
             "property \"{}\": value {}: {}",
-            self.property, shown, self.reason
+            self.property,
+            clipped(&self.value),
+            self.reason
         )
     }
+}
+
+/// A value's JSON text as a message or a DLQ detail shows it: its first 200 characters, and
+/// `…` when there is more (the event's payload keeps it whole).
+pub(crate) fn clipped(text: &str) -> String {
+    let mut shown: String = text.chars().take(200).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// Most items one message lists. Past them it says how many more there are, so that an event
+/// with thousands of problems still gives a message (and a log line, and a DLQ detail) a
+/// person can read, not megabytes.
+pub(crate) const MAX_LISTED: usize = 20;
+
+/// The first [`MAX_LISTED`] of `items` (of `total` in all) joined by `separator`, then
+/// "and N more `noun`" when some are left out.
+pub(crate) fn listed(
+    items: impl IntoIterator<Item = String>,
+    total: usize,
+    separator: &str,
+    noun: &str,
+) -> String {
+    let shown: Vec<String> = items.into_iter().take(MAX_LISTED).collect();
+    let mut out = shown.join(separator);
+    let more = total.saturating_sub(shown.len());
+    if more > 0 {
+        out.push_str(&format!("{separator}and {more} more"));
+        if !noun.is_empty() {
+            out.push(' ');
+            out.push_str(noun);
+        }
+    }
+    out
 }
 
 /// A JSON value as it arrived, with numbers kept as their exact text.
@@ -353,47 +387,213 @@ fn epoch_ms(text: &str) -> Option<i64> {
     value.with_scale(0).to_plain_string().parse().ok()
 }
 
-fn parse_instant(value: &JsonIn) -> Result<DateTime<Utc>, String> {
-    let instant = parse_any_instant(value)?;
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z as epoch milliseconds: the first and last
+/// times HubSpot stores.
+const FIRST_MS: i64 = -62_135_596_800_000;
+const LAST_MS: i64 = 253_402_300_799_999;
+
+/// What a time value is for; the messages show an example of what that property takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeKind {
+    /// A `date` property.
+    Date,
+    /// A `datetime` property.
+    Datetime,
+}
+
+impl TimeKind {
+    /// What to send instead, with an example.
+    fn send(self) -> &'static str {
+        match self {
+            TimeKind::Date => "send \"YYYY-MM-DD\", e.g. \"2026-11-26\"",
+            TimeKind::Datetime => {
+                "send an RFC 3339 string such as \"2026-11-26T10:00:00Z\" or epoch milliseconds"
+            }
+        }
+    }
+
+    /// A value this kind of property takes, quoted.
+    fn example(self) -> &'static str {
+        match self {
+            TimeKind::Date => "\"2026-11-26\"",
+            TimeKind::Datetime => "\"2026-11-26T10:00:00Z\"",
+        }
+    }
+
+    /// `instant` as a string this kind of property takes, quoted.
+    fn written(self, instant: DateTime<Utc>) -> String {
+        match self {
+            TimeKind::Date => format!("\"{}\"", instant.format("%Y-%m-%d")),
+            TimeKind::Datetime => format!("\"{}\"", rfc3339(instant)),
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            TimeKind::Date => "date",
+            TimeKind::Datetime => "time",
+        }
+    }
+}
+
+fn rfc3339(instant: DateTime<Utc>) -> String {
+    instant.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn outside_the_years(kind: TimeKind) -> String {
+    format!(
+        "is outside the years 0001 to 9999 that HubSpot stores; send a {} within them",
+        kind.noun()
+    )
+}
+
+fn epoch_out_of_range(kind: TimeKind) -> String {
+    format!(
+        "is out of range: the years 0001 to 9999 that HubSpot stores are epoch milliseconds {FIRST_MS} to {LAST_MS}; send a {} within them",
+        kind.noun()
+    )
+}
+
+/// A time of the years 0001 to 9999, from a string or epoch milliseconds; the reason otherwise.
+fn parse_instant(value: &JsonIn, kind: TimeKind) -> Result<DateTime<Utc>, String> {
+    let instant = match value {
+        JsonIn::String(s) => parse_time_text(s.trim(), kind)?,
+        JsonIn::Number(n) => parse_epoch_ms(n, kind)?,
+        other => return Err(format!("is {}; {}", other.kind(), kind.send())),
+    };
+    // An offset can carry an RFC 3339 time of year 0001 or 9999 outside them.
     if !(1..=9999).contains(&instant.year()) {
-        return Err("is outside the years 0001 to 9999 that HubSpot stores".into());
+        return Err(outside_the_years(kind));
     }
     Ok(instant)
 }
 
-fn parse_any_instant(value: &JsonIn) -> Result<DateTime<Utc>, String> {
-    match value {
-        JsonIn::String(s) => {
-            if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
-                return Ok(t.with_timezone(&Utc));
-            }
-            if let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
-                return Ok(Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)));
-            }
-            Err(
-                "is not an RFC 3339 timestamp; send e.g. \"2026-11-26T10:00:00Z\" or epoch milliseconds"
-                    .into(),
+fn parse_time_text(s: &str, kind: TimeKind) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)));
+    }
+    if let Some(reason) = calendar_problem(s, kind) {
+        return Err(reason);
+    }
+    Err(match kind {
+        TimeKind::Date => format!(
+            "is not a date; {} (an RFC 3339 time or epoch milliseconds at midnight UTC also do)",
+            kind.send()
+        ),
+        TimeKind::Datetime => format!("is not an RFC 3339 timestamp; {}", kind.send()),
+    })
+}
+
+/// What is wrong with the day of a string that starts like a date, `YYYY-MM-DD`, when its
+/// year, month or day does not exist or is outside what HubSpot stores; `None` when the string
+/// does not start like a date or its day is a real one.
+fn calendar_problem(s: &str, kind: TimeKind) -> Option<String> {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = s.trim_start_matches(['+', '-']);
+    let sign = &s[..s.len() - unsigned.len()];
+    let mut parts = unsigned.splitn(3, '-');
+    let (year, month, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let day = rest.get(..2)?;
+    let after = &rest[2..];
+    let shaped = sign.len() <= 1
+        && digits(year)
+        && month.len() == 2
+        && digits(month)
+        && digits(day)
+        && (after.is_empty() || after.starts_with(['T', 't', ' ']));
+    if !shaped {
+        return None;
+    }
+    let year: i32 = format!("{sign}{year}").parse().unwrap_or(i32::MAX);
+    if !(1..=9999).contains(&year) {
+        return Some(outside_the_years(kind));
+    }
+    let (month, day): (u32, u32) = (month.parse().ok()?, day.parse().ok()?);
+    let why = if (1..=12).contains(&month) {
+        let first = NaiveDate::from_ymd_opt(year, month, 1)?;
+        let days = (first.checked_add_months(chrono::Months::new(1))? - first).num_days();
+        if day != 0 && i64::from(day) <= days {
+            return None;
+        }
+        format!("{} {year} has {days} days", first.format("%B"))
+    } else {
+        format!("there is no month {month}")
+    };
+    Some(format!(
+        "{year:04}-{month:02}-{day:02} does not exist ({why}); send a day that exists, e.g. {}",
+        kind.example()
+    ))
+}
+
+/// Epoch milliseconds within the years 0001 to 9999, told from seconds; the reason otherwise.
+fn parse_epoch_ms(text: &str, kind: TimeKind) -> Result<DateTime<Utc>, String> {
+    let Some(ms) = epoch_ms(text) else {
+        // Not an i64 of milliseconds: too large in either direction, or not whole.
+        let beyond = text
+            .trim()
+            .parse::<f64>()
+            .is_ok_and(|f| !f.is_finite() || f.abs() > LAST_MS as f64);
+        return Err(if beyond {
+            epoch_out_of_range(kind)
+        } else {
+            format!(
+                "is not a whole number of epoch milliseconds; send whole milliseconds or a string such as {}",
+                kind.example()
             )
-        }
-        JsonIn::Number(n) => {
-            let ms = epoch_ms(n).ok_or_else(|| {
-                "is not a whole number of epoch milliseconds; send an integer or an RFC 3339 string"
-                    .to_string()
-            })?;
-            if ms.abs() < MIN_EPOCH_MS {
-                return Err(
-                    "looks like epoch seconds (HubSpot would read it as 1970); send epoch milliseconds"
-                        .into(),
-                );
-            }
-            Utc.timestamp_millis_opt(ms)
-                .single()
-                .ok_or_else(|| "is out of range for a timestamp".to_string())
-        }
-        other => Err(format!(
-            "is {}; send an RFC 3339 string or epoch milliseconds",
-            other.kind()
-        )),
+        });
+    };
+    if ms.abs() < MIN_EPOCH_MS {
+        return Err(seconds_or_milliseconds(ms, kind));
+    }
+    if !(FIRST_MS..=LAST_MS).contains(&ms) {
+        return Err(epoch_out_of_range(kind));
+    }
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| epoch_out_of_range(kind))
+}
+
+/// Why an epoch number near 1970 is refused: read as seconds it is another time, and HubSpot
+/// reads every number as milliseconds. A positive one is surely seconds (as milliseconds it
+/// would be 1970 to 1973-03-03); a negative one (1966-10-31 to 1970 as milliseconds) may be
+/// either, so both readings are given.
+fn seconds_or_milliseconds(ms: i64, kind: TimeKind) -> String {
+    let (Some(as_ms), Some(as_s)) = (
+        Utc.timestamp_millis_opt(ms).single(),
+        Utc.timestamp_millis_opt(ms * 1000).single(),
+    ) else {
+        return epoch_out_of_range(kind);
+    };
+    if ms == 0 {
+        return format!(
+            "is epoch 0, refused with the other numbers from -{MIN_EPOCH_MS} to {MIN_EPOCH_MS}, where seconds and milliseconds look alike; send the time as a string: {}",
+            kind.written(as_ms)
+        );
+    }
+    if ms > 0 {
+        format!(
+            "looks like epoch seconds ({}), which HubSpot would read as milliseconds ({}); send epoch milliseconds ({}) or {}",
+            rfc3339(as_s),
+            rfc3339(as_ms),
+            ms * 1000,
+            kind.written(as_s)
+        )
+    } else {
+        // Read as seconds, the number may be before the year 0001: then only one fix is real.
+        let if_seconds = if as_s.year() >= 1 {
+            format!(", {} if seconds", kind.written(as_s))
+        } else {
+            String::new()
+        };
+        format!(
+            "is {} as epoch milliseconds but {} as epoch seconds, and between -{MIN_EPOCH_MS} and {MIN_EPOCH_MS} hubsync cannot tell which was meant; send the time as a string: {} if milliseconds were meant{if_seconds}",
+            rfc3339(as_ms),
+            rfc3339(as_s),
+            kind.written(as_ms),
+        )
     }
 }
 
@@ -441,13 +641,7 @@ pub(crate) fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<Strin
             ))),
         },
         PropertyType::Date => {
-            if let JsonIn::String(s) = value
-                && let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-            {
-                return Ok(d.format("%Y-%m-%d").to_string());
-            }
-            let instant =
-                parse_instant(value).map_err(|r| refuse(r.replace("timestamp", "date")))?;
+            let instant = parse_instant(value, TimeKind::Date).map_err(refuse)?;
             if instant.timestamp_millis().rem_euclid(MS_PER_DAY) != 0 {
                 return Err(refuse(format!(
                     "is at {} UTC, not midnight; a date property takes \"YYYY-MM-DD\" or a midnight-UTC time",
@@ -456,7 +650,7 @@ pub(crate) fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<Strin
             }
             Ok(instant.format("%Y-%m-%d").to_string())
         }
-        PropertyType::Datetime => parse_instant(value)
+        PropertyType::Datetime => parse_instant(value, TimeKind::Datetime)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
             .map_err(refuse),
         PropertyType::Enumeration { options, multiple } => {
@@ -496,7 +690,7 @@ pub(crate) fn serialize_value(def: &PropertyDef, value: &JsonIn) -> Result<Strin
                 if !options.contains(&v) {
                     return Err(refuse(format!(
                         "\"{v}\" is not an option; options are [{}]: add it to options in hubsync.toml or send one of them",
-                        options.join(", ")
+                        listed(options.iter().cloned(), options.len(), ", ", "")
                     )));
                 }
                 if !out.contains(&v) {
@@ -641,8 +835,8 @@ mod tests {
                 "22:18:55.865 UTC, not midnight",
             ),
             (Date, "1795687200000", "not midnight"),
-            (Date, r#""26/11/2026""#, "not an RFC 3339 date"),
-            (Date, r#""2026-02-30""#, "not an RFC 3339"),
+            (Date, r#""26/11/2026""#, "is not a date"),
+            (Date, r#""2026-02-30""#, "does not exist"),
             (Datetime, "1795687200", "looks like epoch seconds"),
             (Datetime, "1795687200.5", "whole number"),
             (Datetime, r#""yesterday""#, "not an RFC 3339 timestamp"),
@@ -830,5 +1024,131 @@ mod tests {
         let t = def(PropertyType::Datetime, MergeRule::Set);
         assert!(serialize_value(&t, &json("253402300800000")).is_err());
         assert!(serialize_value(&t, &json("253402300799000")).is_ok());
+    }
+
+    #[test]
+    fn dates_take_the_years_0001_to_9999_like_datetimes() {
+        let date = def(PropertyType::Date, MergeRule::Set);
+        let time = def(PropertyType::Datetime, MergeRule::Set);
+        let sent = |d: &PropertyDef, t: &str| serialize_value(d, &json(t));
+        assert_eq!(sent(&date, r#""0001-01-01""#).as_deref(), Ok("0001-01-01"));
+        assert_eq!(sent(&date, r#""9999-12-31""#).as_deref(), Ok("9999-12-31"));
+        // 0001-01-01 and 9999-12-31 at midnight UTC, as epoch milliseconds.
+        assert_eq!(sent(&date, "-62135596800000").as_deref(), Ok("0001-01-01"));
+        assert_eq!(sent(&date, "253402214400000").as_deref(), Ok("9999-12-31"));
+        for outside in [
+            r#""0000-01-01""#,
+            r#""-0001-01-01""#,
+            r#""0000-12-31T00:00:00Z""#,
+            r#""0001-01-01T00:00:00+01:00""#,
+            r#""10000-01-01""#,
+            r#""+10000-01-01""#,
+            "-62167219200000",
+            "253402300800000",
+        ] {
+            for d in [&date, &time] {
+                let e = sent(d, outside).expect_err(outside);
+                assert!(
+                    e.reason.contains("0001 to 9999"),
+                    "{} {outside}: {e}",
+                    d.ptype.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn epoch_numbers_are_refused_for_what_is_wrong_with_them() {
+        let date = def(PropertyType::Date, MergeRule::Set);
+        let time = def(PropertyType::Datetime, MergeRule::Set);
+        let reason = |d: &PropertyDef, t: &str| serialize_value(d, &json(t)).expect_err(t).reason;
+        // Before 1970 is within the bounds: outside the window where seconds and
+        // milliseconds look alike, a negative number is milliseconds.
+        assert_eq!(
+            serialize_value(&time, &json("-2208988800000")).as_deref(),
+            Ok("1900-01-01T00:00:00.000Z")
+        );
+        assert_eq!(
+            serialize_value(&date, &json("-2208988800000")).as_deref(),
+            Ok("1900-01-01")
+        );
+        // Near 1970 a negative number is either: both readings are named, and the fix.
+        let r = reason(&time, "-86400000");
+        assert!(!r.contains("looks like epoch seconds"), "{r}");
+        assert!(r.contains("1969-12-31T00:00:00Z"), "{r}");
+        assert!(r.contains("1967-04-07T00:00:00Z"), "{r}");
+        assert!(r.contains("\"1969-12-31T00:00:00Z\""), "{r}");
+        let r = reason(&date, "-86400000");
+        assert!(r.contains("\"1969-12-31\""), "{r}");
+        // Read as seconds, -99999936000 is in the year -1199: only the milliseconds fix is given.
+        let r = reason(&date, "-99999936000");
+        assert!(
+            r.contains("\"1966-10-31\" if milliseconds were meant"),
+            "{r}"
+        );
+        assert!(!r.contains("if seconds"), "{r}");
+        // A positive one is seconds for a later time.
+        let r = reason(&time, "1795687200");
+        assert!(
+            r.contains("looks like epoch seconds (2026-11-26T10:00:00Z)"),
+            "{r}"
+        );
+        assert!(r.contains("1795687200000"), "{r}");
+        // Whole numbers beyond any year HubSpot stores are out of range, not "not whole".
+        for huge in [
+            "1e30",
+            "-1e30",
+            "1e400",
+            "1e999999999",
+            "9223372036854775808",
+            "1000000000000000",
+            "100000000000000000000.5",
+        ] {
+            for d in [&date, &time] {
+                let r = reason(d, huge);
+                assert!(r.contains("out of range"), "{huge}: {r}");
+                assert!(!r.contains("whole number"), "{huge}: {r}");
+                assert!(r.contains("253402300799999"), "{huge}: {r}");
+            }
+        }
+        for fraction in ["1795687200000.5", "1e-400", "0.5"] {
+            let r = reason(&time, fraction);
+            assert!(r.contains("not a whole number"), "{fraction}: {r}");
+        }
+    }
+
+    #[test]
+    fn days_that_do_not_exist_are_named_and_dates_get_a_date_example() {
+        let date = def(PropertyType::Date, MergeRule::Set);
+        let time = def(PropertyType::Datetime, MergeRule::Set);
+        let reason = |d: &PropertyDef, t: &str| serialize_value(d, &json(t)).expect_err(t).reason;
+        let r = reason(&date, r#""2026-02-30""#);
+        assert!(r.contains("2026-02-30 does not exist"), "{r}");
+        assert!(r.contains("February 2026 has 28 days"), "{r}");
+        assert!(r.contains("\"2026-11-26\""), "{r}");
+        assert!(!r.contains("T10:00:00Z"), "{r}");
+        let r = reason(&date, r#""2025-02-29""#);
+        assert!(r.contains("February 2025 has 28 days"), "{r}");
+        assert_eq!(
+            serialize_value(&date, &json(r#""2024-02-29""#)).as_deref(),
+            Ok("2024-02-29")
+        );
+        let r = reason(&date, r#""2026-13-01""#);
+        assert!(
+            r.contains("2026-13-01 does not exist (there is no month 13)"),
+            "{r}"
+        );
+        let r = reason(&date, r#""2026-04-31T00:00:00Z""#);
+        assert!(r.contains("April 2026 has 30 days"), "{r}");
+        let r = reason(&time, r#""2026-02-30T10:00:00Z""#);
+        assert!(r.contains("2026-02-30 does not exist"), "{r}");
+        assert!(r.contains("\"2026-11-26T10:00:00Z\""), "{r}");
+        // Not a date at all: a date example for a date, a time example for a datetime.
+        let r = reason(&date, r#""26/11/2026""#);
+        assert!(r.contains("\"2026-11-26\""), "{r}");
+        assert!(!r.contains("T10:00:00Z"), "{r}");
+        assert!(!r.contains("timestamp"), "{r}");
+        let r = reason(&time, r#""yesterday""#);
+        assert!(r.contains("\"2026-11-26T10:00:00Z\""), "{r}");
     }
 }

@@ -17,6 +17,7 @@ use super::Worker;
 use crate::core::dlq::Category;
 use crate::core::merge::ObjectState;
 use crate::core::retry::retry_delay;
+use crate::core::values::listed;
 use crate::core::vocabulary::ObjectType;
 use crate::db;
 use crate::db::objects::{Leased, ObjectFailure, Written};
@@ -557,7 +558,7 @@ fn held_back(input: &Input, e: &RecordError, hold: BTreeMap<String, String>) -> 
     let message = format!(
         "{}; held back: {} (the object's other properties keep syncing). Fix the value or the property, then replay this row to send it again",
         e.message,
-        names.join(", ")
+        listed(names.iter().cloned(), names.len(), ", ", "")
     );
     ObjectFailure {
         key: input.leased.key.clone(),
@@ -633,5 +634,50 @@ fn failure(
         },
         permanent,
         hold: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_on_many_properties_names_the_first_twenty() {
+        let input = Input {
+            leased: Leased {
+                key: "a@acme.com".into(),
+                state: "{}".into(),
+                version: 1,
+                company_key: None,
+                hubspot_id: None,
+                attempts: 0,
+                held: None,
+            },
+            trace_id: "t0".into(),
+            properties: Map::new(),
+            held: BTreeMap::new(),
+        };
+        let hold: BTreeMap<String, String> =
+            (0..100).map(|n| (format!("p{n:03}"), "x".into())).collect();
+        let e = RecordError {
+            category: Category::HubspotValidation,
+            code: Some("INVALID_OPTION".into()),
+            message: "HubSpot refused the record".into(),
+            raw: Value::Null,
+            permanent: true,
+            properties: hold.keys().cloned().collect(),
+        };
+        let f = held_back(&input, &e, hold);
+        assert!(
+            f.message.contains(r#"held back: "p000", "#)
+                && f.message.contains(r#""p019", and 80 more (the object's"#),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("p020"), "{}", f.message);
+        assert!(
+            f.hold.unwrap().contains("p099"),
+            "the hold itself keeps every property"
+        );
     }
 }
