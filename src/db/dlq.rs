@@ -1,7 +1,6 @@
 //! The dead-letter table: writing failed events at ingest, replaying due rows, and the
 //! operator statements of `sql/` (which `hubsync dlq` runs exactly as psql would).
 
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -110,15 +109,258 @@ pub(crate) async fn park_unreadable_objects(
     Ok(())
 }
 
+/// A due DLQ row that cannot be replayed as it stands (edited by hand, most likely): it is
+/// parked again, saying which field is wrong and what to do, and the other rows go on.
+#[derive(Debug, Clone)]
+pub(crate) struct UnreadableRow {
+    /// The row's id.
+    pub id: i64,
+    /// The new category, for an event row; an object row keeps its own (HubSpot's reason).
+    pub category: Option<Category>,
+    /// What is wrong, where, and what to do.
+    pub message: String,
+    /// Structured detail (JSON text) replacing `error`, for an event row; an object row keeps
+    /// HubSpot's error.
+    pub error: Option<String>,
+}
+
+/// One field of a DLQ row that is wrong, with what to do about it.
+#[derive(Debug, Clone)]
+struct Problem {
+    /// The column or payload field at fault (`payload`: the whole payload).
+    field: &'static str,
+    /// The value as the row holds it, shortened (`None`: NULL or absent).
+    value: Option<String>,
+    /// What is wrong and what to set, for a person.
+    text: String,
+}
+
+/// The message of a row that cannot be replayed: each problem, then what to do.
+fn unreadable_message(id: i64, problems: &[Problem]) -> String {
+    let what: Vec<&str> = problems.iter().map(|p| p.text.as_str()).collect();
+    format!(
+        "hubsync.dlq row {id} cannot be replayed as it stands: {}. Fix the row, then retry it (hubsync dlq retry {id}), or discard it (hubsync dlq discard {id})",
+        what.join("; ")
+    )
+}
+
+/// An event row that cannot be rebuilt as an event: parked again as `invalid_event`.
+fn unreadable_event(id: i64, problems: &[Problem]) -> UnreadableRow {
+    let detail: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|p| serde_json::json!({"field": p.field, "value": p.value}))
+        .collect();
+    UnreadableRow {
+        id,
+        category: Some(Category::InvalidEvent),
+        message: unreadable_message(id, problems),
+        error: Some(
+            serde_json::json!({
+                "source": "hubsync",
+                "category": Category::InvalidEvent.as_str(),
+                "detail": {"dlq_id": id, "unreadable": detail},
+            })
+            .to_string(),
+        ),
+    }
+}
+
+/// Due event rows: those rebuilt as events, and those that cannot be.
+#[derive(Debug, Default)]
+pub(crate) struct DueEvents {
+    /// (row id, the event as kept in its payload).
+    pub events: Vec<(i64, OutboxEvent)>,
+    /// Rows to park again.
+    pub unreadable: Vec<UnreadableRow>,
+}
+
+/// A due event row as read: every column in a form that cannot fail to decode, each payload
+/// field as its JSON type and text, so that whatever an operator left in the row is judged
+/// here, one row at a time, instead of failing the statement for every row.
+#[derive(Debug, Clone, Default)]
+struct RawDue {
+    id: i64,
+    event_id: Option<Uuid>,
+    first_failed_at: chrono::DateTime<chrono::Utc>,
+    /// `jsonb_typeof(payload)`.
+    payload_type: String,
+    /// `payload->>'event_id'`.
+    payload_event_id: Option<String>,
+    /// (jsonb_typeof, ->> text) of `seq`, `object_type`, `object_key`, `occurred_at`,
+    /// `company_key`.
+    seq: (Option<String>, Option<String>),
+    object_type: (Option<String>, Option<String>),
+    object_key: (Option<String>, Option<String>),
+    occurred_at: (Option<String>, Option<String>),
+    company_key: (Option<String>, Option<String>),
+    /// `payload->'properties'` as JSON text (`null` when absent).
+    properties: String,
+}
+
+/// A value as JSON shows it, shortened: a string quoted, anything else as its text.
+fn shown_json(json_type: Option<&str>, text: &str) -> String {
+    let short = crate::core::values::shown(text);
+    if json_type == Some("string") {
+        format!("\"{short}\"")
+    } else {
+        short
+    }
+}
+
+/// A whole number in `bigint`'s range, written as Postgres writes a JSON number (or as a string
+/// of one): digits, maybe a sign, maybe a fraction of zeros.
+fn whole_number(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (int, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if !fraction.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    int.parse().ok()
+}
+
+/// Rebuilds the event kept in a due row, or says every field that stops it.
+fn rebuild(raw: RawDue) -> Result<OutboxEvent, UnreadableRow> {
+    let mut problems = Vec::new();
+    if raw.event_id.is_none() {
+        let hint = match raw.payload_event_id.as_deref().map(str::parse::<Uuid>) {
+            Some(Ok(id)) => format!("its payload keeps {id}"),
+            _ => "or a new one, gen_random_uuid(), if it is lost".to_string(),
+        };
+        problems.push(Problem {
+            field: "event_id",
+            value: None,
+            text: format!(
+                "event_id is NULL, and an event is replayed under its id; set event_id to the event's id ({hint})"
+            ),
+        });
+    }
+    if raw.payload_type != "object" {
+        problems.push(Problem {
+            field: "payload",
+            value: Some(raw.payload_type.clone()),
+            text: format!(
+                "payload is a JSON {}, not the object an event row keeps (event_id, object_type, object_key, occurred_at, company_key, seq, properties); put that object back",
+                raw.payload_type
+            ),
+        });
+        return Err(unreadable_event(raw.id, &problems));
+    }
+    // Absent or null: 0 (the sequence only breaks ties between events of the same time).
+    let seq = match (raw.seq.0.as_deref(), raw.seq.1.as_deref()) {
+        (_, None) => 0,
+        (kind, Some(text)) => match kind
+            .filter(|k| matches!(*k, "number" | "string"))
+            .and_then(|_| whole_number(text))
+        {
+            Some(n) => n,
+            None => {
+                let value = shown_json(kind, text);
+                problems.push(Problem {
+                    field: "seq",
+                    text: format!(
+                        "payload field seq is {value}, not a whole number from {} to {}; set it to one (it orders events that happened at the same time) or remove it",
+                        i64::MIN,
+                        i64::MAX
+                    ),
+                    value: Some(value),
+                });
+                0
+            }
+        },
+    };
+    // A text field: a string (or a number, as its text); absent or null when `optional`.
+    let mut text_field = |name: &'static str,
+                          (kind, text): &(Option<String>, Option<String>),
+                          optional: bool,
+                          what: &str|
+     -> Option<String> {
+        match (kind.as_deref(), text) {
+            (Some("string" | "number"), Some(text)) => return Some(text.clone()),
+            (None | Some("null"), _) if optional => return None,
+            _ => {}
+        }
+        let value = text.as_deref().map(|t| shown_json(kind.as_deref(), t));
+        let is = match (kind.as_deref(), &value) {
+            (None | Some("null"), _) => "missing".to_string(),
+            (Some(kind), Some(value)) => format!("a JSON {kind}, {value}"),
+            (Some(kind), None) => format!("a JSON {kind}"),
+        };
+        problems.push(Problem {
+            field: name,
+            value,
+            text: format!("payload field {name} is {is}; set it to {what}"),
+        });
+        None
+    };
+    let object_type = text_field(
+        "object_type",
+        &raw.object_type,
+        false,
+        "\"contact\" or \"company\"",
+    );
+    let object_key = text_field(
+        "object_key",
+        &raw.object_key,
+        false,
+        "the contact's email or the company's key",
+    );
+    let company_key = text_field(
+        "company_key",
+        &raw.company_key,
+        true,
+        "the company's key as a string, or null",
+    );
+    let occurred_at = text_field(
+        "occurred_at",
+        &raw.occurred_at,
+        true,
+        "an RFC 3339 time such as \"2026-01-31T12:00:00Z\", or remove it",
+    );
+    let occurred_at = match occurred_at {
+        None => raw.first_failed_at,
+        Some(text) => match parse_occurred_at(&text) {
+            Ok(t) => t,
+            Err(_) => {
+                let value = shown_json(raw.occurred_at.0.as_deref(), &text);
+                problems.push(Problem {
+                    field: "occurred_at",
+                    text: format!(
+                        "payload field occurred_at is {value}, not an RFC 3339 time between 1970-01-01 and 9999-12-31; set it to when the event happened (such as \"2026-01-31T12:00:00Z\"), or remove it to use the time the row first failed"
+                    ),
+                    value: Some(value),
+                });
+                raw.first_failed_at
+            }
+        },
+    };
+    let Some(event_id) = raw.event_id.filter(|_| problems.is_empty()) else {
+        return Err(unreadable_event(raw.id, &problems));
+    };
+    Ok(OutboxEvent {
+        seq,
+        event_id,
+        object_type: object_type.unwrap_or_default(),
+        object_key: object_key.unwrap_or_default(),
+        properties: raw.properties,
+        occurred_at: Ok(occurred_at),
+        company_key,
+        enqueued_at: None,
+    })
+}
+
 /// Claims dead-lettered events that are due for replay, rebuilt as outbox events, and marks
 /// them processed now in the ledger (re-adding entries pruned meanwhile): a copy the producer
-/// sends again within the retention period after the replay stays a no-op. Locks: the claimed
-/// DLQ rows and their ledger rows until the caller's transaction ends (`SKIP LOCKED` for the
-/// DLQ rows; ledger rows before any object row, as ingest takes them).
+/// sends again within the retention period after the replay stays a no-op. A row that cannot be
+/// rebuilt (a field edited into something hubsync cannot read) comes back in `unreadable`
+/// instead of failing the statement. Locks: the claimed DLQ rows and their ledger rows until
+/// the caller's transaction ends (`SKIP LOCKED` for the DLQ rows; ledger rows before any object
+/// row, as ingest takes them).
 pub(crate) async fn claim_due_events(
     tx: &mut PgConnection,
     limit: i64,
-) -> Result<Vec<(i64, OutboxEvent)>, sqlx::Error> {
+) -> Result<DueEvents, sqlx::Error> {
+    // Nothing here casts a payload field: each comes as its JSON type and text, judged in
+    // `rebuild`.
     let rows = sqlx::query(
         "WITH due AS MATERIALIZED (
              SELECT id FROM hubsync.dlq
@@ -130,44 +372,96 @@ pub(crate) async fn claim_due_events(
              WHERE d.event_id IS NOT NULL ORDER BY d.event_id
              ON CONFLICT (event_id) DO UPDATE SET processed_at = now()
          )
-         SELECT d.id, d.event_id,
-                coalesce((d.payload->>'seq')::bigint, 0) AS seq,
+         SELECT d.id, d.event_id, d.first_failed_at,
+                jsonb_typeof(d.payload) AS payload_type,
+                d.payload->>'event_id' AS payload_event_id,
+                jsonb_typeof(d.payload->'seq') AS seq_type, d.payload->>'seq' AS seq,
+                jsonb_typeof(d.payload->'object_type') AS object_type_type,
                 d.payload->>'object_type' AS object_type,
+                jsonb_typeof(d.payload->'object_key') AS object_key_type,
                 d.payload->>'object_key' AS object_key,
-                coalesce(d.payload->'properties', 'null'::jsonb)::text AS properties,
-                d.payload->>'occurred_at' AS occurred_at_text, d.first_failed_at,
-                d.payload->>'company_key' AS company_key
-         FROM hubsync.dlq d JOIN due USING (id)",
+                jsonb_typeof(d.payload->'occurred_at') AS occurred_at_type,
+                d.payload->>'occurred_at' AS occurred_at,
+                jsonb_typeof(d.payload->'company_key') AS company_key_type,
+                d.payload->>'company_key' AS company_key,
+                coalesce(d.payload->'properties', 'null'::jsonb)::text AS properties
+         FROM hubsync.dlq d JOIN due USING (id)
+         ORDER BY d.id",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    rows.iter()
-        .map(|r: &PgRow| {
+    let mut due = DueEvents::default();
+    for r in &rows {
+        let pair = |name: &str| -> Result<(Option<String>, Option<String>), sqlx::Error> {
             Ok((
-                r.try_get("id")?,
-                OutboxEvent {
-                    seq: r.try_get("seq")?,
-                    event_id: r.try_get("event_id")?,
-                    object_type: r
-                        .try_get::<Option<String>, _>("object_type")?
-                        .unwrap_or_default(),
-                    object_key: r
-                        .try_get::<Option<String>, _>("object_key")?
-                        .unwrap_or_default(),
-                    properties: r.try_get("properties")?,
-                    // Read as text and parsed here: whatever an operator left in the payload
-                    // is refused again at validation instead of failing this statement.
-                    occurred_at: match r.try_get::<Option<String>, _>("occurred_at_text")? {
-                        Some(text) => parse_occurred_at(&text),
-                        None => Ok(r.try_get("first_failed_at")?),
-                    },
-                    company_key: r.try_get("company_key")?,
-                    enqueued_at: None,
-                },
+                r.try_get(format!("{name}_type").as_str())?,
+                r.try_get(name)?,
             ))
-        })
-        .collect()
+        };
+        let raw = RawDue {
+            id: r.try_get("id")?,
+            event_id: r.try_get("event_id")?,
+            first_failed_at: r.try_get("first_failed_at")?,
+            payload_type: r
+                .try_get::<Option<String>, _>("payload_type")?
+                .unwrap_or_default(),
+            payload_event_id: r.try_get("payload_event_id")?,
+            seq: pair("seq")?,
+            object_type: pair("object_type")?,
+            object_key: pair("object_key")?,
+            occurred_at: pair("occurred_at")?,
+            company_key: pair("company_key")?,
+            properties: r
+                .try_get::<Option<String>, _>("properties")?
+                .unwrap_or_else(|| "null".into()),
+        };
+        let id = raw.id;
+        match rebuild(raw) {
+            Ok(event) => due.events.push((id, event)),
+            Err(row) => due.unreadable.push(row),
+        }
+    }
+    Ok(due)
+}
+
+/// Parks due rows that cannot be replayed as they stand: `next_retry_at` NULL, the message
+/// saying what to fix, one more attempt; an event row also gets its new category and detail.
+/// A row no longer due (parked meanwhile by another worker) is left as it is. Returns how many
+/// were parked. Locks: those DLQ rows (already held when claimed; after the object rows
+/// otherwise).
+pub(crate) async fn park_unreadable_rows(
+    tx: &mut PgConnection,
+    rows: &[UnreadableRow],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let parked: Vec<i64> = sqlx::query_scalar(
+        "UPDATE hubsync.dlq d
+         SET next_retry_at = NULL, error_message = u.message,
+             error_category = coalesce(u.category, d.error_category),
+             error = CASE WHEN u.error IS NULL THEN d.error ELSE u.error::jsonb END,
+             attempts = d.attempts + 1, last_failed_at = now()
+         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+              AS u(id, message, category, error)
+         WHERE d.id = u.id AND d.next_retry_at <= now()
+         RETURNING d.id",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.message.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.category.map(|c| c.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows.iter().filter(|r| parked.contains(&r.id)) {
+        tracing::warn!(dlq_id = r.id, "dead-letter row parked again: {}", r.message);
+    }
+    Ok(parked.len() as u64)
 }
 
 /// An `occurred_at` kept in a DLQ payload (RFC 3339 as hubsync wrote it), within the bounds
@@ -190,13 +484,26 @@ pub(crate) async fn delete_rows(tx: &mut PgConnection, ids: &[i64]) -> Result<()
     Ok(())
 }
 
+/// An object row that cannot be replayed: its object type is not one hubsync writes, or no
+/// object has its key. It keeps its category and HubSpot's error.
+fn unreadable_object(id: i64, problem: Problem) -> UnreadableRow {
+    UnreadableRow {
+        id,
+        category: None,
+        message: unreadable_message(id, std::slice::from_ref(&problem)),
+        error: None,
+    }
+}
+
 /// Marks the objects of due DLQ object rows dirty again, with nothing held back, so the next
 /// sync resends their whole current state; the row stays (pushed an hour ahead) until a sync
-/// succeeds or fails again. Locks, in the order `db` states: the objects in key order, then
-/// their DLQ rows (the due rows are found without locking first, and re-checked once locked).
+/// succeeds or fails again. A row naming an object type hubsync does not write, or an object
+/// not in `hubsync.objects`, is parked again saying so. Locks, in the order `db` states: the
+/// objects in key order, then their DLQ rows (the due rows are found without locking first,
+/// and re-checked once locked).
 pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
-    let due: Vec<(String, String)> = sqlx::query_as(
-        "SELECT object_type, object_key FROM hubsync.dlq
+    let due: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, object_type, object_key FROM hubsync.dlq
          WHERE kind = 'object' AND next_retry_at <= now()
          ORDER BY next_retry_at, id LIMIT $1",
     )
@@ -206,21 +513,83 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
     let mut requeued = 0;
     // An association's row is keyed by its contact: replaying it makes the contact's
     // association due again.
-    for (object_type, row_type) in [
+    let types = [
         ("contact", ObjectType::Contact),
         ("company", ObjectType::Company),
         ("association", ObjectType::Contact),
-    ] {
+    ];
+    let strangers: Vec<UnreadableRow> = due
+        .iter()
+        .filter(|(_, t, _)| !types.iter().any(|(name, _)| name == t))
+        .map(|(id, t, _)| {
+            unreadable_object(
+                *id,
+                Problem {
+                    field: "object_type",
+                    value: Some(crate::core::values::shown(t)),
+                    text: format!(
+                        "object_type \"{}\" is not one an object row can have; set it to 'contact', 'company' or 'association'",
+                        crate::core::values::shown(t)
+                    ),
+                },
+            )
+        })
+        .collect();
+    if !strangers.is_empty() {
+        let mut tx = pool.begin().await?;
+        requeued += park_unreadable_rows(&mut tx, &strangers).await?;
+        tx.commit().await?;
+    }
+    for (object_type, row_type) in types {
         let mut keys: Vec<String> = due
             .iter()
-            .filter(|(t, _)| t == object_type)
-            .map(|(_, k)| k.clone())
+            .filter(|(_, t, _)| t == object_type)
+            .map(|(_, _, k)| k.clone())
             .collect();
         if keys.is_empty() {
             continue;
         }
         keys.sort();
         let (mut tx, locked) = super::objects::begin_locked(pool, row_type, &keys).await?;
+        // A key not locked is held by another session (its row stays due for the next round),
+        // or names no object at all: that row is parked, since nothing can be sent for it.
+        let unlocked: Vec<&String> = keys.iter().filter(|k| !locked.contains(k)).collect();
+        if !unlocked.is_empty() {
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT object_key FROM hubsync.objects
+                 WHERE object_type = $1 AND object_key = ANY($2)",
+            )
+            .bind(row_type.as_str())
+            .bind(&unlocked)
+            .fetch_all(&mut *tx)
+            .await?;
+            let missing: Vec<UnreadableRow> = due
+                .iter()
+                .filter(|(_, t, k)| {
+                    t == object_type && unlocked.contains(&k) && !found.contains(k)
+                })
+                .map(|(id, _, k)| {
+                    let key = crate::core::values::shown(k);
+                    let whose = if object_type == "association" {
+                        " (an association row is keyed by its contact)"
+                    } else {
+                        ""
+                    };
+                    unreadable_object(
+                        *id,
+                        Problem {
+                            field: "object_key",
+                            value: Some(key.clone()),
+                            text: format!(
+                                "object_key \"{key}\" names no {} in hubsync.objects{whose}, so nothing can be sent for it; set it to the key hubsync.objects has for the object (a contact's email in lower case, a company's key as sent)",
+                                row_type.as_str()
+                            ),
+                        },
+                    )
+                })
+                .collect();
+            requeued += park_unreadable_rows(&mut tx, &missing).await?;
+        }
         let still_due: Vec<String> = sqlx::query_scalar(
             "UPDATE hubsync.dlq SET next_retry_at = now() + interval '1 hour'
              WHERE kind = 'object' AND object_type = $1 AND object_key = ANY($2)
@@ -449,6 +818,91 @@ mod tests {
         );
         assert_eq!(p.len(), 2);
         assert!(to_statement("SELECT :id", &[]).is_err());
+    }
+
+    #[test]
+    fn a_seq_is_read_only_as_a_whole_number_in_range() {
+        assert_eq!(whole_number("42"), Some(42));
+        assert_eq!(whole_number(" -7 "), Some(-7));
+        assert_eq!(whole_number("53.000"), Some(53));
+        assert_eq!(whole_number("9223372036854775807"), Some(i64::MAX));
+        for bad in ["abc", "53.5", "9223372036854775808", "1e3", "", "."] {
+            assert_eq!(whole_number(bad), None, "{bad}");
+        }
+    }
+
+    fn field(kind: &str, text: &str) -> (Option<String>, Option<String>) {
+        (Some(kind.into()), Some(text.into()))
+    }
+
+    fn raw() -> RawDue {
+        RawDue {
+            id: 7,
+            event_id: Some(Uuid::nil()),
+            payload_type: "object".into(),
+            seq: field("number", "12"),
+            object_type: field("string", "contact"),
+            object_key: field("string", "a@acme.com"),
+            occurred_at: field("string", "2026-01-31T12:00:00Z"),
+            properties: "{}".into(),
+            ..RawDue::default()
+        }
+    }
+
+    #[test]
+    fn a_due_row_is_rebuilt_or_every_wrong_field_is_named() {
+        let event = rebuild(raw()).unwrap();
+        assert_eq!((event.seq, event.company_key), (12, None));
+        assert_eq!(event.object_key, "a@acme.com");
+        // An absent seq and occurred_at: 0 and the time the row first failed.
+        let event = rebuild(RawDue {
+            seq: (None, None),
+            occurred_at: (Some("null".into()), None),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(event.seq, 0);
+        assert_eq!(
+            event.occurred_at,
+            Ok(chrono::DateTime::<chrono::Utc>::default())
+        );
+
+        let row = rebuild(RawDue {
+            event_id: None,
+            seq: field("string", "abc"),
+            object_key: field("array", "[1]"),
+            company_key: field("boolean", "true"),
+            occurred_at: field("string", "infinity"),
+            ..raw()
+        })
+        .unwrap_err();
+        assert_eq!(row.id, 7);
+        assert_eq!(row.category, Some(Category::InvalidEvent));
+        for part in [
+            "hubsync.dlq row 7",
+            "event_id is NULL",
+            "seq is \"abc\"",
+            "object_key is a JSON array, [1]",
+            "company_key is a JSON boolean",
+            "occurred_at is \"infinity\"",
+            "hubsync dlq retry 7",
+            "hubsync dlq discard 7",
+        ] {
+            assert!(row.message.contains(part), "{part}: {}", row.message);
+        }
+        let error: serde_json::Value = serde_json::from_str(row.error.as_deref().unwrap()).unwrap();
+        assert_eq!(error["detail"]["unreadable"].as_array().unwrap().len(), 5);
+
+        let row = rebuild(RawDue {
+            payload_type: "string".into(),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(
+            row.message.contains("payload is a JSON string"),
+            "{}",
+            row.message
+        );
     }
 
     #[test]

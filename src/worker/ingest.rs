@@ -545,7 +545,9 @@ pub(crate) async fn fold_claimed(config: &Config, claimed: Claimed) -> anyhow::R
 
 /// Replays dead-lettered events that are due (an operator set `next_retry_at`): folds those
 /// that are now valid and deletes their rows; the rest are parked again with the new reason,
-/// and those whose object is locked stay due for the next round.
+/// and those whose object is locked stay due for the next round. A row that cannot even be read
+/// as an event (a field edited by hand into something else) is parked again saying which field
+/// to fix, and holds back none of the others.
 pub(crate) async fn replay_due_events(
     pool: &sqlx::PgPool,
     config: &Config,
@@ -562,12 +564,22 @@ pub(crate) async fn replay_due_events(
     let due = db::dlq::claim_due_events(&mut tx, 500)
         .await
         .context("failed to claim due dead-lettered events")?;
+    let parked = db::dlq::park_unreadable_rows(&mut tx, &due.unreadable)
+        .await
+        .context("failed to park dead-lettered events that cannot be read")?;
+    crate::telemetry::note_refused(due.unreadable.iter().filter_map(|r| r.category));
+    let parked = usize::try_from(parked).unwrap_or(usize::MAX);
+    let due = due.events;
     if due.is_empty() {
         tx.commit().await?;
-        return Ok(Folded::default());
+        return Ok(Folded {
+            refused: parked,
+            ..Folded::default()
+        });
     }
     let events: Vec<OutboxEvent> = due.iter().map(|(_, e)| e.clone()).collect();
-    let folded = fold_isolating(&mut tx, config, &events).await?;
+    let mut folded = fold_isolating(&mut tx, config, &events).await?;
+    folded.refused += parked;
     let waiting: HashSet<Uuid> = folded.deferred.iter().map(|e| e.event_id).collect();
     let done: Vec<i64> = due
         .iter()

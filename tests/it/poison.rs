@@ -1,15 +1,17 @@
 //! Nothing in the outbox can stop the pipeline: rows any buggy producer can write with a plain
 //! INSERT, states an operator broke by hand, rows Postgres itself refuses, rows another
-//! session holds locked. Each ends folded or in the DLQ, and the rows around it move on.
+//! session holds locked. Each ends folded or in the DLQ, and the rows around it move on. Nor can
+//! a dead-letter row an operator edited by hand: it is parked again, saying what to fix.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::harness::{CONFIG, Harness, database_url, worker_for};
+use crate::harness::{CONFIG, Harness, database_url, psql, worker_for};
 
 /// Writes one outbox row as a producer's plain INSERT would, every column as text so any value
 /// Postgres accepts can be written.
@@ -701,4 +703,194 @@ async fn a_stored_value_edited_into_the_wrong_type_is_parked_not_merged_over(poo
         message.contains("\"total_sessions\" holds \"12abc\", which is not a number"),
         "{message}"
     );
+}
+
+/// A dead-letter row's id, by the event it holds.
+async fn dlq_id(pool: &PgPool, event_id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT id FROM hubsync.dlq WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn dead_letter_rows_edited_by_hand_are_parked_again_and_the_others_replay(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    h.setup().await;
+    // Events refused for an option the portal does not have yet: each its own parked row.
+    let mut refused = BTreeMap::new();
+    for (i, name) in [
+        "good1", "good2", "abc", "huge", "frac", "noid", "when", "company", "array",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let email = format!("{name}@acme.com");
+        let props = json!({"total_sessions": i + 1, "current_plan": "platinum"});
+        refused.insert(name, h.enqueue(&email, props).await);
+    }
+    // A contact that syncs, whose object row will be replayed.
+    h.enqueue("synced@acme.com", json!({"total_sessions": 1}))
+        .await;
+    h.drain().await;
+    assert_eq!(h.count("dlq").await, 9);
+    let mut row = BTreeMap::new();
+    for (name, event_id) in &refused {
+        row.insert(*name, dlq_id(&h.pool, *event_id).await);
+    }
+    // Object rows: one for an object that exists, one of a type hubsync does not replay, one
+    // for an object that is not in hubsync.objects, an association of a contact that is not.
+    for (object_type, key) in [
+        ("contact", "synced@acme.com"),
+        ("deal", "d-1"),
+        ("contact", "nobody@acme.com"),
+        ("association", "ghost@acme.com"),
+    ] {
+        sqlx::query(
+            "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category,
+                                      error_message)
+             VALUES ('object', $1, $2, '{}', 'hubspot_unavailable', 'gave up')",
+        )
+        .bind(object_type)
+        .bind(key)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    }
+    let object_row = |key: &'static str| {
+        let pool = h.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT id FROM hubsync.dlq WHERE kind = 'object' AND object_key = $1",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let deal = object_row("d-1").await;
+    let nobody = object_row("nobody@acme.com").await;
+    let ghost = object_row("ghost@acme.com").await;
+
+    // Edits by hand, as an operator may make with plain SQL. A seq written as a string of
+    // digits is still a whole number.
+    for (name, edit) in [
+        (
+            "good2",
+            "SET payload = jsonb_set(payload, '{seq}', '\"77\"')",
+        ),
+        (
+            "abc",
+            "SET payload = jsonb_set(payload, '{seq}', '\"abc\"')",
+        ),
+        ("huge", "SET payload = jsonb_set(payload, '{seq}', '1e300')"),
+        ("frac", "SET payload = jsonb_set(payload, '{seq}', '53.5')"),
+        ("noid", "SET event_id = NULL"),
+        (
+            "when",
+            "SET payload = jsonb_set(payload, '{occurred_at}', '\"yesterday\"')",
+        ),
+        (
+            "company",
+            "SET payload = jsonb_set(payload, '{company_key}', '{\"id\": 1}')",
+        ),
+        ("array", "SET payload = jsonb_build_array(payload)"),
+    ] {
+        sqlx::query(&format!("UPDATE hubsync.dlq {edit} WHERE id = $1"))
+            .bind(row[name])
+            .execute(&h.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // The fix, a new event meanwhile, and every row marked for replay.
+    let worker = h.add_platinum_option().await;
+    h.enqueue("fresh@acme.com", json!({"total_sessions": 3}))
+        .await;
+    psql(&pool, "sql/dlq_retry_all.sql", &[]);
+    let cancel = CancellationToken::new();
+    tokio::time::timeout(Duration::from_secs(60), worker.run_until_idle(&cancel))
+        .await
+        .expect("the worker finishes, not retrying a failing statement")
+        .expect("the worker does not fail");
+
+    // Every readable row was replayed and delivered, and the outbox drained.
+    for (name, sessions) in [("good1", "1"), ("good2", "2")] {
+        let email = format!("{name}@acme.com");
+        assert_eq!(h.prop(&email, "current_plan").as_deref(), Some("platinum"));
+        assert_eq!(h.prop(&email, "total_sessions").as_deref(), Some(sessions));
+    }
+    assert_eq!(
+        h.prop("fresh@acme.com", "total_sessions").as_deref(),
+        Some("3")
+    );
+    assert_eq!(h.count("outbox").await, 0);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM hubsync.dlq ORDER BY id")
+        .fetch_all(&h.pool)
+        .await
+        .unwrap();
+    let mut expected: Vec<i64> = ["abc", "huge", "frac", "noid", "when", "company", "array"]
+        .iter()
+        .map(|n| row[n])
+        .chain([deal, nobody, ghost])
+        .collect();
+    expected.sort();
+    assert_eq!(
+        left,
+        expected,
+        "the readable rows are gone: {:?}",
+        h.dlq().await
+    );
+
+    // The others are parked again, each saying which field of which row, and what to do.
+    for (id, field) in [
+        (row["abc"], "seq"),
+        (row["huge"], "seq"),
+        (row["frac"], "seq"),
+        (row["noid"], "event_id"),
+        (row["when"], "occurred_at"),
+        (row["company"], "company_key"),
+        (row["array"], "payload"),
+        (deal, "object_type"),
+        (nobody, "object_key"),
+        (ghost, "object_key"),
+    ] {
+        let (category, message, parked): (String, String, bool) = sqlx::query_as(
+            "SELECT error_category, error_message, next_retry_at IS NULL FROM hubsync.dlq
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        assert!(parked, "row {id} is parked: {message}");
+        for part in [
+            format!("row {id}"),
+            field.to_string(),
+            format!("hubsync dlq retry {id}"),
+            format!("hubsync dlq discard {id}"),
+        ] {
+            assert!(
+                message.contains(&part),
+                "row {id}: no {part:?} in {message:?}"
+            );
+        }
+        if id < deal {
+            assert_eq!(category, "invalid_event", "row {id}: {message}");
+        }
+    }
+    let message: String = sqlx::query_scalar("SELECT error_message FROM hubsync.dlq WHERE id = $1")
+        .bind(row["abc"])
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(message.contains("\"abc\""), "the value is shown: {message}");
+    // Nothing of theirs was applied, and nothing is due any more: the next run is idle.
+    assert_eq!(h.prop("abc@acme.com", "current_plan"), None);
+    let again = tokio::time::timeout(Duration::from_secs(60), worker.run_until_idle(&cancel))
+        .await
+        .expect("the worker finishes")
+        .expect("the worker does not fail");
+    assert_eq!(again.replayed, 0, "{again:?}");
 }
