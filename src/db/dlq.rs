@@ -352,7 +352,8 @@ fn rebuild(raw: RawDue) -> Result<OutboxEvent, UnreadableRow> {
 /// them processed now in the ledger (re-adding entries pruned meanwhile): a copy the producer
 /// sends again within the retention period after the replay stays a no-op. A row that cannot be
 /// rebuilt (a field edited into something hubsync cannot read) comes back in `unreadable`
-/// instead of failing the statement. Locks: the claimed DLQ rows and their ledger rows until
+/// instead of failing the statement. At most about `CLAIM_BYTES` of events are taken at once,
+/// as for the outbox. Locks: the claimed DLQ rows and their ledger rows until
 /// the caller's transaction ends (`SKIP LOCKED` for the DLQ rows; ledger rows before any object
 /// row, as ingest takes them).
 pub(crate) async fn claim_due_events(
@@ -362,10 +363,20 @@ pub(crate) async fn claim_due_events(
     // Nothing here casts a payload field: each comes as its JSON type and text, judged in
     // `rebuild`.
     let rows = sqlx::query(
-        "WITH due AS MATERIALIZED (
-             SELECT id FROM hubsync.dlq
+        "WITH locked AS MATERIALIZED (
+             SELECT id, next_retry_at,
+                    CASE WHEN pg_column_size(payload) < 256 THEN pg_column_size(payload)
+                         ELSE octet_length(payload::text) END AS bytes
+             FROM hubsync.dlq
              WHERE kind = 'event' AND next_retry_at <= now()
              ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), due AS MATERIALIZED (
+             -- As for the outbox: at most about CLAIM_BYTES of events per round (at least one);
+             -- the rest stay due for the next.
+             SELECT id FROM (
+                 SELECT id, sum(bytes) OVER (ORDER BY next_retry_at, id) - bytes AS before
+                 FROM locked) s
+             WHERE s.before < $2
          ), processed AS (
              INSERT INTO hubsync.ledger (event_id)
              SELECT d.event_id FROM hubsync.dlq d JOIN due USING (id)
@@ -389,6 +400,7 @@ pub(crate) async fn claim_due_events(
          ORDER BY d.id",
     )
     .bind(limit)
+    .bind(super::ingest::CLAIM_BYTES)
     .fetch_all(&mut *tx)
     .await?;
     let mut due = DueEvents::default();

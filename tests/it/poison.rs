@@ -623,6 +623,31 @@ async fn a_chunk_of_large_events_is_cut_by_size_and_the_rest_follows(pool: PgPoo
     .unwrap();
     assert!(chunks.len() >= 2, "{chunks:?}");
     assert!(chunks.iter().all(|n| *n <= 84), "{chunks:?}");
+
+    // Replayed, they are taken in rounds of the same size, and each is parked again.
+    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now()")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.drain().await;
+    let rounds: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM hubsync.ledger l JOIN hubsync.dlq d USING (event_id)
+         GROUP BY l.processed_at ORDER BY l.processed_at",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert!(
+        rounds.len() >= 2 && rounds.iter().all(|n| *n <= 84),
+        "{rounds:?}"
+    );
+    let parked_again: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM hubsync.dlq WHERE attempts = 2 AND next_retry_at IS NULL",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(parked_again, 120);
 }
 
 #[sqlx::test(migrations = false)]
