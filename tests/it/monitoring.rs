@@ -391,14 +391,17 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
     assert!(v["budget_left"].is_null(), "{v}");
 
     // The text form says the same in words.
-    let out = crate::harness::hubsync_beside(
-        &["status"],
-        Some(CONFIG),
-        &[("DATABASE_URL", url.as_str())],
-    )
-    .await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    let status_text = || async {
+        let out = crate::harness::hubsync_beside(
+            &["status"],
+            Some(CONFIG),
+            &[("DATABASE_URL", url.as_str())],
+        )
+        .await;
+        assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = status_text().await;
     assert!(text.contains("2.0 events/s over the last minute"), "{text}");
     assert!(
         text.contains("25s (at the drain rate 25s, at the rate limit 0s)"),
@@ -417,13 +420,7 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
     .execute(&pool)
     .await
     .unwrap();
-    let out = crate::harness::hubsync_beside(
-        &["status"],
-        Some(CONFIG),
-        &[("DATABASE_URL", url.as_str())],
-    )
-    .await;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = status_text().await;
     assert!(
         text.contains("daily_budget | 40 used of 1000, 960 left; the portal's day resets at"),
         "{text}"
