@@ -185,7 +185,10 @@ pub async fn main_with(cli: Cli) -> ExitCode {
                 crate::telemetry::say(tracing::Level::ERROR, &format!("error: {c}"));
                 return ExitCode::from(2);
             }
-            crate::telemetry::say(tracing::Level::ERROR, &format!("error: {e:#}"));
+            let hint = db::pooler_hint(&e)
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            crate::telemetry::say(tracing::Level::ERROR, &format!("error: {e:#}{hint}"));
             ExitCode::from(1)
         }
     }

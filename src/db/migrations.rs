@@ -268,12 +268,26 @@ pub(crate) async fn latest_applied(pool: &PgPool) -> anyhow::Result<Option<i64>>
         sqlx::query_scalar("SELECT to_regclass('hubsync.schema_migrations') IS NOT NULL")
             .fetch_one(pool)
             .await
-            .context(GRANT_HINT)?;
+            .map_err(with_grant_hint)?;
     if !exists {
         return Ok(None);
     }
     sqlx::query_scalar("SELECT max(version) FROM hubsync.schema_migrations WHERE success")
         .fetch_one(pool)
         .await
-        .context(GRANT_HINT)
+        .map_err(with_grant_hint)
+}
+
+/// The error, with [`GRANT_HINT`] when it is a refused privilege (and only then: any other
+/// failure says what it is).
+fn with_grant_hint(e: sqlx::Error) -> anyhow::Error {
+    let refused = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "42501");
+    if refused {
+        anyhow::Error::new(e).context(GRANT_HINT)
+    } else {
+        anyhow::Error::new(e).context("cannot read hubsync.schema_migrations")
+    }
 }

@@ -148,11 +148,32 @@ pub async fn connect_worker(
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Whether a failed connection will fail the same way however long one waits: refused
-/// credentials (class 28) or a database that does not exist (3D000).
+/// credentials (class 28), a database that does not exist (3D000), or a startup parameter a
+/// connection pooler does not take (08P01).
 fn lasting(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|code| code.starts_with("28") || code == "3D000")
+        .is_some_and(|code| code.starts_with("28") || code == "3D000" || code == "08P01")
+}
+
+/// What hubsync needs of its connection, for the errors a pooler in transaction mode causes.
+pub(crate) const SESSION_HINT: &str = "hubsync needs a connection of its own for each session: connect it to Postgres directly, or through PgBouncer in session mode (pool_mode = session), not transaction mode (see the README, \"Connection poolers\")";
+
+/// [`SESSION_HINT`] when `e` comes from a connection pooler in transaction mode: a startup
+/// parameter it refuses, or prepared statements found on, or missing from, a server
+/// connection this session did not prepare them on.
+pub fn pooler_hint(e: &anyhow::Error) -> Option<&'static str> {
+    let pooled = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .is_some_and(|d| {
+                matches!(d.code().as_deref(), Some("42P05" | "26000"))
+                    || (d.code().as_deref() == Some("08P01")
+                        && d.message().contains("startup parameter"))
+            })
+    });
+    pooled.then_some(SESSION_HINT)
 }
 
 /// Opens one connection before the pool does, so that a failure says why (the pool only
@@ -181,6 +202,12 @@ async fn first_connection(options: &PgConnectOptions, place: &str) -> anyhow::Re
         };
         if lasting(&error) || tokio::time::Instant::now() + Duration::from_secs(1) >= give_up {
             // The error's own words only: its source would repeat them.
+            let pooled = error
+                .as_database_error()
+                .is_some_and(|d| d.code().as_deref() == Some("08P01"));
+            if pooled {
+                anyhow::bail!("cannot connect to Postgres at {place}: {error}; {SESSION_HINT}");
+            }
             anyhow::bail!(
                 "cannot connect to Postgres at {place}: {error}; check DATABASE_URL and that the server is running"
             );

@@ -403,3 +403,23 @@ async fn a_database_mistake_is_named_with_its_cause(pool: PgPool) {
         "{err}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn errors_a_pooler_in_transaction_mode_causes_say_what_hubsync_needs(pool: PgPool) {
+    // A statement prepared twice on one server connection: what sessions sharing connections
+    // through a pooler in transaction mode run into.
+    let twice =
+        sqlx::raw_sql("PREPARE hubsync_twice AS SELECT 1; PREPARE hubsync_twice AS SELECT 1")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    let e = anyhow::Error::new(twice).context("cannot read hubsync.schema_migrations");
+    let hint = hubsync::db::pooler_hint(&e).expect("a pooler's error is recognised");
+    assert!(hint.contains("pool_mode = session"), "{hint}");
+    // Any other database error says only what it is.
+    let other = sqlx::query("SELECT 1 / 0")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(hubsync::db::pooler_hint(&anyhow::Error::new(other)).is_none());
+}
