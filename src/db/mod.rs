@@ -124,24 +124,43 @@ pub const APPLICATION_NAME: &str = "hubsync";
 
 /// Connects the worker's pool: every session carries the worker's timeouts, so a statement
 /// that hangs, a lock held elsewhere, or a transaction left open by a worker that was cut off
-/// holds nothing for long. A connection that dies is replaced at the next use.
+/// holds nothing for long. They are set once each connection opens, not sent as startup
+/// `options`, which a pooler such as PgBouncer refuses, or drops when told to ignore them. A
+/// connection that dies is replaced at the next use.
 pub async fn connect_worker(
     url: &str,
     max_connections: u32,
     worker: &crate::config::WorkerSettings,
 ) -> anyhow::Result<PgPool> {
-    let ms = |d: Duration| format!("{}ms", d.as_millis());
-    let options = connect_options(url)?
-        .application_name(APPLICATION_NAME)
-        .options([
-            ("statement_timeout", ms(worker.statement_timeout)),
-            ("lock_timeout", ms(worker.lock_timeout)),
-            (
-                "idle_in_transaction_session_timeout",
-                ms(worker.idle_in_transaction_timeout),
-            ),
-        ]);
-    pool(options, max_connections).await
+    let ms = |d: Duration| d.as_millis();
+    let settings = format!(
+        "SET statement_timeout = {}; SET lock_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}",
+        ms(worker.statement_timeout),
+        ms(worker.lock_timeout),
+        ms(worker.idle_in_transaction_timeout)
+    );
+    let options = connect_options(url)?.application_name(APPLICATION_NAME);
+    let place = describe(&options);
+    first_connection(&options, &place).await?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute(settings.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Postgres at {place}; check DATABASE_URL and that the server is running"
+            )
+        })
 }
 
 /// How long a command waits for Postgres to accept a first connection (a server restarting).

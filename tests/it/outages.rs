@@ -224,3 +224,34 @@ async fn a_permit_is_never_granted_past_the_callers_deadline(pool: PgPool) {
     stop.cancel();
     competitor.await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn worker_sessions_carry_the_configured_timeouts_without_startup_options(pool: PgPool) {
+    let config = crate::harness::parse_config(&format!(
+        "{CONFIG}\n[worker]\nstatement_timeout_secs = 7\nlock_timeout_ms = 1234\n\
+         idle_in_transaction_timeout_secs = 9\n"
+    ));
+    let worker_pool = hubsync::db::connect_worker(&database_url(&pool), 2, &config.worker)
+        .await
+        .unwrap();
+    // Each connection, the first and one opened later, is set up the same way.
+    for _ in 0..2 {
+        let mut conn = worker_pool.acquire().await.unwrap();
+        let shown: (String, String, String) = sqlx::query_as(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),
+                    current_setting('idle_in_transaction_session_timeout')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(shown, ("7s".into(), "1234ms".into(), "9s".into()));
+        // Set in the session, not sent at start-up where a pooler refuses or drops them.
+        let source: String =
+            sqlx::query_scalar("SELECT source FROM pg_settings WHERE name = 'statement_timeout'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(source, "session");
+        conn.detach();
+    }
+}
