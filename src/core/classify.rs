@@ -764,7 +764,8 @@ fn success_body<Tz: TimeZone>(
 /// Classifies a batch-association reply for `pairs` (contact id, company id). A 2xx lists each
 /// pair as written when a result shows it made (`made_pairs`), as failed
 /// (`association_refused`) when an error is surely about it, and as failed (`not_written`)
-/// otherwise, an error that may be about it kept. Anything else is classified as for upserts:
+/// otherwise, an error that may be about it kept. A request refused whole for data that names
+/// its pair(s) fails only those (`refused_whole`). Anything else is classified as for upserts:
 /// 429 pauses, 401/403 halt, the rest retry.
 pub(crate) fn classify_associations<Tz: TimeZone>(
     pairs: &[(String, String)],
@@ -773,7 +774,7 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
 ) -> Outcome {
     let body = match success_body(reply, now) {
         Ok(body) => body,
-        Err(outcome) => return *outcome,
+        Err(outcome) => return refused_whole(pairs, reply, *outcome),
     };
     let made = made_pairs(&body, pairs);
     // Errors that name no pair of the batch: their words stay with the pairs not made.
@@ -830,6 +831,53 @@ pub(crate) fn classify_associations<Tz: TimeZone>(
         failed.push(FailedInput { input: i, error });
     }
     Outcome::Completed { written, failed }
+}
+
+/// A whole association request refused for data (a 4xx taken as `Rejected`) whose error names
+/// the pair or pairs at fault, as HubSpot's single-pair endpoint does (`INVALID_OBJECT_IDS`):
+/// those pairs fail (`association_refused`) and the others are left out of the outcome, neither
+/// made nor charged, so they go again without them. An error that names no pair surely keeps
+/// `outcome` as it is: a try for every pair.
+fn refused_whole(
+    pairs: &[(String, String)],
+    reply: Result<&Reply, &Transport>,
+    outcome: Outcome,
+) -> Outcome {
+    let (Outcome::Rejected { .. }, Ok(r)) = (&outcome, reply) else {
+        return outcome;
+    };
+    let body = parse_body(&r.body);
+    let sure: Vec<usize> = blame(&body, pairs)
+        .into_iter()
+        .filter(|(_, blame)| *blame == Blame::Sure)
+        .map(|(i, _)| i)
+        .collect();
+    if sure.is_empty() {
+        return outcome;
+    }
+    let said = str_field(&body, "message").unwrap_or("(no message)");
+    let failed = sure
+        .into_iter()
+        .map(|i| FailedInput {
+            input: i,
+            error: RecordError {
+                category: Category::AssociationRefused,
+                code: str_field(&body, "category").map(String::from),
+                message: format!(
+                    "HubSpot refused the request associating contact {} with company {} \
+                     (HTTP {}), naming this pair: {said}",
+                    pairs[i].0, pairs[i].1, r.status
+                ),
+                raw: body.clone(),
+                permanent: false,
+                properties: Vec::new(),
+            },
+        })
+        .collect();
+    Outcome::Completed {
+        written: Vec::new(),
+        failed,
+    }
 }
 
 /// Classifies the reply to a removal of `pairs` (contact id, previous company id). A 2xx
@@ -1814,5 +1862,38 @@ mod tests {
                 .iter()
                 .all(|f| f.error.category == Category::NotWritten)
         );
+    }
+
+    #[test]
+    fn an_association_request_refused_whole_fails_only_the_pairs_it_names() {
+        let sent = pairs(&[("5", "7"), ("6", "8"), ("9", "10")]);
+        // The shape of the single-pair endpoint's refusal: one record named by type and id.
+        let named = json!({"status": "error", "category": "VALIDATION_ERROR",
+            "message": "One or more associations are invalid",
+            "context": {"INVALID_OBJECT_IDS": ["CONTACT=6 is not valid"]}});
+        let out = classify_associations(&sent, Ok(&reply(400, named)), Utc::now());
+        let Outcome::Completed { written, failed } = out else {
+            panic!("not completed: {out:?}")
+        };
+        assert!(written.is_empty(), "nothing is taken as made");
+        assert_eq!(failed.len(), 1, "the others are neither made nor charged");
+        assert_eq!(failed[0].input, 1);
+        assert_eq!(failed[0].error.category, Category::AssociationRefused);
+        assert!(
+            failed[0].error.message.contains("HTTP 400"),
+            "{}",
+            failed[0].error.message
+        );
+
+        // Naming nothing, or only an id two pairs share, it stays a try for every pair.
+        let vague = json!({"status": "error", "category": "VALIDATION_ERROR",
+            "message": "Invalid input JSON"});
+        let out = classify_associations(&sent, Ok(&reply(400, vague)), Utc::now());
+        assert!(matches!(out, Outcome::Rejected { .. }), "{out:?}");
+        let shared = pairs(&[("5", "7"), ("5", "8")]);
+        let ambiguous = json!({"status": "error", "message": "bad",
+            "context": {"ids": ["5"]}});
+        let out = classify_associations(&shared, Ok(&reply(400, ambiguous)), Utc::now());
+        assert!(matches!(out, Outcome::Rejected { .. }), "{out:?}");
     }
 }
