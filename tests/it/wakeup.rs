@@ -223,7 +223,9 @@ async fn an_event_committed_while_the_worker_settles_is_not_left_for_its_own_loo
     loop {
         let asking: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-                                             AND classid = $1::int::oid",
+                                             AND classid = $1::int::oid
+                                             AND database = (SELECT oid FROM pg_database
+                                                             WHERE datname = current_database())",
         )
         .bind(wake::CLASS)
         .fetch_one(&h.pool)
@@ -264,6 +266,8 @@ async fn an_idle_worker_whose_sessions_were_cut_is_told_again(pool: PgPool) {
         sqlx::query_scalar::<_, i32>(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
                                       AND classid = $1::int::oid
+                                      AND database = (SELECT oid FROM pg_database
+                                                      WHERE datname = current_database())
              GROUP BY pid HAVING count(*) = $2",
         )
         .bind(wake::CLASS)
