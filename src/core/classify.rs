@@ -903,6 +903,13 @@ pub(crate) fn classify_removals<Tz: TimeZone>(
             written.push(WrittenInput { input: i, id: None });
             continue;
         };
+        // A record of this very pair no longer exists (deleted or merged away in HubSpot): no
+        // association with it is left to remove, and waiting would hold the new one back for
+        // good.
+        if blame == Blame::Sure && str_field(e, "category") == Some("OBJECT_NOT_FOUND") {
+            written.push(WrittenInput { input: i, id: None });
+            continue;
+        }
         let said = str_field(e, "message").unwrap_or("(no message)");
         let (category, message) = match blame {
             Blame::Sure => (
@@ -1845,13 +1852,21 @@ mod tests {
         assert_eq!(removed(204, "").0, vec![0, 1, 2]);
         // Contact 7's removal with company 5 is refused; contact 5 and company 7 are others.
         let body = json!({"status": "COMPLETE", "results": [], "numErrors": 1, "errors": [
-            {"status": "error", "category": "OBJECT_NOT_FOUND", "message": "gone",
+            {"status": "error", "category": "VALIDATION_ERROR", "message": "not now",
              "context": {"fromObjectId": ["7"], "toObjectId": ["5"]}}]});
         let (written, failed) = removed(200, &body.to_string());
         assert_eq!(written, vec![0, 2]);
         assert_eq!(failed[0].input, 1);
         assert_eq!(failed[0].error.category, Category::AssociationRefused);
         assert!(failed[0].error.message.contains("previous company 5"));
+        // Refused because a record of that pair is gone: nothing is left to remove.
+        let body = json!({"status": "COMPLETE", "results": [], "numErrors": 1, "errors": [
+            {"status": "error", "category": "OBJECT_NOT_FOUND",
+             "message": "no company with id 5 exists",
+             "context": {"fromObjectId": ["7"], "toObjectId": ["5"]}}]});
+        let (written, failed) = removed(200, &body.to_string());
+        assert_eq!(written, vec![0, 1, 2]);
+        assert!(failed.is_empty());
         // An error that places no pair leaves every removal unsure: none is taken as done.
         let body = json!({"status": "COMPLETE", "results": [], "errors": [
             {"category": "VALIDATION_ERROR", "message": "something", "context": {}}]});
