@@ -24,7 +24,7 @@ use crate::hubspot::{
 };
 
 /// Pairs per request.
-const BATCH: i64 = 100;
+pub(crate) const BATCH: usize = 100;
 
 /// Removes stale associations, then makes the due ones; returns how many pairs were handled.
 pub(crate) async fn associate_once(
@@ -34,7 +34,7 @@ pub(crate) async fn associate_once(
     if w.config.companies.is_none() {
         return Ok(0);
     }
-    let pending = db::objects::pending_associations(&w.pool, BATCH).await?;
+    let pending = db::objects::pending_associations(&w.pool, BATCH as i64).await?;
     if pending.is_empty() {
         return Ok(0);
     }

@@ -707,13 +707,18 @@ impl Worker {
                 let mut last_prune = Instant::now() - Duration::from_secs(3600);
                 let mut outage = Streak::new("upkeep");
                 while !cancel.is_cancelled() {
-                    match w.upkeep_once(&cancel).await {
-                        Ok(_) => outage.succeeded(),
+                    // A full batch of associations handled: more may be due, so the next
+                    // round comes at once (the shared limiter paces the requests).
+                    let more = match w.upkeep_once(&cancel).await {
+                        Ok(handled) => {
+                            outage.succeeded();
+                            handled >= associate::BATCH
+                        }
                         Err(e) => {
                             nap(&cancel, outage.failed(&e)).await;
                             continue;
                         }
-                    }
+                    };
                     if last_prune.elapsed() > Duration::from_secs(600) {
                         last_prune = Instant::now();
                         match db::retention::prune_ledger(&w.pool, w.config.worker.ledger_retention)
@@ -726,7 +731,9 @@ impl Worker {
                             Err(e) => tracing::error!("ledger pruning failed: {e}"),
                         }
                     }
-                    wait_for(&w.upkeep, &cancel, upkeep_look).await;
+                    if !more {
+                        wait_for(&w.upkeep, &cancel, upkeep_look).await;
+                    }
                 }
                 Ok(())
             });

@@ -233,3 +233,40 @@ async fn a_removal_whose_old_company_is_gone_counts_as_done_and_the_new_one_is_m
     );
     assert_eq!(h.count("dlq").await, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_backlog_of_associations_is_made_without_waiting_between_batches(pool: PgPool) {
+    // A worker that looks on its own only every three hours: nothing but the work itself may
+    // bring the next batch.
+    let config = format!(
+        "{}\n[worker]\nidle_poll_secs = 3600\n",
+        crate::harness::CONFIG
+    );
+    let h = Harness::with(pool, &config, hubspot_sim::SimConfig::default()).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    for i in 0..350 {
+        contact_at(&h, &format!("c{i}@acme.com"), "acct_1").await;
+    }
+    // Everything synced, nothing associated yet: 350 pairs wait, four batches' worth.
+    let cancel = CancellationToken::new();
+    while h.worker.ingest_once().await.unwrap().claimed > 0 {}
+    for kind in [ObjectType::Company, ObjectType::Contact] {
+        while h.worker.sync_once(kind, &cancel).await.unwrap().leased > 0 {}
+    }
+    assert!(h.sim.associations().is_empty());
+
+    let worker = std::sync::Arc::new(crate::harness::worker_for(&h.pool, &h.sim, &h.config).await);
+    let running = tokio::spawn(worker.clone().run(cancel.clone()));
+    let started = std::time::Instant::now();
+    while h.sim.associations().len() < 350 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{} of 350 associated",
+            h.sim.associations().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+}
