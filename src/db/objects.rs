@@ -410,33 +410,70 @@ pub(crate) struct PendingAssociation {
     pub attempts: i32,
 }
 
-/// Contacts whose association is not made for their current contact id, company key and
-/// company id, and not waiting for a retry. Locks nothing.
+/// Takes up to `limit` contacts whose association is not made for their current contact id,
+/// company key and company id, and not waiting for a retry, for `lease`: their
+/// `association_next_at` moves to the lease's end, so that no other worker sends their pairs
+/// meanwhile (two workers sending different companies for one contact at once could leave it
+/// with both). Recording the outcome, a retry delay, or [`release_associations`] ends the
+/// lease; a worker that stops leaves it to run out. Locks: those contact rows, skipping any
+/// another session holds, for this one statement.
 pub(crate) async fn pending_associations(
     pool: &PgPool,
     limit: i64,
+    lease: std::time::Duration,
 ) -> Result<Vec<PendingAssociation>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT c.hubspot_id AS contact_id, co.hubspot_id AS company_id,
-                c.object_key AS contact_key, co.object_key AS company_key,
-                CASE WHEN c.associated_contact_id = c.hubspot_id
-                          AND c.associated_company_id IS DISTINCT FROM co.hubspot_id
-                     THEN c.associated_company_id END AS previous_company_id,
-                c.association_attempts AS attempts
-         FROM hubsync.objects c
-         JOIN hubsync.objects co ON co.object_type = 'company' AND co.object_key = c.company_key
-         WHERE c.object_type = 'contact' AND c.hubspot_id IS NOT NULL
-           AND co.hubspot_id IS NOT NULL
-           AND (c.associated_company_key IS DISTINCT FROM c.company_key
-                OR c.associated_contact_id IS DISTINCT FROM c.hubspot_id
-                OR c.associated_company_id IS DISTINCT FROM co.hubspot_id)
-           AND (c.association_next_at IS NULL OR c.association_next_at <= now())
-         ORDER BY c.association_next_at NULLS FIRST
-         LIMIT $1",
+        "WITH due AS (
+             SELECT c.object_key
+             FROM hubsync.objects c
+             JOIN hubsync.objects co ON co.object_type = 'company' AND co.object_key = c.company_key
+             WHERE c.object_type = 'contact' AND c.hubspot_id IS NOT NULL
+               AND co.hubspot_id IS NOT NULL
+               AND (c.associated_company_key IS DISTINCT FROM c.company_key
+                    OR c.associated_contact_id IS DISTINCT FROM c.hubspot_id
+                    OR c.associated_company_id IS DISTINCT FROM co.hubspot_id)
+               AND (c.association_next_at IS NULL OR c.association_next_at <= now())
+             ORDER BY c.association_next_at NULLS FIRST
+             LIMIT $1
+             FOR UPDATE OF c SKIP LOCKED
+         )
+         UPDATE hubsync.objects c
+         SET association_next_at = now() + make_interval(secs => $2)
+         FROM due, hubsync.objects co
+         WHERE c.object_type = 'contact' AND c.object_key = due.object_key
+           AND co.object_type = 'company' AND co.object_key = c.company_key
+         RETURNING c.hubspot_id AS contact_id, co.hubspot_id AS company_id,
+                   c.object_key AS contact_key, co.object_key AS company_key,
+                   CASE WHEN c.associated_contact_id = c.hubspot_id
+                             AND c.associated_company_id IS DISTINCT FROM co.hubspot_id
+                        THEN c.associated_company_id END AS previous_company_id,
+                   c.association_attempts AS attempts",
     )
     .bind(limit)
+    .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await
+}
+
+/// Hands back contacts taken by [`pending_associations`] whose pairs were not sent or not
+/// answered for (a pause, a shutdown, a request refused for another pair): they are due again
+/// at once. Locks: those contact rows, briefly.
+pub(crate) async fn release_associations(
+    pool: &PgPool,
+    contact_keys: &[String],
+) -> Result<(), sqlx::Error> {
+    if contact_keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE hubsync.objects SET association_next_at = NULL
+         WHERE object_type = 'contact' AND object_key = ANY($1) AND association_next_at > now()
+           AND association_next_at <> 'infinity'",
+    )
+    .bind(contact_keys)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Records associations made (for these contact and company ids) and drops their DLQ rows.

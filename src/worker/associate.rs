@@ -34,10 +34,34 @@ pub(crate) async fn associate_once(
     if w.config.companies.is_none() {
         return Ok(0);
     }
-    let pending = db::objects::pending_associations(&w.pool, BATCH as i64).await?;
+    let lease = w.config.worker.lease;
+    let pending = db::objects::pending_associations(&w.pool, BATCH as i64, lease).await?;
     if pending.is_empty() {
         return Ok(0);
     }
+    // The contacts whose outcome is recorded (made, or a retry scheduled); the others are
+    // handed back, due again at once.
+    let mut settled: BTreeSet<String> = BTreeSet::new();
+    let result = associate_taken(w, cancel, &pending, &mut settled).await;
+    let left: Vec<String> = pending
+        .iter()
+        .map(|p| p.contact_key.clone())
+        .filter(|k| !settled.contains(k))
+        .collect();
+    let released = db::objects::release_associations(&w.pool, &left).await;
+    let handled = result?;
+    released?;
+    Ok(handled)
+}
+
+/// Removes stale associations of the contacts taken, then makes their due ones; notes in
+/// `settled` each contact whose outcome is recorded.
+async fn associate_taken(
+    w: &Worker,
+    cancel: &CancellationToken,
+    pending: &[PendingAssociation],
+    settled: &mut BTreeSet<String>,
+) -> anyhow::Result<usize> {
     let handled = pending.len();
 
     // The association hubsync made with the previous company goes first: writing the new
@@ -67,19 +91,22 @@ pub(crate) async fn associate_once(
                     .collect();
                 held_up.extend(failed.iter().map(|(p, _)| p.contact_key.clone()));
                 retry_or_park(w, &failed, None, Duration::ZERO).await?;
+                settled.extend(held_up.iter().cloned());
             }
             other => {
                 if !settle_failure(w, &stale, other).await? {
                     return Ok(0);
                 }
                 held_up.extend(stale.iter().map(|p| p.contact_key.clone()));
+                settled.extend(held_up.iter().cloned());
             }
         }
     }
 
     let due: Vec<PendingAssociation> = pending
-        .into_iter()
+        .iter()
         .filter(|p| !held_up.contains(&p.contact_key))
+        .cloned()
         .collect();
     if due.is_empty() {
         return Ok(handled);
@@ -102,16 +129,20 @@ pub(crate) async fn associate_once(
                 written.iter().map(|w| due[w.input].clone()).collect();
             if !done.is_empty() {
                 db::objects::record_associated(&w.pool, &done).await?;
+                settled.extend(done.iter().map(|p| p.contact_key.clone()));
             }
             let failed: Vec<(PendingAssociation, RecordError)> = failed
                 .into_iter()
                 .map(|f| (due[f.input].clone(), f.error))
                 .collect();
             retry_or_park(w, &failed, None, Duration::ZERO).await?;
+            settled.extend(failed.iter().map(|(p, _)| p.contact_key.clone()));
             w.limiter.clear().await?;
         }
         other => {
-            settle_failure(w, &due, other).await?;
+            if settle_failure(w, &due, other).await? {
+                settled.extend(due.iter().map(|p| p.contact_key.clone()));
+            }
         }
     }
     Ok(handled)

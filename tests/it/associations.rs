@@ -270,3 +270,97 @@ async fn a_backlog_of_associations_is_made_without_waiting_between_batches(pool:
     cancel.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn workers_side_by_side_leave_each_contact_with_only_its_latest_company(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    for key in ["k0", "k1", "k2"] {
+        company(&h, key).await;
+    }
+    h.drain().await;
+    // Slow answers widen the window in which two workers could take the same contacts.
+    let hang = hubspot_sim::Fault::Hang(std::time::Duration::from_millis(120));
+    h.sim.set_random_faults(1.0, vec![hang], 7);
+    let cancel = CancellationToken::new();
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        let url = crate::harness::database_url(&h.pool);
+        let pool = hubsync::db::connect_worker(&url, 8, &h.config.worker)
+            .await
+            .unwrap();
+        let worker = crate::harness::worker_for(&pool, &h.sim, &h.config).await;
+        running.push(tokio::spawn(
+            std::sync::Arc::new(worker).run(cancel.clone()),
+        ));
+    }
+    // Three producers move thirty contacts among the companies at random, as fast as they
+    // can, while the workers run.
+    let mut producers = Vec::new();
+    for p in 0..3u64 {
+        let pool = h.pool.clone();
+        producers.push(tokio::spawn(async move {
+            let mut x = p * 7919 + 1;
+            for _ in 0..200 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let (i, k) = ((x >> 33) % 30, (x >> 17) % 3);
+                sqlx::query(
+                    "SELECT hubsync.enqueue(event_id => gen_random_uuid(), object_type => 'contact',
+                            object_key => $1, properties => '{\"total_sessions\": 1}',
+                            company_key => $2)",
+                )
+                .bind(format!("m{i}@acme.com"))
+                .bind(format!("k{k}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    // Once everything is settled, HubSpot holds for each contact exactly the company hubsync
+    // merged last for it, and no other.
+    let started = std::time::Instant::now();
+    loop {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM hubsync.objects WHERE dirty
+                OR (object_type = 'contact' AND associated_company_key IS DISTINCT FROM company_key)",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "{pending} objects not settled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    for r in running {
+        r.await.unwrap().unwrap();
+    }
+    let latest: Vec<(String, String)> = sqlx::query_as(
+        "SELECT object_key, company_key FROM hubsync.objects WHERE object_type = 'contact'",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    let expected: std::collections::BTreeSet<(String, String)> = latest
+        .iter()
+        .map(|(contact, company)| (h.contact(contact).id, company_id(&h, company)))
+        .collect();
+    let made: std::collections::BTreeSet<(String, String)> =
+        h.sim.associations().into_iter().collect();
+    assert_eq!(
+        made, expected,
+        "each contact with exactly its latest company"
+    );
+    assert_eq!(h.count("dlq").await, 0);
+}
