@@ -62,11 +62,12 @@ GRANT SELECT ON hubsync.schema_migrations TO :"operator";
 -- Read, replay (next_retry_at), discard and purge dead-letter rows.
 GRANT SELECT, DELETE ON hubsync.dlq TO :"operator";
 GRANT UPDATE (next_retry_at) ON hubsync.dlq TO :"operator";
--- `hubsync status`: counts and ages (the drain rate from when events were processed), not the
--- events or the objects' state.
+-- `hubsync status`: counts and ages (the drain rate from when events were processed, the
+-- contacts whose company association is not made yet), not the events or the objects' state.
 GRANT SELECT (enqueued_at) ON hubsync.outbox TO :"operator";
 GRANT SELECT (processed_at) ON hubsync.ledger TO :"operator";
-GRANT SELECT (dirty, attempts) ON hubsync.objects TO :"operator";
+GRANT SELECT (dirty, attempts, object_type, company_key, associated_company_key,
+              association_next_at) ON hubsync.objects TO :"operator";
 GRANT SELECT ON hubsync.limiter TO :"operator";
 GRANT SELECT ON hubsync.configs, hubsync.workers TO :"operator";
 \endif

@@ -1,8 +1,8 @@
 -- Pipeline health: events waiting in the outbox and how old the oldest is, events processed in
 -- the last minute (the drain rate), objects waiting to be synced or backing off after failures,
--- dead-letter rows, the shared rate limiter: its pause, the daily budget (hubspot.daily_budget),
--- what is left of it and when the portal's day resets, the limit HubSpot's headers state, and
--- the workers running by config generation.
+-- contacts waiting for their company association, dead-letter rows, the shared rate limiter:
+-- its pause, the daily budget (hubspot.daily_budget), what is left of it and when the portal's
+-- day resets, the limit HubSpot's headers state, and the workers running by config generation.
 SELECT
   (SELECT count(*) FROM hubsync.outbox)                                    AS outbox_backlog,
   (SELECT extract(epoch FROM now() - min(enqueued_at)) FROM hubsync.outbox) AS oldest_event_age_s,
@@ -10,6 +10,11 @@ SELECT
      WHERE processed_at > now() - interval '1 minute')                     AS processed_last_minute,
   (SELECT count(*) FROM hubsync.objects WHERE dirty)                       AS objects_to_sync,
   (SELECT count(*) FROM hubsync.objects WHERE dirty AND attempts > 0)      AS objects_backing_off,
+  -- Contacts whose association with their company is not made yet (parked ones are in the DLQ).
+  (SELECT count(*) FROM hubsync.objects
+     WHERE object_type = 'contact' AND company_key IS NOT NULL
+       AND associated_company_key IS DISTINCT FROM company_key
+       AND association_next_at IS DISTINCT FROM 'infinity')                 AS associations_waiting,
   (SELECT count(*) FROM hubsync.dlq)                                       AS dlq_rows,
   (SELECT count(*) FROM hubsync.dlq WHERE next_retry_at IS NULL)           AS dlq_parked,
   (SELECT count(*) FROM hubsync.limiter l, unnest(l.slots) AS sent

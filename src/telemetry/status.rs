@@ -154,6 +154,13 @@ impl Snapshot {
             ("eta", eta),
             ("objects_to_sync", self.text("objects_to_sync")),
             ("objects_backing_off", self.text("objects_backing_off")),
+            (
+                "associations_waiting",
+                format!(
+                    "{} contacts not yet associated with their company",
+                    self.text("associations_waiting")
+                ),
+            ),
             ("dlq_rows", format!("{}; {dlq}", self.text("dlq_rows"))),
             ("dlq_parked", self.text("dlq_parked")),
             (

@@ -255,6 +255,16 @@ async fn a_backlog_of_associations_is_made_without_waiting_between_batches(pool:
         while h.worker.sync_once(kind, &cancel).await.unwrap().leased > 0 {}
     }
     assert!(h.sim.associations().is_empty());
+    // `hubsync status` counts them.
+    let status = include_str!("../../sql/status.sql")
+        .trim()
+        .trim_end_matches(';');
+    let waiting: i64 =
+        sqlx::query_scalar(&format!("SELECT associations_waiting FROM ({status}) s"))
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(waiting, 350);
 
     let worker = std::sync::Arc::new(crate::harness::worker_for(&h.pool, &h.sim, &h.config).await);
     let running = tokio::spawn(worker.clone().run(cancel.clone()));

@@ -386,6 +386,7 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
     assert!(v["generation_in_use"].is_null());
     assert!(v.get("workers_by_generation").is_some());
     assert_eq!(v["dlq_by_category"], json!({}));
+    assert_eq!(v["associations_waiting"], 0);
     // No hubspot.daily_budget: nothing is left to count, rather than nothing left.
     assert!(v["daily_budget"].is_null(), "{v}");
     assert!(v["budget_left"].is_null(), "{v}");
