@@ -14,8 +14,7 @@ use super::dlq::Category;
 
 use super::merge::Contribution;
 use super::values::{
-    MAX_LISTED, ValueError, clipped, listed, normalize_email, parse_properties, serialize_value,
-    shown,
+    MAX_LISTED, ValueError, listed, normalize_email, parse_properties, serialize_value, shown,
 };
 use super::vocabulary::{Declared, ObjectType};
 
@@ -204,10 +203,10 @@ pub(crate) fn prepare(event: &OutboxEvent, declared: Declared<'_>) -> Result<Pre
     if unknown_count + invalid_count > 0 {
         let mut problems: Vec<Value> = unknown
             .iter()
-            .map(|(name, value)| json!({"property": shown(name), "value": clipped(&value.to_json_text()), "reason": "not declared in hubsync.toml"}))
+            .map(|(name, value)| json!({"property": shown(name), "value": shown(&value.to_json_text()), "reason": "not declared in hubsync.toml"}))
             .collect();
         problems.extend(invalid.iter().map(
-            |e| json!({"property": e.property, "value": clipped(&e.value), "reason": e.reason}),
+            |e| json!({"property": e.property, "value": shown(&e.value), "reason": e.reason}),
         ));
         let not_listed = unknown_count + invalid_count - problems.len();
         let mut detail = json!({ "problems": problems });

@@ -39,20 +39,10 @@ impl fmt::Display for ValueError {
             f,
             "property \"{}\": value {}: {}",
             self.property,
-            clipped(&self.value),
+            shown(&self.value),
             self.reason
         )
     }
-}
-
-/// A value's JSON text as a message or a DLQ detail shows it: its first 200 characters, and
-/// `…` when there is more (the event's payload keeps it whole).
-pub(crate) fn clipped(text: &str) -> String {
-    let mut shown: String = text.chars().take(200).collect();
-    if shown.len() < text.len() {
-        shown.push('…');
-    }
-    shown
 }
 
 /// Most items one message lists. Past them it says how many more there are, so that an event

@@ -362,11 +362,10 @@ pub(crate) async fn claim_due_events(
 ) -> Result<DueEvents, sqlx::Error> {
     // Nothing here casts a payload field: each comes as its JSON type and text, judged in
     // `rebuild`.
-    let rows = sqlx::query(
+    let payload_bytes = super::ingest::jsonb_bytes("payload");
+    let sql = format!(
         "WITH locked AS MATERIALIZED (
-             SELECT id, next_retry_at,
-                    CASE WHEN pg_column_size(payload) < 256 THEN pg_column_size(payload)
-                         ELSE octet_length(payload::text) END AS bytes
+             SELECT id, next_retry_at, {payload_bytes} AS bytes
              FROM hubsync.dlq
              WHERE kind = 'event' AND next_retry_at <= now()
              ORDER BY next_retry_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
@@ -397,12 +396,13 @@ pub(crate) async fn claim_due_events(
                 d.payload->>'company_key' AS company_key,
                 coalesce(d.payload->'properties', 'null'::jsonb)::text AS properties
          FROM hubsync.dlq d JOIN due USING (id)
-         ORDER BY d.id",
-    )
-    .bind(limit)
-    .bind(super::ingest::CLAIM_BYTES)
-    .fetch_all(&mut *tx)
-    .await?;
+         ORDER BY d.id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(limit)
+        .bind(super::ingest::CLAIM_BYTES)
+        .fetch_all(&mut *tx)
+        .await?;
     let mut due = DueEvents::default();
     for r in &rows {
         let pair = |name: &str| -> Result<(Option<String>, Option<String>), sqlx::Error> {

@@ -36,6 +36,16 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<OutboxEvent, sqlx::Erro
 /// writing a chunk's objects and dead-letter rows would otherwise meet.
 pub(crate) const CLAIM_BYTES: i64 = 32 << 20;
 
+/// The size of the jsonb `column` as a claim counts it against [`CLAIM_BYTES`]: as stored
+/// when small, as text otherwise, since a value stored compressed may be far larger than it is
+/// on disk (only those are measured as text: compression starts at about 2 kB).
+pub(crate) fn jsonb_bytes(column: &str) -> String {
+    format!(
+        "CASE WHEN pg_column_size({column}) < 256 THEN pg_column_size({column})
+              ELSE octet_length({column}::text) END"
+    )
+}
+
 /// What one claim took.
 pub(crate) struct ClaimedRows {
     /// Each event, with `true` when its id was new to the ledger (`false`: a repeat of an event
@@ -56,13 +66,11 @@ pub(crate) async fn claim_outbox(
     tx: &mut PgConnection,
     limit: i64,
 ) -> Result<ClaimedRows, sqlx::Error> {
-    // A value stored compressed may be far larger than it is on disk: those (and only those,
-    // as compression starts at about 2 kB) are measured as text.
+    let properties_bytes = jsonb_bytes("properties");
     let sql = format!(
         "WITH locked AS MATERIALIZED (
              SELECT id,
-                    CASE WHEN pg_column_size(properties) < 256 THEN pg_column_size(properties)
-                         ELSE octet_length(properties::text) END
+                    {properties_bytes}
                     + octet_length(object_key) + coalesce(octet_length(company_key), 0) AS bytes
              FROM hubsync.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
          ), claimed AS (

@@ -141,26 +141,7 @@ pub async fn connect_worker(
         ms(worker.idle_in_transaction_timeout)
     );
     let options = connect_options(url)?.application_name(APPLICATION_NAME);
-    let place = describe(&options);
-    first_connection(&options, &place).await?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
-        .after_connect(move |conn, _| {
-            let settings = settings.clone();
-            Box::pin(async move {
-                use sqlx::Executor;
-                conn.execute(settings.as_str()).await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Postgres at {place}; check DATABASE_URL and that the server is running"
-            )
-        })
+    pool_with(options, max_connections, Some(settings)).await
 }
 
 /// How long a command waits for Postgres to accept a first connection (a server restarting).
@@ -182,17 +163,20 @@ pub(crate) const SESSION_HINT: &str = "hubsync needs a connection of its own for
 /// parameter it refuses, or prepared statements found on, or missing from, a server
 /// connection this session did not prepare them on.
 pub fn pooler_hint(e: &anyhow::Error) -> Option<&'static str> {
-    let pooled = e.chain().any(|cause| {
-        cause
-            .downcast_ref::<sqlx::Error>()
-            .and_then(sqlx::Error::as_database_error)
-            .is_some_and(|d| {
-                matches!(d.code().as_deref(), Some("42P05" | "26000"))
-                    || (d.code().as_deref() == Some("08P01")
-                        && d.message().contains("startup parameter"))
-            })
-    });
+    let pooled = e
+        .chain()
+        .any(|cause| cause.downcast_ref::<sqlx::Error>().is_some_and(from_pooler));
     pooled.then_some(SESSION_HINT)
+}
+
+/// Whether Postgres (or what stands in front of it) refused as a pooler in transaction mode
+/// makes it refuse: a startup parameter, or a prepared statement that another session left on,
+/// or did not make on, the server connection.
+fn from_pooler(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        matches!(d.code().as_deref(), Some("42P05" | "26000"))
+            || (d.code().as_deref() == Some("08P01") && d.message().contains("startup parameter"))
+    })
 }
 
 /// Opens one connection before the pool does, so that a failure says why (the pool only
@@ -221,10 +205,7 @@ async fn first_connection(options: &PgConnectOptions, place: &str) -> anyhow::Re
         };
         if lasting(&error) || tokio::time::Instant::now() + Duration::from_secs(1) >= give_up {
             // The error's own words only: its source would repeat them.
-            let pooled = error
-                .as_database_error()
-                .is_some_and(|d| d.code().as_deref() == Some("08P01"));
-            if pooled {
+            if from_pooler(&error) {
                 anyhow::bail!("cannot connect to Postgres at {place}: {error}; {SESSION_HINT}");
             }
             anyhow::bail!(
@@ -243,12 +224,31 @@ async fn first_connection(options: &PgConnectOptions, place: &str) -> anyhow::Re
 }
 
 async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    pool_with(options, max_connections, None).await
+}
+
+/// A pool whose connections, when `settings` are given, run those statements as they open.
+async fn pool_with(
+    options: PgConnectOptions,
+    max_connections: u32,
+    settings: Option<String>,
+) -> anyhow::Result<PgPool> {
     let place = describe(&options);
     first_connection(&options, &place).await?;
-    PgPoolOptions::new()
+    let mut pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options)
+        .acquire_timeout(Duration::from_secs(30));
+    if let Some(settings) = settings {
+        pool = pool.after_connect(move |conn, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute(settings.as_str()).await?;
+                Ok(())
+            })
+        });
+    }
+    pool.connect_with(options)
         .await
         .with_context(|| {
             format!(

@@ -441,9 +441,7 @@ impl Telemetry {
     ) {
         let Ok(r) = report else { return };
         let i = &self.inner;
-        if r.halted {
-            i.halted.set(1);
-        }
+        // A halt is noted where it is decided (`Worker::halt`), with its reason.
         if r.leased == 0 {
             return;
         }
