@@ -1346,6 +1346,14 @@ mod tests {
         );
     }
 
+    /// The error a 207 reply for two inputs gives the second.
+    fn error_of_input_1(body: Value) -> RecordError {
+        let Outcome::Completed { failed, .. } = run(207, body, 2) else {
+            panic!("not completed")
+        };
+        failed.into_iter().find(|f| f.input == 1).unwrap().error
+    }
+
     #[test]
     fn a_reply_with_many_errors_gives_messages_that_list_the_first_twenty() {
         let problem = |n: usize| {
@@ -1357,10 +1365,7 @@ mod tests {
             "errors": [{"status": "error", "category": "VALIDATION_ERROR", "message": "invalid",
                 "context": {"objectWriteTraceId": ["t1"]},
                 "errors": (0..100).map(problem).collect::<Vec<_>>()}]});
-        let Outcome::Completed { failed, .. } = run(207, body, 2) else {
-            panic!("not completed")
-        };
-        let e = &failed.iter().find(|f| f.input == 1).unwrap().error;
+        let e = error_of_input_1(body);
         assert!(
             e.message.contains("bad value 019; and 80 more problems"),
             "{}",
@@ -1373,10 +1378,7 @@ mod tests {
             "results": [{"id": "10", "properties": {"email": "user0@acme.com", "n": "0"}}],
             "errors": (0..30).map(|n| json!({"status": "error", "category": "VALIDATION_ERROR",
                 "message": "invalid", "errors": [problem(n)]})).collect::<Vec<_>>()});
-        let Outcome::Completed { failed, .. } = run(207, body, 2) else {
-            panic!("not completed")
-        };
-        let e = &failed.iter().find(|f| f.input == 1).unwrap().error;
+        let e = error_of_input_1(body);
         assert!(
             e.message.contains("bad value 019; and 10 more errors"),
             "{}",
