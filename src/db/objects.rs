@@ -136,8 +136,9 @@ pub async fn lease(
 }
 
 /// Marks written objects clean unless their version moved, stores HubSpot ids and what stays
-/// held back, and removes the dead-letter rows of objects that hold nothing back any more.
-/// Fenced by `token`. Locks: those object rows in key order, then their DLQ rows.
+/// held back, and removes the dead-letter rows of objects that hold nothing back any more. A
+/// contact whose association was parked and whose record id changed (deleted in HubSpot and
+/// created again) has its association tried again. Fenced by `token`. Locks: those object rows in key order, then their DLQ rows.
 pub async fn record_written(
     pool: &PgPool,
     object_type: ObjectType,
@@ -154,6 +155,10 @@ pub async fn record_written(
          SET dirty = (o.version <> u.version) OR coalesce(o.unsettled_until > now(), false),
              synced_version = u.version,
              hubspot_id = coalesce(u.hubspot_id, o.hubspot_id),
+             association_next_at = CASE WHEN o.association_next_at = 'infinity'
+                                             AND u.hubspot_id IS DISTINCT FROM o.hubspot_id
+                                             AND u.hubspot_id IS NOT NULL
+                                        THEN NULL ELSE o.association_next_at END,
              held = CASE WHEN o.version = u.version THEN u.held::jsonb ELSE o.held END,
              leased_until = NULL, lease_token = NULL, attempts = 0,
              next_attempt_at = CASE WHEN o.version = u.version AND o.unsettled_until > now()
@@ -523,6 +528,42 @@ pub(crate) async fn record_associated(
     tx.commit().await
 }
 
+/// Notes pairs whose request may have been applied though no answer said so (a lost reply, a
+/// 5xx): the contact is taken as possibly associated with that company, so that if it moves
+/// on before a try settles it, that association is removed like a made one (removing a pair
+/// that was never made is harmless). The company key stays unrecorded, so the pair is still
+/// due. Locks: those contact rows, briefly.
+pub(crate) async fn note_maybe_associated(
+    pool: &PgPool,
+    sent: &[PendingAssociation],
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<String> = sent.iter().map(|p| p.contact_key.clone()).collect();
+    let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
+    sqlx::query(
+        "UPDATE hubsync.objects o
+         SET associated_company_key = NULL, associated_contact_id = u.contact_id,
+             associated_company_id = u.company_id
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS u(contact, contact_id, company_id)
+         WHERE o.object_type = 'contact' AND o.object_key = u.contact
+           AND o.object_key = ANY($4)",
+    )
+    .bind(&keys)
+    .bind(
+        sent.iter()
+            .map(|p| p.contact_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sent.iter()
+            .map(|p| p.company_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&locked)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 /// Schedules another try of these contacts' associations after `delays` (seconds).
 /// Locks: those contact rows, briefly.
 pub(crate) async fn retry_associations(
@@ -563,8 +604,8 @@ pub(crate) struct AssociationFailure {
 }
 
 /// Parks associations that ran out of tries: a DLQ row each (kind `object`, object_type
-/// `association`, keyed by the contact), and no more tries until it is replayed or the contact
-/// or its company changes. Locks: those contact rows, briefly.
+/// `association`, keyed by the contact), and no more tries until it is replayed, the contact
+/// moves to another company or its record id changes (`store_objects`, `record_written`). Locks: those contact rows, briefly.
 pub(crate) async fn park_associations(
     pool: &PgPool,
     failures: &[AssociationFailure],

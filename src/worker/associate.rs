@@ -4,7 +4,8 @@
 //! pair by pair, through `classify_removals` and `classify_associations`; a refused pair is
 //! retried with the objects' backoff, then dead-lettered (category `association_refused`,
 //! object_type `association`). A contact whose old association was not removed waits for its
-//! new one.
+//! new one. A pair sent without an answer counts as possibly made: should the contact move on
+//! before it settles, it is removed like a made one.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -140,6 +141,10 @@ async fn associate_taken(
             w.limiter.clear().await?;
         }
         other => {
+            // A retry (a lost reply, a 5xx) may follow a request HubSpot applied.
+            if matches!(other, Outcome::Retry { .. }) {
+                db::objects::note_maybe_associated(&w.pool, &due).await?;
+            }
             if settle_failure(w, &due, other).await? {
                 settled.extend(due.iter().map(|p| p.contact_key.clone()));
             }

@@ -374,3 +374,97 @@ async fn workers_side_by_side_leave_each_contact_with_only_its_latest_company(po
     );
     assert_eq!(h.count("dlq").await, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_pair_whose_reply_was_lost_is_removed_when_the_contact_moves_on(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    company(&h, "acct_2").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    // HubSpot makes the association, but its answer is lost on the way back. This worker's
+    // retries wait out the first backoff (one second), so the contact can move meanwhile.
+    let patient = hubsync::worker::Worker::new(
+        h.pool.clone(),
+        h.config.clone(),
+        crate::harness::client_for(&h.sim, &h.config),
+    )
+    .await
+    .unwrap()
+    .with_jitter(std::sync::Arc::new(|| 1.0));
+    h.sim.script(vec![hubspot_sim::Fault::ApplyThenDrop]);
+    patient
+        .run_until_idle(&CancellationToken::new())
+        .await
+        .unwrap();
+    let a = h.contact("a@acme.com").id;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(a.clone(), company_id(&h, "acct_1"))],
+        "the association landed"
+    );
+
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    h.drain().await;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(a, company_id(&h, "acct_2"))],
+        "the pair that may have landed is removed, as a made one would be"
+    );
+    assert_eq!(h.count("dlq").await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_parked_association_is_tried_again_when_the_contact_moves_to_another_company(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    company(&h, "acct_2").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    // The company is deleted in HubSpot before the association is made: every try is refused
+    // and the association is parked.
+    assert!(h.sim.delete_record("companies", &company_id(&h, "acct_1")));
+    h.drain().await;
+    assert!(h.sim.associations().is_empty());
+    assert_eq!(h.count("dlq").await, 1);
+
+    // The contact moves to a company that exists: its association is made, without a replay.
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    h.drain().await;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, company_id(&h, "acct_2"))]
+    );
+    assert_eq!(
+        h.count("dlq").await,
+        0,
+        "the parked row goes once it is made"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_parked_association_is_tried_again_when_the_contact_is_created_again(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    // The contact is deleted in HubSpot before it is associated: the pair is parked.
+    let old = h.contact("a@acme.com").id;
+    assert!(h.sim.delete_record("contacts", &old));
+    h.drain().await;
+    assert_eq!(h.count("dlq").await, 1);
+
+    // Its next event creates it again under a new id, which is associated without a replay.
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    h.drain().await;
+    let new = h.contact("a@acme.com").id;
+    assert_ne!(new, old);
+    assert_eq!(h.sim.associations(), vec![(new, company_id(&h, "acct_1"))]);
+    assert_eq!(h.count("dlq").await, 0);
+}
