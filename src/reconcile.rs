@@ -370,19 +370,23 @@ fn by_name(list: &Value) -> BTreeMap<String, Value> {
 async fn fetch_object(setup: &Setup, kind: ObjectType) -> anyhow::Result<Remote> {
     let paths = setup.client().paths;
     let mut properties = list_by_name(setup, &paths.property_list(kind)).await?;
-    // Properties holding sensitive data are listed only on request, and only to apps granted
-    // the scope for them: without it, a clash shows only when HubSpot refuses the create.
-    let sensitive = format!("{}?dataSensitivity=sensitive", paths.property_list(kind));
-    match setup.get_if_allowed(&sensitive).await {
-        Ok(list) => {
-            for (name, p) in by_name(&list.unwrap_or(Value::Null)) {
-                properties.entry(name).or_insert(p);
+    // Properties holding sensitive data are listed only on request, one level at a time, and
+    // only to apps granted the scope for them: without it, a clash shows only when HubSpot
+    // refuses the create.
+    for level in ["sensitive", "highly_sensitive"] {
+        let list = format!("{}?dataSensitivity={level}", paths.property_list(kind));
+        match setup.get_if_allowed(&list).await {
+            Ok(list) => {
+                for (name, p) in by_name(&list.unwrap_or(Value::Null)) {
+                    properties.entry(name).or_insert(p);
+                }
             }
+            Err(e) => tracing::warn!(
+                "cannot list the portal's {} {} properties ({e:#}); going on without them",
+                level.replace('_', " "),
+                kind.plural()
+            ),
         }
-        Err(e) => tracing::warn!(
-            "cannot list the portal's sensitive {} properties ({e:#}); going on without them",
-            kind.plural()
-        ),
     }
     let groups = list_by_name(setup, &paths.groups(kind)).await?;
     // Archived properties are invisible to the plain list, yet their names are taken.

@@ -123,20 +123,23 @@ async fn an_archived_property_of_that_name_is_refused_with_the_fix(pool: PgPool)
 
 #[sqlx::test(migrations = false)]
 async fn a_name_a_sensitive_property_holds_is_refused(pool: PgPool) {
-    let sim = sim().await;
-    // Listed only with dataSensitivity=sensitive, so the plain list does not show it.
-    sim.define_property(
-        "contacts",
-        json!({"name": "current_plan", "label": "Plan", "type": "string", "fieldType": "text",
-               "groupName": "contactinformation", "dataSensitivity": "sensitive"}),
-    );
-    let err = refused(&sim, CONFIG).await;
-    assert!(
-        err.contains("\"current_plan\"")
-            && err.contains("sensitive")
-            && err.contains("pick another name"),
-        "{err}"
-    );
+    // Each level is listed only with its own dataSensitivity, so the plain list shows neither.
+    for level in ["sensitive", "highly_sensitive"] {
+        let sim = sim().await;
+        sim.define_property(
+            "contacts",
+            json!({"name": "current_plan", "label": "Plan", "type": "string",
+                   "fieldType": "text", "groupName": "contactinformation",
+                   "dataSensitivity": level}),
+        );
+        let err = refused(&sim, CONFIG).await;
+        assert!(
+            err.contains("\"current_plan\"")
+                && err.contains("sensitive")
+                && err.contains("pick another name"),
+            "{level}: {err}"
+        );
+    }
     drop(pool);
 }
 
