@@ -34,6 +34,7 @@ END $$;
 \if :{?producer}
 GRANT USAGE ON SCHEMA hubsync TO :"producer";
 GRANT EXECUTE ON FUNCTION hubsync.enqueue(uuid, text, text, jsonb, timestamptz, text) TO :"producer";
+GRANT EXECUTE ON FUNCTION hubsync.new_event_id(timestamptz) TO :"producer";
 -- The columns a producer writes; id (an identity column: no right on a sequence needed) and
 -- enqueued_at are always their defaults.
 GRANT INSERT (event_id, object_type, object_key, properties, occurred_at, company_key)

@@ -138,7 +138,9 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
         }
         let company = format!("acct_{}", c % 8);
         let event = NewEvent {
-            event_id: Uuid::new_v4(),
+            // Time-ordered ids, as the README asks of producers: the ledger's index then grows
+            // at its end.
+            event_id: Uuid::now_v7(),
             object_type: ObjectType::Contact,
             object_key: &key,
             properties: &props,
@@ -155,7 +157,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
         let key = format!("acct_{a}");
         let props = json!({"seats": 5 + a * 3});
         let event = NewEvent {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             object_type: ObjectType::Company,
             object_key: &key,
             properties: &props,
@@ -167,7 +169,7 @@ pub(crate) async fn run(env: &Env, events: usize, contacts: usize) -> anyhow::Re
     // One event that cannot be valid, to show where such events go.
     let invalid = json!({"current_plan": "platinum"});
     let event = NewEvent {
-        event_id: Uuid::new_v4(),
+        event_id: Uuid::now_v7(),
         object_type: ObjectType::Contact,
         object_key: "user000@example.com",
         properties: &invalid,

@@ -257,6 +257,25 @@ impl Running {
 // ---------------------------------------------------------------------------------------------
 // The outbox.
 
+/// How a load draws its event ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventIds {
+    /// `gen_random_uuid()`: version 4, random.
+    Random,
+    /// `hubsync.new_event_id()`: version 7, its first bits the time of the draw.
+    TimeOrdered,
+}
+
+impl EventIds {
+    /// The SQL expression that draws one.
+    pub fn sql(self) -> &'static str {
+        match self {
+            EventIds::Random => "gen_random_uuid()",
+            EventIds::TimeOrdered => "hubsync.new_event_id()",
+        }
+    }
+}
+
 /// Loads `events` contact events over `contacts` contacts (event g goes to contact g mod
 /// `contacts`) with one INSERT ... SELECT, then VACUUM ANALYZE; returns the time it took.
 pub async fn load_outbox(
@@ -264,10 +283,20 @@ pub async fn load_outbox(
     events: usize,
     contacts: usize,
 ) -> anyhow::Result<Duration> {
+    load_outbox_with(pool, events, contacts, EventIds::Random).await
+}
+
+/// [`load_outbox`] with event ids drawn as `ids` says.
+pub async fn load_outbox_with(
+    pool: &PgPool,
+    events: usize,
+    contacts: usize,
+    ids: EventIds,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties, occurred_at)
-         SELECT gen_random_uuid(), 'contact', 'user' || (g % $2) || '@example.com',
+         SELECT {}, 'contact', 'user' || (g % $2) || '@example.com',
                 jsonb_build_object(
                     'total_sessions', 1,
                     'last_active_at', 1767225600000 + g * 1000,
@@ -275,7 +304,8 @@ pub async fn load_outbox(
                 timestamptz '2026-01-01 00:00:00+00' + make_interval(secs => g::float8 / 1000)
          FROM generate_series(0::int8, $1 - 1) AS g
          ORDER BY g",
-    )
+        ids.sql()
+    ))
     .bind(i64::try_from(events)?)
     .bind(i64::try_from(contacts.max(1))?)
     .execute(pool)

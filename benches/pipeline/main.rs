@@ -16,6 +16,7 @@ mod p3_ingest;
 mod p4_latency;
 mod p5_memory;
 mod p6_idle;
+mod p7_checkpoint;
 mod p8_enqueue;
 
 use std::process::ExitCode;

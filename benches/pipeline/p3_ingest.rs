@@ -58,7 +58,7 @@ async fn wal_detail(pool: &PgPool, what: &str, from: i64, to: i64) -> anyhow::Re
 }
 
 /// The WAL insert position, in bytes.
-async fn wal_position(pool: &PgPool) -> anyhow::Result<i64> {
+pub async fn wal_position(pool: &PgPool) -> anyhow::Result<i64> {
     let (lsn,): (i64,) =
         sqlx::query_as("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
             .fetch_one(pool)
@@ -75,7 +75,7 @@ fn verdict(ratio: f64) -> String {
 }
 
 /// The bare claim, one transaction per chunk, until the outbox is empty: rows claimed.
-async fn bare_loop(pool: &PgPool, chunk: usize) -> anyhow::Result<usize> {
+pub async fn bare_loop(pool: &PgPool, chunk: usize) -> anyhow::Result<usize> {
     let mut claimed = 0usize;
     loop {
         let mut tx = pool.begin().await?;
@@ -286,5 +286,6 @@ pub async fn run(args: &Args, base_url: &str) -> anyhow::Result<()> {
         ],
     );
     drop(w);
+    crate::p7_checkpoint::run(&rig, contacts).await?;
     rig.finish().await
 }

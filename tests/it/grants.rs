@@ -144,6 +144,15 @@ async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
     let id = Uuid::new_v4();
     assert!(enqueue(&producer, id, "p@acme.com", json!({"total_sessions": 1})).await);
     assert!(!enqueue(&producer, id, "p@acme.com", json!({"total_sessions": 1})).await);
+    // A time-ordered id from the schema's helper.
+    let ordered: bool = sqlx::query_scalar(
+        "SELECT hubsync.enqueue(event_id => hubsync.new_event_id(), object_type => 'contact',
+                                object_key => 'o@acme.com', properties => '{}')",
+    )
+    .fetch_one(&producer)
+    .await
+    .expect("the producer can draw a new event id");
+    assert!(ordered);
     let plain = Uuid::new_v4();
     assert_eq!(insert(&producer, plain, "q@acme.com").await, 1);
     assert_eq!(insert(&producer, plain, "q@acme.com").await, 0, "known id");
@@ -174,7 +183,7 @@ async fn the_producer_can_enqueue_and_insert_and_nothing_else(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(waiting, 3);
+    assert_eq!(waiting, 4);
 
     for sql in [
         "SELECT * FROM hubsync.outbox",

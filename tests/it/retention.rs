@@ -199,3 +199,47 @@ async fn dlq_purge_removes_old_parked_rows_and_only_when_asked(pool: PgPool) {
     );
     assert_eq!(h.count("dlq").await, 1, "the scheduled row stays");
 }
+
+#[sqlx::test(migrations = false)]
+async fn new_event_ids_are_version_7_and_grow_with_time(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    // Its first 48 bits are the time in milliseconds.
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:34:56.789Z").unwrap();
+    let id: Uuid = sqlx::query_scalar("SELECT hubsync.new_event_id($1)")
+        .bind(at)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let millis = u64::try_from(at.timestamp_millis()).unwrap();
+    assert_eq!(id.as_bytes()[..6], millis.to_be_bytes()[2..], "{id}");
+    assert_eq!(id.get_version_num(), 7, "{id}");
+    assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+
+    // Many drawn at once are all different; one drawn a millisecond later sorts after each.
+    let (distinct, all_v7, later_sorts_after): (i64, bool, bool) = sqlx::query_as(
+        "WITH ids AS (SELECT hubsync.new_event_id($1) AS id,
+                             hubsync.new_event_id($1 + interval '1 millisecond') AS next
+                      FROM generate_series(1, 5000))
+         SELECT count(DISTINCT id), bool_and(substr(id::text, 15, 1) = '7'), bool_and(id < next)
+         FROM ids",
+    )
+    .bind(at)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((distinct, all_v7, later_sorts_after), (5000, true, true));
+
+    // The default is the moment of the call.
+    let (before, id, after): (chrono::DateTime<Utc>, Uuid, chrono::DateTime<Utc>) =
+        sqlx::query_as("SELECT clock_timestamp(), hubsync.new_event_id(), clock_timestamp()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let mut stamp = [0u8; 8];
+    stamp[2..].copy_from_slice(&id.as_bytes()[..6]);
+    let stamp = i64::from_be_bytes(stamp);
+    assert!(
+        (before.timestamp_millis()..=after.timestamp_millis()).contains(&stamp),
+        "{id}"
+    );
+}
