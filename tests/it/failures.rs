@@ -697,14 +697,22 @@ async fn a_portal_that_hides_its_time_zone_neither_halts_the_start_nor_waits_a_w
         .await;
     h.drain().await;
     assert_eq!(h.upserts().last().unwrap().status, 429);
-    // Without the portal's midnight, the pause lasts an hour; the next request then probes.
-    let left: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM paused_until - now())::float8 FROM hubsync.limiter",
+    // Without the portal's midnight, the pause lasts until UTC's, an hour at most; the next
+    // request then probes.
+    let (left, to_midnight): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM paused_until - now())::float8,
+                extract(epoch FROM date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day'
+                                   - (now() AT TIME ZONE 'UTC'))::float8
+         FROM hubsync.limiter",
     )
     .fetch_one(&h.pool)
     .await
     .unwrap();
-    assert!((3500.0..=3600.0).contains(&left), "paused for {left} s");
+    let expected = to_midnight.min(3600.0);
+    assert!(
+        (expected - 100.0..=expected + 5.0).contains(&left),
+        "paused for {left} s, expected about {expected} s"
+    );
 }
 
 #[sqlx::test(migrations = false)]
