@@ -47,6 +47,17 @@ async fn sync_only(h: &Harness) {
     }
 }
 
+/// Companies acct_1 and acct_2 and contact a@acme.com of acct_1, synced, not associated.
+async fn synced_at_acct_1_beside_acct_2(pool: PgPool) -> Harness {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    company(&h, "acct_2").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    h
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_refused_pair_is_retried_then_dead_lettered_and_the_others_are_made(pool: PgPool) {
     let h = Harness::new(pool).await;
@@ -377,12 +388,7 @@ async fn workers_side_by_side_leave_each_contact_with_only_its_latest_company(po
 
 #[sqlx::test(migrations = false)]
 async fn a_pair_whose_reply_was_lost_is_removed_when_the_contact_moves_on(pool: PgPool) {
-    let h = Harness::new(pool).await;
-    h.setup().await;
-    company(&h, "acct_1").await;
-    company(&h, "acct_2").await;
-    contact_at(&h, "a@acme.com", "acct_1").await;
-    sync_only(&h).await;
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
     // HubSpot makes the association, but its answer is lost on the way back. This worker's
     // retries wait out the first backoff (one second), so the contact can move meanwhile.
     let patient = hubsync::worker::Worker::new(
@@ -420,12 +426,7 @@ async fn a_pair_whose_reply_was_lost_is_removed_when_the_contact_moves_on(pool: 
 async fn a_parked_association_is_tried_again_when_the_contact_moves_to_another_company(
     pool: PgPool,
 ) {
-    let h = Harness::new(pool).await;
-    h.setup().await;
-    company(&h, "acct_1").await;
-    company(&h, "acct_2").await;
-    contact_at(&h, "a@acme.com", "acct_1").await;
-    sync_only(&h).await;
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
     // The company is deleted in HubSpot before the association is made: every try is refused
     // and the association is parked.
     assert!(h.sim.delete_record("companies", &company_id(&h, "acct_1")));
