@@ -276,12 +276,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => {
             let config = load_config(&cli.config, &env)?;
             let client = client_for(&config, &env)?;
-            let setup = crate::setup::Setup::new(
-                client,
-                check_limiter(&env, &config).await,
-                config.worker.auth_probe_interval,
-            )
-            .without_halting();
+            let setup = crate::setup::Setup::new(client, check_limiter(&env, &config).await);
             let plan = crate::reconcile::plan(&setup, &config).await?;
             outln!("config {} is valid", config.path.display());
             let lines = plan.describe();
@@ -322,11 +317,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let limiter =
                 crate::ratelimit::Limiter::configured(pool.clone(), &config.hubspot).await?;
-            let setup = crate::setup::Setup::new(
-                client.clone(),
-                Some(limiter),
-                config.worker.auth_probe_interval,
-            );
+            let setup = crate::setup::Setup::new(client.clone(), Some(limiter));
             crate::reconcile::ensure(&setup, &config).await?;
             telemetry.set_reconciled();
             let worker = Worker::new(pool, config, client).await?;

@@ -1,7 +1,10 @@
 //! Setup calls (property and group reads and writes, the portal's account details): each takes a
 //! permit from the shared limiter when there is one, and its reply goes through `classify` like
-//! every batch does: a 429 pauses every worker, a 401/403 halts them, a passing failure (5xx, 423,
-//! 477, no answer) is waited out a few times. The client itself never paces anything.
+//! every batch does: a 429 pauses every worker, a passing failure (5xx, 423, 477, no answer) is
+//! waited out a few times, and a 401/403 fails this process alone. A process starting with a
+//! token HubSpot refuses (a typo, a secret not rolled out yet) must not stop workers whose token
+//! works; a running worker whose token is refused halts them all on its own
+//! (`Worker::halt`). The client itself never paces anything.
 
 use std::time::Duration;
 
@@ -40,11 +43,6 @@ const TRIES: u32 = 6;
 pub struct Setup {
     client: HubSpotClient,
     limiter: Option<Limiter>,
-    /// How long every worker stops when HubSpot refuses the credentials.
-    halt_for: Duration,
-    /// Whether a refusal of the credentials stops every worker (`false` for `check`, whose
-    /// token may not be the workers').
-    halts_workers: bool,
 }
 
 impl From<HubSpotClient> for Setup {
@@ -53,30 +51,14 @@ impl From<HubSpotClient> for Setup {
         Setup {
             client,
             limiter: None,
-            halt_for: Duration::from_secs(60),
-            halts_workers: false,
         }
     }
 }
 
 impl Setup {
-    /// Setup calls through `client`, each taking a permit from `limiter`; a 401/403 pauses every
-    /// worker for `halt_for`.
-    pub fn new(client: HubSpotClient, limiter: Option<Limiter>, halt_for: Duration) -> Setup {
-        Setup {
-            client,
-            limiter,
-            halt_for,
-            halts_workers: true,
-        }
-    }
-
-    /// The same calls, paced by the same limiter, but a 401/403 fails only this process and
-    /// pauses nobody else: for `hubsync check`, which an operator may run with another token
-    /// (a typo, a new token being tried) than the workers use.
-    pub fn without_halting(mut self) -> Setup {
-        self.halts_workers = false;
-        self
+    /// Setup calls through `client`, each taking a permit from `limiter`.
+    pub fn new(client: HubSpotClient, limiter: Option<Limiter>) -> Setup {
+        Setup { client, limiter }
     }
 
     /// The client (for its paths).
@@ -109,13 +91,13 @@ impl Setup {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<SetupReply> {
-        self.request_with(method, path, body, true).await
+        self.request_with(method, path, body).await
     }
 
-    /// A `GET` hubsync can do without: as [`Setup::call`], except that a 401/403 only fails
-    /// this call. It halts nobody, since a token may lack the one scope this call needs.
+    /// A `GET` hubsync can do without (a token may lack the one scope it needs): as
+    /// [`Setup::call`], for callers that go on without its answer when it fails.
     pub(crate) async fn get_if_allowed(&self, path: &str) -> anyhow::Result<Option<Value>> {
-        match self.request_with(Method::GET, path, None, false).await? {
+        match self.request_with(Method::GET, path, None).await? {
             SetupReply::Done(value) => Ok(Some(value)),
             SetupReply::NotFound | SetupReply::AlreadyExists(_) => Ok(None),
         }
@@ -126,7 +108,6 @@ impl Setup {
         method: Method,
         path: &str,
         body: Option<&Value>,
-        refusal_halts: bool,
     ) -> anyhow::Result<SetupReply> {
         let what = format!("{method} {path}");
         let mut attempt = 0u32;
@@ -190,13 +171,10 @@ impl Setup {
                     ));
                 }
                 Outcome::Halt { reason, .. } => {
-                    if refusal_halts
-                        && self.halts_workers
-                        && let Some(limiter) = &self.limiter
-                    {
-                        limiter.pause(self.halt_for, &reason).await?;
-                    }
-                    bail!("{what}: {reason}");
+                    bail!(
+                        "{what}: {reason} (requests go to {}, which HUBSPOT_BASE_URL sets)",
+                        self.client.base_url()
+                    );
                 }
                 Outcome::Rejected { error, .. } => {
                     bail!("{what}: HubSpot refused the request: {}", error.raw)

@@ -127,11 +127,7 @@ impl Worker {
         let limiter = Limiter::configured(pool.clone(), &config.hubspot)
             .await
             .context("failed to set up the shared rate limiter")?;
-        let setup = crate::setup::Setup::new(
-            client.clone(),
-            Some(limiter.clone()),
-            config.worker.auth_probe_interval,
-        );
+        let setup = crate::setup::Setup::new(client.clone(), Some(limiter.clone()));
         let portal = crate::setup::portal_zone(&setup).await;
         let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
         let id = Uuid::new_v4();

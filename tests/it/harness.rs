@@ -147,11 +147,7 @@ pub async fn setup_on(pool: &PgPool, sim: &Simulator, config: &Config) {
     let limiter = hubsync::ratelimit::Limiter::configured(pool.clone(), &config.hubspot)
         .await
         .unwrap();
-    let setup = hubsync::setup::Setup::new(
-        client_for(sim, config),
-        Some(limiter),
-        Duration::from_secs(60),
-    );
+    let setup = hubsync::setup::Setup::new(client_for(sim, config), Some(limiter));
     hubsync::reconcile::ensure(&setup, config)
         .await
         .expect("start-up reconciliation succeeds");

@@ -60,7 +60,7 @@ async fn start_up_calls_keep_to_the_daily_budget_too(pool: PgPool) {
     let limiter = hubsync::ratelimit::Limiter::configured(h.pool.clone(), &config.hubspot)
         .await
         .unwrap();
-    let setup = hubsync::setup::Setup::new(h.client(), Some(limiter), Duration::from_secs(60));
+    let setup = hubsync::setup::Setup::new(h.client(), Some(limiter));
     let err = tokio::time::timeout(
         Duration::from_secs(30),
         hubsync::reconcile::ensure(&setup, &config),

@@ -322,10 +322,11 @@ async fn the_v3_api_edition_uses_the_older_paths(pool: PgPool) {
     assert!(paths.contains(&"/crm/v3/objects/contacts/batch/upsert".to_string()));
 }
 
-/// `check` run with a token HubSpot refuses (a typo, a token being tried) fails by itself: it
-/// does not pause the workers, whose token may be fine.
+/// `check`, or a worker starting, with a token HubSpot refuses (a typo, a secret not rolled out
+/// yet) fails by itself: it does not pause the running workers, whose token may be fine, and its
+/// message names where the requests went.
 #[sqlx::test(migrations = false)]
-async fn a_check_with_a_refused_token_pauses_no_worker(pool: PgPool) {
+async fn a_process_starting_with_a_refused_token_pauses_no_worker(pool: PgPool) {
     crate::harness::migrate(&pool).await;
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     let url = database_url(&pool);
@@ -335,18 +336,24 @@ async fn a_check_with_a_refused_token_pauses_no_worker(pool: PgPool) {
         ("HUBSPOT_BASE_URL", base.as_str()),
         ("DATABASE_URL", url.as_str()),
     ];
-    let check = crate::harness::hubsync_beside(&["check"], Some(CONFIG), &envs).await;
-    assert_ne!(check.status.code(), Some(0));
-    let err = stderr(&check);
-    assert!(err.contains("refused the access token"), "{err}");
-    assert!(!sim.requests().is_empty(), "check reached HubSpot");
-    let paused: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM hubsync.limiter WHERE paused_until > clock_timestamp()",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(paused, 0, "no pause for the workers: {err}");
+    for args in [&["check"][..], &["run", "--until-idle"], &["run"]] {
+        sim.reset_requests();
+        let out = crate::harness::hubsync_beside(args, Some(CONFIG), &envs).await;
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("refused the access token") && err.contains(&base),
+            "{args:?}: {err}"
+        );
+        assert!(!sim.requests().is_empty(), "{args:?} reached HubSpot");
+        let paused: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM hubsync.limiter WHERE paused_until > clock_timestamp()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(paused, 0, "{args:?}: no pause for the workers: {err}");
+    }
 }
 
 /// HubSpot wants each option's label once, as its value: an option hubsync adds takes its
