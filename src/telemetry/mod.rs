@@ -65,9 +65,14 @@ pub fn init(default: &str) {
         LogFormat::Text
     });
     let _ = FORMAT.set(format);
+    // Colours only for a person at a terminal: in a file, journald or `docker logs` the escape
+    // codes would stand between a field's name, `=` and its value. NO_COLOR turns them off too.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

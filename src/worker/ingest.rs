@@ -301,9 +301,7 @@ pub(crate) async fn fold(
         }
     }
     let refused_ids: HashSet<Uuid> = failures.iter().map(|f| f.event_id).collect();
-    for f in &failures {
-        tracing::warn!(event_id = %f.event_id, category = %f.category, "event dead-lettered: {}", f.message);
-    }
+    log_refusals(&failures);
     let sizes = failures
         .iter()
         .map(|f| f.object_key.len() + f.payload.len() + f.message.len() + f.error.len());
@@ -319,6 +317,35 @@ pub(crate) async fn fold(
         refused_ids,
         deferred,
     })
+}
+
+/// Says what was dead-lettered: one warning per category, with its count and its first event's
+/// reason, so that a producer sending thousands of bad events does not write thousands of log
+/// lines (the DLQ holds each one); each event at debug level.
+fn log_refusals(failures: &[EventFailure]) {
+    let mut first: Vec<(&EventFailure, usize)> = Vec::new();
+    for f in failures {
+        tracing::debug!(event_id = %f.event_id, category = %f.category, "event dead-lettered: {}", f.message);
+        match first.iter_mut().find(|(g, _)| g.category == f.category) {
+            Some((_, n)) => *n += 1,
+            None => first.push((f, 1)),
+        }
+    }
+    for (f, n) in first {
+        if n == 1 {
+            tracing::warn!(event_id = %f.event_id, category = %f.category, "event dead-lettered: {}", f.message);
+        } else {
+            tracing::warn!(
+                events = n,
+                category = %f.category,
+                "{n} events dead-lettered as {}, the first ({}) because: {}; `hubsync dlq list --category {}` lists them",
+                f.category,
+                f.event_id,
+                f.message,
+                f.category
+            );
+        }
+    }
 }
 
 /// The SQLSTATE classes that blame the data of a statement rather than the database or the

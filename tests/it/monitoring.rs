@@ -541,3 +541,55 @@ async fn status_reports_with_a_wrong_config_and_names_the_mistake(pool: PgPool) 
         "{err}"
     );
 }
+
+/// A producer sending many bad events at once does not flood the log: one warning per category
+/// per chunk, with the count and a first reason. A log read from a file or a pipe carries no
+/// colour codes.
+#[sqlx::test(migrations = false)]
+async fn a_text_log_of_many_bad_events_says_each_category_once_without_colour_codes(pool: PgPool) {
+    let h = Harness::new(pool.clone()).await;
+    sqlx::query(
+        "INSERT INTO hubsync.outbox (event_id, object_type, object_key, properties)
+         SELECT gen_random_uuid(), 'contact', 'u' || i || '@acme.com',
+                '{\"current_plan\": \"platinum\"}'
+         FROM generate_series(1, 300) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    h.enqueue("ok@acme.com", json!({"total_sessions": 1})).await;
+    let url = database_url(&pool);
+    let base = h.sim.base_url();
+    let out = crate::harness::hubsync_beside(
+        &["run", "--until-idle"],
+        Some(CONFIG),
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("HUBSPOT_BASE_URL", base.as_str()),
+            ("HUBSPOT_ACCESS_TOKEN", "sim-token"),
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .await;
+    let log = crate::harness::stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dead-lettered as invalid_value"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(
+        refused[0].contains("300 events") && refused[0].contains("platinum"),
+        "{log}"
+    );
+    assert!(
+        log.lines().count() < 30,
+        "{} lines: {log}",
+        log.lines().count()
+    );
+    assert_eq!(h.count("dlq").await, 300);
+}
