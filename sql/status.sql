@@ -23,6 +23,12 @@ SELECT
   (SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot')        AS pause_reason,
   coalesce((SELECT paused_until > now() FROM hubsync.limiter
              WHERE name = 'hubspot'), false)                               AS paused_now,
+  -- A halt (HubSpot refuses the credentials, the endpoint or the company key property) is a
+  -- pause until the next probe, whose reason starts with "halted:".
+  coalesce((SELECT paused_until > now() AND pause_reason LIKE 'halted:%' FROM hubsync.limiter
+             WHERE name = 'hubspot'), false)                               AS halted_now,
+  coalesce((SELECT greatest(extract(epoch FROM paused_until - now()), 0)::float8
+              FROM hubsync.limiter WHERE name = 'hubspot'), 0)             AS pause_left_s,
   (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot')     AS daily_remaining,
   -- Rolling deploys: the generation that takes work, and the live workers by generation.
   (SELECT max(c.generation) FROM hubsync.workers w JOIN hubsync.configs c USING (fingerprint)

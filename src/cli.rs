@@ -389,7 +389,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 status::print_once(&pool, per_10s, status::Format::Text).await?;
                 outln!();
-                print_sql(&pool, &db::dlq::SUMMARY, &[], false).await?;
+                outln!("dead-letter rows by category (hubsync dlq summary):");
+                print_sql(&pool, &db::dlq::SUMMARY, &[], false, usize::MAX).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -443,6 +444,10 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             (all, vec![])
         }
     };
+    let list_limit = match &cmd {
+        DlqCommand::List { limit, .. } => Some(*limit),
+        _ => None,
+    };
     let (sql, vars, vertical) = match cmd {
         DlqCommand::Summary => (db::dlq::SUMMARY, vec![], false),
         DlqCommand::List { category, limit } => (
@@ -474,7 +479,26 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Purge { older_than } => return purge(pool, older_than).await,
     };
-    let rows = print_sql(pool, &sql, &vars, vertical).await?;
+    // A retry or discard of a whole category can touch thousands of rows: show the first.
+    let shown = if matches!(
+        sql.name,
+        "dlq_retry_category.sql"
+            | "dlq_retry_all.sql"
+            | "dlq_discard_category.sql"
+            | "dlq_discard_all.sql"
+    ) {
+        SHOWN_ROWS
+    } else {
+        usize::MAX
+    };
+    let rows = print_sql(pool, &sql, &vars, vertical, shown).await?;
+    if let Some(limit) = list_limit
+        && i64::try_from(rows).is_ok_and(|n| n >= limit)
+    {
+        eprintln!(
+            "the {rows} most recent rows; --limit N shows more, `hubsync dlq summary` counts them all"
+        );
+    }
     if rows == 0
         && matches!(
             sql.name,
@@ -492,17 +516,30 @@ async fn dlq(pool: &PgPool, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a statement's rows as a table (or one `column: value` per line when `vertical`).
+/// Rows a retry or discard of many rows prints.
+const SHOWN_ROWS: usize = 20;
+
+/// Prints a statement's rows as a table (or one `column: value` per line when `vertical`), the
+/// first `shown` of them; returns how many there were.
 async fn print_sql(
     pool: &PgPool,
     sql: &OperatorSql,
     vars: &[(&str, Var)],
     vertical: bool,
+    shown: usize,
 ) -> anyhow::Result<usize> {
-    let (columns, rows) = db::dlq::run_operator(pool, sql, vars).await?;
+    let (columns, mut rows) = db::dlq::run_operator(pool, sql, vars).await?;
     if rows.is_empty() {
         outln!("(no rows)");
         return Ok(0);
+    }
+    let all = rows.len();
+    rows.truncate(shown);
+    if all > rows.len() {
+        eprintln!(
+            "the first {} of {all} rows; `hubsync dlq list` and `hubsync dlq summary` show the rest",
+            rows.len()
+        );
     }
     if vertical {
         let width = columns.iter().map(|c| c.len()).max().unwrap_or(0);
@@ -517,7 +554,7 @@ async fn print_sql(
     } else {
         out!("{}", crate::table::render(&columns, &rows));
     }
-    Ok(rows.len())
+    Ok(all)
 }
 
 #[cfg(feature = "simulator")]

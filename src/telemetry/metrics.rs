@@ -394,9 +394,9 @@ impl Telemetry {
                         .get_or_create(&vec![("policy", rate_policy(&r.body))])
                         .inc();
                 }
-                if (200..300).contains(&r.status) {
-                    // HubSpot accepts the credentials again.
+                if (200..300).contains(&r.status) && i.halted.get() != 0 {
                     i.halted.set(0);
+                    tracing::info!("HubSpot accepts this worker's requests again; syncing resumes");
                 }
                 if let Some(d) = r.rate.daily_remaining {
                     i.daily_budget.set(i64::try_from(d).unwrap_or(i64::MAX));

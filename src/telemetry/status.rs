@@ -38,6 +38,7 @@ impl Snapshot {
         let (mut fields, dlq) = crate::db::status::status_row(pool).await?;
         let number = |f: &Map<String, Value>, k: &str| f.get(k).and_then(Value::as_f64);
         let backlog = number(&fields, "outbox_backlog").unwrap_or(0.0);
+        let to_sync = number(&fields, "objects_to_sync").unwrap_or(0.0);
         let processed = number(&fields, "processed_last_minute").unwrap_or(0.0);
         let rate = processed / 60.0;
         let per_10s = requests_per_10s.unwrap_or(100);
@@ -49,8 +50,11 @@ impl Snapshot {
         } else {
             None
         };
-        let at_limit = backlog / ceiling;
-        // Whichever is slower; unknown while nothing drains.
+        // What is still to be sent: the outbox's events (at most one input each) and the
+        // objects already folded, one input each, 100 to a request.
+        let pause_left = number(&fields, "pause_left_s").unwrap_or(0.0);
+        let at_limit = (backlog + to_sync) / ceiling + pause_left;
+        // Whichever is slower; unknown while events wait and nothing drains.
         let eta = at_rate.map(|r| r.max(at_limit));
         let round = |x: f64| (x * 10.0).round() / 10.0;
         fields.insert("drain_rate_per_s".into(), json!(round(rate)));
@@ -86,7 +90,14 @@ impl Snapshot {
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let backlog = self.f64("outbox_backlog").unwrap_or(0.0);
-        let pause = if self.fields.get("paused_now") == Some(&Value::Bool(true)) {
+        let to_sync = self.f64("objects_to_sync").unwrap_or(0.0);
+        let pause = if self.fields.get("halted_now") == Some(&Value::Bool(true)) {
+            format!(
+                "HALTED, sending nothing until HubSpot accepts (next try at {}): {}",
+                self.text("paused_until"),
+                self.text("pause_reason")
+            )
+        } else if self.fields.get("paused_now") == Some(&Value::Bool(true)) {
             format!(
                 "until {}: {}",
                 self.text("paused_until"),
@@ -96,7 +107,10 @@ impl Snapshot {
             "none".into()
         };
         let eta = match self.f64("eta_s") {
-            _ if backlog == 0.0 => "nothing waiting".to_string(),
+            _ if backlog == 0.0 && to_sync == 0.0 => "nothing waiting".to_string(),
+            _ if self.fields.get("halted_now") == Some(&Value::Bool(true)) => {
+                "unknown: syncing is halted (see pause)".to_string()
+            }
             Some(s) => format!(
                 "{} (at the drain rate {}, at the rate limit {})",
                 duration(s),
@@ -147,7 +161,7 @@ impl Snapshot {
             (
                 "drain_rate",
                 format!(
-                    "{} events/s over the last minute",
+                    "{} events/s taken from the outbox over the last minute",
                     self.text("drain_rate_per_s")
                 ),
             ),

@@ -249,7 +249,11 @@ impl Worker {
             status,
             "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {probe:?}"
         );
-        Ok(self.limiter.pause(probe, reason).await?)
+        // `halted:` tells `hubsync status` a halt from a 429's pause.
+        Ok(self
+            .limiter
+            .pause(probe, &format!("halted: {reason}"))
+            .await?)
     }
 
     /// Replaces the jitter source (tests).

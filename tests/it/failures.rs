@@ -859,3 +859,60 @@ async fn a_company_key_that_stops_being_unique_halts_and_parks_nothing(pool: PgP
         "one refused request, not a search for offenders"
     );
 }
+
+/// Retrying or discarding a whole category prints its first rows and the count, not thousands
+/// of lines; `dlq list` says when it stopped at its limit; a message is printed whole.
+#[sqlx::test(migrations = false)]
+async fn dlq_commands_on_many_rows_print_a_readable_amount(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let long = format!(
+        "property \"current_plan\": value \"platinum\" is not an option; {}add it to options in hubsync.toml",
+        "options are [free, pro, enterprise]; ".repeat(2)
+    );
+    sqlx::query(
+        "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category, error_message)
+         SELECT 'event', 'contact', 'u' || i || '@acme.com', '{}', 'invalid_value', $1
+           FROM generate_series(1, 30) i",
+    )
+    .bind(&long)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hubsync"))
+            .args(args)
+            .env("DATABASE_URL", database_url(&pool))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            crate::harness::stderr(&out)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            crate::harness::stderr(&out),
+        )
+    };
+    let (list, note) = run(&["dlq", "list", "--limit", "10"]);
+    assert_eq!(
+        list.lines().count(),
+        12,
+        "a header, a rule and 10 rows: {list}"
+    );
+    assert!(note.contains("the 10 most recent rows"), "{note}");
+    assert!(list.contains("add it to options in hubsync.toml"), "{list}");
+
+    let (retried, note) = run(&["dlq", "retry", "--category", "invalid_value"]);
+    assert_eq!(retried.lines().count(), 22, "{retried}");
+    assert!(
+        note.contains("the first 20 of 30 rows") && note.contains("30 row(s) marked for replay"),
+        "{note}"
+    );
+    let due: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM hubsync.dlq WHERE next_retry_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(due, 30, "every row is marked, whatever is printed");
+}

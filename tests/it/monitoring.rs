@@ -208,6 +208,13 @@ async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_
     let why = wait_for(&addr, "/readyz", 30, |s, _| s == 503).await;
     assert!(why.contains("halted"), "{why}");
     assert!(!why.contains("sim-token"), "{why}");
+    // The shared pause says it is a halt, for `hubsync status`.
+    let reason: String =
+        sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(reason.starts_with("halted: HubSpot refused"), "{reason}");
     let text = wait_for(&addr, "/metrics", 10, |_, t| {
         Telemetry::value_of(t, "hubsync_halted") == Some(1.0)
     })
@@ -403,7 +410,10 @@ async fn status_json_reports_backlog_oldest_age_drain_rate_and_eta(pool: PgPool)
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let text = status_text().await;
-    assert!(text.contains("2.0 events/s over the last minute"), "{text}");
+    assert!(
+        text.contains("2.0 events/s taken from the outbox over the last minute"),
+        "{text}"
+    );
     assert!(
         text.contains("25s (at the drain rate 25s, at the rate limit 0s)"),
         "{text}"
@@ -592,4 +602,74 @@ async fn a_text_log_of_many_bad_events_says_each_category_once_without_colour_co
         log.lines().count()
     );
     assert_eq!(h.count("dlq").await, 300);
+}
+
+/// Events folded but not yet sent count as waiting, a pause adds its time, and a halt says so:
+/// an empty outbox in front of a stalled sync is not "nothing waiting".
+#[sqlx::test(migrations = false)]
+async fn status_counts_objects_still_to_send_and_names_a_halt(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    sqlx::query(
+        "INSERT INTO hubsync.objects (object_type, object_key, state, version, dirty, dirty_since)
+         SELECT 'contact', 'u' || i || '@acme.com', '{}', 1, true, now()
+           FROM generate_series(1, 3000) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO hubsync.limiter (name) VALUES ('hubspot')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let url = database_url(&pool);
+    let status = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let out = crate::harness::hubsync_beside(
+                args,
+                Some(CONFIG),
+                &[("DATABASE_URL", url.as_str())],
+            )
+            .await;
+            assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&status(&["status", "--json"]).await).unwrap();
+    // 3000 objects, 100 to a request, 100 requests per 10 s: 3 s.
+    assert_eq!(v["outbox_backlog"], 0);
+    assert_eq!(v["eta_s"], 3.0, "{v}");
+    assert_eq!(v["halted_now"], false);
+    let text = status(&["status"]).await;
+    assert!(!text.contains("nothing waiting"), "{text}");
+
+    // A 429's pause adds its time; a halt is named as one.
+    sqlx::query(
+        "UPDATE hubsync.limiter SET paused_until = now() + interval '60 seconds',
+                pause_reason = 'HubSpot rate limit (TEN_SECONDLY_ROLLING)'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status(&["status", "--json"]).await).unwrap();
+    let eta = v["eta_s"].as_f64().unwrap();
+    assert!((60.0..=63.0).contains(&eta), "{v}");
+    assert_eq!(
+        (v["paused_now"].clone(), v["halted_now"].clone()),
+        (json!(true), json!(false))
+    );
+    sqlx::query(
+        "UPDATE hubsync.limiter SET pause_reason = 'halted: HubSpot refused the access token'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status(&["status", "--json"]).await).unwrap();
+    assert_eq!(v["halted_now"], true, "{v}");
+    let text = status(&["status"]).await;
+    assert!(
+        text.contains("HALTED") && text.contains("eta | unknown: syncing is halted"),
+        "{text}"
+    );
+    assert!(text.contains("dead-letter rows by category"), "{text}");
 }
