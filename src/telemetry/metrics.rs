@@ -54,6 +54,7 @@ struct Inner {
     dirty: Family<Labels, Gauge>,
     dlq_rows: Family<Labels, Gauge>,
     daily_budget: Gauge,
+    queue_fresh: Gauge,
     halted: Gauge,
     ready: Gauge,
     /// Every DLQ category seen, so that one whose rows are gone reads 0.
@@ -165,6 +166,12 @@ impl Telemetry {
             "Requests left today as HubSpot last reported (-1: not reported yet)",
             Gauge::default(),
         );
+        let queue_fresh = register(
+            &mut r,
+            "queue_gauges_fresh",
+            "1 when the queue gauges (backlog, oldest age, objects dirty, DLQ rows, daily budget) were read from the database for this scrape; 0 when that read failed and they hold the last values read",
+            Gauge::default(),
+        );
         let halted = register(
             &mut r,
             "halted",
@@ -212,6 +219,7 @@ impl Telemetry {
                 dirty,
                 dlq_rows,
                 daily_budget,
+                queue_fresh,
                 halted,
                 ready,
                 dlq_categories: Mutex::new(Category::EVENT.iter().map(|c| c.to_string()).collect()),
@@ -253,9 +261,9 @@ impl Telemetry {
             crate::db::status::queue_gauges(pool),
         )
         .await;
-        self.inner
-            .database_ok
-            .store(matches!(read, Ok(Ok(_))), Ordering::Relaxed);
+        let fresh = matches!(read, Ok(Ok(_)));
+        self.inner.database_ok.store(fresh, Ordering::Relaxed);
+        self.inner.queue_fresh.set(i64::from(fresh));
         match read {
             Ok(Ok(q)) => {
                 let i = &self.inner;
@@ -626,6 +634,7 @@ mod tests {
             "hubsync_dlq_rows",
             "hubsync_daily_budget_remaining",
             "hubsync_halted",
+            "hubsync_queue_gauges_fresh",
         ] {
             assert!(emitted.iter().any(|e| e == series), "{series}: {emitted:?}");
         }
@@ -702,6 +711,23 @@ mod tests {
         let targets = &scrape["scrape_configs"][0]["static_configs"][0]["targets"];
         assert_eq!(targets[0], format!("worker:{port}"));
         assert_eq!(scrape["rule_files"][0], "/etc/prometheus/alerts.yml");
+    }
+
+    #[tokio::test]
+    async fn queue_gauges_a_failed_read_left_as_they_were_say_so() {
+        let t = Telemetry::new();
+        // Nothing listens on port 1: the read fails at once.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(500))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/nothing")
+            .unwrap();
+        t.refresh_queue(&pool).await;
+        let text = t.render();
+        assert_eq!(
+            Telemetry::value_of(&text, "hubsync_queue_gauges_fresh"),
+            Some(0.0)
+        );
+        assert_eq!(Telemetry::value_of(&text, "hubsync_ready"), Some(0.0));
     }
 
     #[test]

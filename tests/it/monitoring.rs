@@ -132,6 +132,7 @@ async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_
             && Telemetry::value_of(t, "hubsync_objects_dirty{object_type=\"contact\"}") == Some(0.0)
     })
     .await;
+    assert_eq!(value(&text, "hubsync_queue_gauges_fresh"), 1.0);
 
     let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM hubsync.ledger")
         .fetch_one(&pool)
