@@ -188,7 +188,10 @@ pub async fn main_with(cli: Cli) -> ExitCode {
             let hint = db::pooler_hint(&e)
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
-            crate::telemetry::say(tracing::Level::ERROR, &format!("error: {e:#}{hint}"));
+            crate::telemetry::say(
+                tracing::Level::ERROR,
+                &format!("error: {}{hint}", crate::telemetry::chain(&e)),
+            );
             ExitCode::from(1)
         }
     }
@@ -242,7 +245,8 @@ async fn check_limiter(env: &Env, config: &Config) -> Option<crate::ratelimit::L
         Ok(limiter) => Some(limiter),
         Err(e) => {
             tracing::warn!(
-                "check calls HubSpot without the shared rate limiter ({e:#}); its requests are not counted with the workers', so a 429 is possible while they run"
+                "check calls HubSpot without the shared rate limiter ({}); its requests are not counted with the workers', so a 429 is possible while they run",
+                crate::telemetry::chain(&e)
             );
             None
         }

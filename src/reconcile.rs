@@ -382,9 +382,10 @@ async fn fetch_object(setup: &Setup, kind: ObjectType) -> anyhow::Result<Remote>
                 }
             }
             Err(e) => tracing::warn!(
-                "cannot list the portal's {} {} properties ({e:#}); going on without them",
+                "cannot list the portal's {} {} properties ({}); going on without them",
                 level.replace('_', " "),
-                kind.plural()
+                kind.plural(),
+                crate::telemetry::chain(&e)
             ),
         }
     }

@@ -240,7 +240,8 @@ pub(crate) async fn portal_zone(setup: &Setup) -> Option<PortalZone> {
         Ok(None) => Value::Null,
         Err(e) => {
             tracing::warn!(
-                "cannot read the portal's time zone ({e:#}); after a daily 429, hubsync tries again once an hour instead of waiting for the portal's midnight"
+                "cannot read the portal's time zone ({}); after a daily 429, hubsync tries again once an hour instead of waiting for the portal's midnight",
+                crate::telemetry::chain(&e)
             );
             return None;
         }

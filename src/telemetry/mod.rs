@@ -46,6 +46,24 @@ impl LogFormat {
     }
 }
 
+/// An error and its causes joined by ": ", as `{:#}` prints them, but leaving out a cause whose
+/// words the text before it already holds: sqlx repeats a database error's message as its
+/// source, which read "X: X" in every log line of an outage.
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Installs the global subscriber with `default` (e.g. `info`) unless `RUST_LOG` is set, in
 /// the format `HUBSYNC_LOG_FORMAT` asks for; a second call is a no-op. An unknown format or a
 /// `RUST_LOG` that is not a filter is reported on stderr, and the default is used.
@@ -153,4 +171,43 @@ pub(crate) fn note_reply(status: Option<u16>, daily_remaining: Option<u64>) {
             t.daily_remaining = daily_remaining;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    /// A cause whose words the message already holds, as sqlx's database errors have.
+    #[derive(Debug)]
+    struct Repeats(&'static str, Option<Box<Repeats>>);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let db = Repeats(
+            "error returned from database: database \"x\" is not accepting connections",
+            Some(Box::new(Repeats(
+                "database \"x\" is not accepting connections",
+                None,
+            ))),
+        );
+        let e = anyhow::Error::new(db).context("ingest failed");
+        assert_eq!(
+            chain(&e),
+            "ingest failed: error returned from database: database \"x\" is not accepting connections"
+        );
+        let plain = anyhow::anyhow!("refused").context("GET /x");
+        assert_eq!(chain(&plain), format!("{plain:#}"));
+    }
 }

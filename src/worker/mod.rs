@@ -244,11 +244,16 @@ impl Worker {
     /// is consumed.
     pub(crate) async fn halt(&self, status: u16, reason: &str) -> anyhow::Result<()> {
         let probe = self.config.worker.auth_probe_interval;
+        // Each sync loop meets the refusal: one error line per halt, not one per loop.
+        if self.telemetry.halted() {
+            tracing::debug!(status, "{reason}; still halted");
+        } else {
+            tracing::error!(
+                status,
+                "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {probe:?}"
+            );
+        }
         self.telemetry.set_halted(reason);
-        tracing::error!(
-            status,
-            "{reason}. Syncing is halted; nothing is consumed or dead-lettered; retrying in {probe:?}"
-        );
         // `halted:` tells `hubsync status` a halt from a 429's pause.
         Ok(self
             .limiter
@@ -285,9 +290,10 @@ impl Worker {
                 // Chunks already committed count; the failure shows again at the next look.
                 Err(e) if total.claimed > 0 => {
                     tracing::warn!(
-                        "ingest stopped part way through the backlog, after {} events: {e:#}; \
+                        "ingest stopped part way through the backlog, after {} events: {}; \
                          the chunk that failed was rolled back and is taken again at the next look",
-                        total.claimed
+                        total.claimed,
+                        crate::telemetry::chain(&e)
                     );
                     break;
                 }
@@ -796,14 +802,16 @@ impl Streak {
     fn failed(&mut self, e: &anyhow::Error) -> Duration {
         if self.failures == 0 {
             tracing::error!(
-                "{} failed: {e:#}; retrying with growing delays (logged again when it works)",
-                self.what
+                "{} failed: {}; retrying with growing delays (logged again when it works)",
+                self.what,
+                crate::telemetry::chain(e)
             );
         } else {
             tracing::debug!(
                 failures = self.failures + 1,
-                "{} failed again: {e:#}",
-                self.what
+                "{} failed again: {}",
+                self.what,
+                crate::telemetry::chain(e)
             );
         }
         self.failures += 1;

@@ -415,7 +415,10 @@ pub(crate) async fn sync_once(
             Ok(()) => break,
             Err(e) if failures < RECORD_RETRIES => {
                 failures += 1;
-                tracing::warn!("recording a batch's outcome failed: {e:#}; trying again");
+                tracing::warn!(
+                    "recording a batch's outcome failed: {}; trying again",
+                    crate::telemetry::chain(&e)
+                );
                 tokio::time::sleep(crate::core::retry::outage_delay(failures)).await;
             }
             Err(e) => return Err(e),
