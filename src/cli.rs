@@ -322,6 +322,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let limiter =
                 crate::ratelimit::Limiter::configured(pool.clone(), &config.hubspot).await?;
             let setup = crate::setup::Setup::new(client.clone(), Some(limiter));
+            tracing::info!(
+                "reading the portal's property definitions from {} to compare them with {}",
+                client.base_url(),
+                config.path.display()
+            );
             crate::reconcile::ensure(&setup, &config).await?;
             telemetry.set_reconciled();
             let worker = Worker::new(pool, config, client).await?;
