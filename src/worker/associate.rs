@@ -141,10 +141,32 @@ async fn associate_taken(
             w.limiter.clear().await?;
         }
         other => {
-            // A retry (a lost reply, a 5xx) may follow a request HubSpot applied.
-            if matches!(other, Outcome::Retry { .. }) {
-                db::objects::note_maybe_associated(&w.pool, &due).await?;
-            }
+            let other = match other {
+                // A retry (a lost reply, a 5xx) may follow a request HubSpot applied.
+                Outcome::Retry {
+                    after,
+                    min_wait,
+                    reason,
+                    may_land_late,
+                } => {
+                    db::objects::note_maybe_associated(&w.pool, &due).await?;
+                    // One that may still be carried out: the next try waits until it must
+                    // have been, or a removal of this pair (the contact moved meanwhile)
+                    // could come first and the pair be made after it.
+                    let min_wait = if may_land_late {
+                        min_wait.max(w.client.timeout() * 4)
+                    } else {
+                        min_wait
+                    };
+                    Outcome::Retry {
+                        after,
+                        min_wait,
+                        reason,
+                        may_land_late,
+                    }
+                }
+                other => other,
+            };
             if settle_failure(w, &due, other).await? {
                 settled.extend(due.iter().map(|p| p.contact_key.clone()));
             }

@@ -389,7 +389,7 @@ async fn workers_side_by_side_leave_each_contact_with_only_its_latest_company(po
 #[sqlx::test(migrations = false)]
 async fn a_pair_whose_reply_was_lost_is_removed_when_the_contact_moves_on(pool: PgPool) {
     let h = synced_at_acct_1_beside_acct_2(pool).await;
-    // HubSpot makes the association, but its answer is lost on the way back. This worker's
+    // HubSpot makes the association, but a 503 comes back instead of its answer. This worker's
     // retries wait out the first backoff (one second), so the contact can move meanwhile.
     let patient = hubsync::worker::Worker::new(
         h.pool.clone(),
@@ -399,7 +399,7 @@ async fn a_pair_whose_reply_was_lost_is_removed_when_the_contact_moves_on(pool: 
     .await
     .unwrap()
     .with_jitter(std::sync::Arc::new(|| 1.0));
-    h.sim.script(vec![hubspot_sim::Fault::ApplyThenDrop]);
+    h.sim.script(vec![hubspot_sim::Fault::ApplyThenStatus(503)]);
     patient
         .run_until_idle(&CancellationToken::new())
         .await
@@ -468,4 +468,46 @@ async fn a_parked_association_is_tried_again_when_the_contact_is_created_again(p
     assert_ne!(new, old);
     assert_eq!(h.sim.associations(), vec![(new, company_id(&h, "acct_1"))]);
     assert_eq!(h.count("dlq").await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_pair_that_may_still_land_is_removed_only_after_it_must_have_landed(pool: PgPool) {
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
+    // A worker that gives up on HubSpot after one second and retries a first failure after
+    // one second. HubSpot takes three seconds over the association, and carries it out all the
+    // same.
+    let impatient = hubsync::worker::Worker::new(
+        h.pool.clone(),
+        h.config.clone(),
+        hubsync::hubspot::HubSpotClient::new(
+            &h.sim.base_url(),
+            "sim-token",
+            hubsync::hubspot::Paths::new(h.config.hubspot.api_version),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap()
+    .with_jitter(std::sync::Arc::new(|| 1.0));
+    let started = std::time::Instant::now();
+    h.sim.script(vec![hubspot_sim::Fault::Hang(
+        std::time::Duration::from_secs(3),
+    )]);
+    let cancel = CancellationToken::new();
+    impatient.run_until_idle(&cancel).await.unwrap();
+    assert!(h.sim.associations().is_empty(), "not landed yet");
+
+    // The contact moves on while that request is still on its way. A next try before it lands
+    // would remove a pair that is not there yet, then HubSpot would make it.
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    let at = |secs: f64| started + std::time::Duration::from_secs_f64(secs);
+    tokio::time::sleep_until(at(2.3).into()).await;
+    impatient.run_until_idle(&cancel).await.unwrap();
+    tokio::time::sleep_until(at(5.5).into()).await;
+    impatient.run_until_idle(&cancel).await.unwrap();
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, company_id(&h, "acct_2"))]
+    );
 }
