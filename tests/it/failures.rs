@@ -667,11 +667,17 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
 async fn a_portal_that_hides_its_time_zone_neither_halts_the_start_nor_waits_a_whole_day(
     pool: PgPool,
 ) {
-    // The account details ask for a scope the token lacks: 403 on that call only.
+    // The account details ask for a scope the token lacks: 403 on that call only. The portal
+    // is where it is about noon now, so its day (and its count) does not end during the test.
     const DAILY: u64 = 24;
+    let minute_of_day =
+        i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
+            .unwrap();
     let sim = SimConfig {
         daily_limit: Some(DAILY),
         account_details_allowed: false,
+        time_zone: "Portal/Noon".into(),
+        utc_offset_minutes: (12 * 60 - minute_of_day).rem_euclid(24 * 60),
         ..SimConfig::default()
     };
     let h = Harness::with(pool, CONFIG, sim).await;

@@ -209,12 +209,23 @@ async fn metrics_agree_with_the_database_and_the_simulator_and_readyz_follows_a_
     let why = wait_for(&addr, "/readyz", 30, |s, _| s == 503).await;
     assert!(why.contains("halted"), "{why}");
     assert!(!why.contains("sim-token"), "{why}");
-    // The shared pause says it is a halt, for `hubsync status`.
-    let reason: String =
-        sqlx::query_scalar("SELECT pause_reason FROM hubsync.limiter WHERE name = 'hubspot'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    // The shared pause says it is a halt, for `hubsync status` (it is written again at each
+    // probe, every second here, and cleared between them).
+    let mut reason = None;
+    for _ in 0..100 {
+        reason = sqlx::query_scalar(
+            "SELECT pause_reason FROM hubsync.limiter
+             WHERE name = 'hubspot' AND paused_until > now() AND pause_reason IS NOT NULL",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if reason.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reason: String = reason.expect("a pause while halted");
     assert!(reason.starts_with("halted: HubSpot refused"), "{reason}");
     let text = wait_for(&addr, "/metrics", 10, |_, t| {
         Telemetry::value_of(t, "hubsync_halted") == Some(1.0)
