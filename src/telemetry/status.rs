@@ -92,10 +92,11 @@ impl Snapshot {
         let backlog = self.f64("outbox_backlog").unwrap_or(0.0);
         let to_sync = self.f64("objects_to_sync").unwrap_or(0.0);
         let pause = if self.fields.get("halted_now") == Some(&Value::Bool(true)) {
+            let reason = self.text("pause_reason");
             format!(
                 "HALTED, sending nothing until HubSpot accepts (next try at {}): {}",
                 self.text("paused_until"),
-                self.text("pause_reason")
+                reason.strip_prefix("halted: ").unwrap_or(&reason)
             )
         } else if self.fields.get("paused_now") == Some(&Value::Bool(true)) {
             format!(

@@ -683,5 +683,9 @@ async fn status_counts_objects_still_to_send_and_names_a_halt(pool: PgPool) {
         text.contains("HALTED") && text.contains("eta | unknown: syncing is halted"),
         "{text}"
     );
+    assert!(
+        text.contains("): HubSpot refused the access token"),
+        "said once: {text}"
+    );
     assert!(text.contains("dead-letter rows by category"), "{text}");
 }
