@@ -51,6 +51,9 @@ async fn load_and_checkpoint(pool: &PgPool, contacts: usize, ids: EventIds) -> a
 
 pub async fn run(rig: &Rig, contacts: usize) -> anyhow::Result<()> {
     let pool = &rig.db.pool;
+    // The bare claim once more through sessions set up as the worker's are (they compress the
+    // WAL's page images where the role may), for a like-for-like yardstick.
+    let like_worker = rig.db.worker_pool(&rig.config).await?;
     let chunk = rig.config.worker.ingest_chunk;
     let w = rig.worker().await?;
     let mut rows = Vec::new();
@@ -63,6 +66,10 @@ pub async fn run(rig: &Rig, contacts: usize) -> anyhow::Result<()> {
         let bare = (wal_position(pool).await? - start) as f64 / claimed.max(1) as f64;
 
         let start = load_and_checkpoint(pool, contacts, ids).await?;
+        let claimed = bare_loop(&like_worker, chunk).await?;
+        let bare_compressed = (wal_position(pool).await? - start) as f64 / claimed.max(1) as f64;
+
+        let start = load_and_checkpoint(pool, contacts, ids).await?;
         let mut ingested = 0usize;
         loop {
             let done = w.ingest_once().await?;
@@ -72,11 +79,16 @@ pub async fn run(rig: &Rig, contacts: usize) -> anyhow::Result<()> {
             ingested += done.claimed;
         }
         let ingest = (wal_position(pool).await? - start) as f64 / ingested.max(1) as f64;
+        let compression: String = sqlx::query_scalar("SELECT current_setting('wal_compression')")
+            .fetch_one(&like_worker)
+            .await?;
         rows.push(vec![
             format!("`{}`", ids.sql()),
             format!("{bare:.0} B"),
+            format!("{bare_compressed:.0} B (wal_compression {compression})"),
             format!("{ingest:.0} B"),
             format!("{:.1} ×", ingest / bare.max(1.0)),
+            format!("{:.1} ×", ingest / bare_compressed.max(1.0)),
         ]);
     }
     table(
@@ -84,7 +96,14 @@ pub async fn run(rig: &Rig, contacts: usize) -> anyhow::Result<()> {
             "P7 after a checkpoint: WAL per event, {EVENTS} events over {contacts} contacts, \
              the ledger holding {LEDGER_IDS} ids"
         ),
-        &["event ids", "bare claim", "ingest", "ingest / bare"],
+        &[
+            "event ids",
+            "bare claim",
+            "bare claim, worker's session settings",
+            "ingest",
+            "ingest / bare",
+            "ingest / bare with the worker's settings",
+        ],
         &rows,
     );
     Ok(())

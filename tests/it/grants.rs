@@ -596,3 +596,40 @@ async fn a_copy_sent_while_the_first_is_uncommitted_waits_for_it(pool: PgPool) {
     producer.close().await;
     drop(roles);
 }
+
+/// The worker's sessions compress the WAL's page images when the role may set that, and
+/// connect all the same when it may not.
+#[sqlx::test(migrations = false)]
+async fn a_worker_role_compresses_its_wal_only_where_it_may(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let roles = Roles::create(&pool).await;
+    let config = crate::harness::parse_config(CONFIG);
+    let compression = || async {
+        let worker = hubsync::db::connect_worker(&url_as(&pool, &roles.worker), 1, &config.worker)
+            .await
+            .expect("the worker connects either way");
+        let shown: String = sqlx::query_scalar("SELECT current_setting('wal_compression')")
+            .fetch_one(&worker)
+            .await
+            .unwrap();
+        worker.close().await;
+        shown
+    };
+    assert_eq!(compression().await, "off");
+    sqlx::query(&format!(
+        "GRANT SET ON PARAMETER wal_compression TO {}",
+        roles.worker
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(compression().await, "pglz");
+    sqlx::query(&format!(
+        "REVOKE SET ON PARAMETER wal_compression FROM {}",
+        roles.worker
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    drop(roles);
+}

@@ -252,6 +252,12 @@ async fn worker_sessions_carry_the_configured_timeouts_without_startup_options(p
                 .await
                 .unwrap();
         assert_eq!(source, "session");
+        // A superuser, as here, may compress the WAL's page images for its own sessions.
+        let compression: String = sqlx::query_scalar("SELECT current_setting('wal_compression')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(compression, "pglz");
         conn.detach();
     }
 }
