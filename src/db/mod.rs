@@ -142,9 +142,7 @@ pub async fn connect_worker(
     let ms = |d: Duration| d.as_millis();
     let settings = format!(
         "SET statement_timeout = {}; SET lock_timeout = {}; \
-         SET idle_in_transaction_session_timeout = {}; \
-         DO $$ BEGIN SET wal_compression = on; \
-               EXCEPTION WHEN insufficient_privilege THEN NULL; END $$",
+         SET idle_in_transaction_session_timeout = {}",
         ms(worker.statement_timeout),
         ms(worker.lock_timeout),
         ms(worker.idle_in_transaction_timeout)
@@ -236,7 +234,8 @@ async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result
     pool_with(options, max_connections, None).await
 }
 
-/// A pool whose connections, when `settings` are given, run those statements as they open.
+/// A pool whose connections, when `settings` are given, run those statements as they open, then
+/// try to compress the WAL's page images for the session (see [`connect_worker`]).
 async fn pool_with(
     options: PgConnectOptions,
     max_connections: u32,
@@ -253,6 +252,10 @@ async fn pool_with(
             Box::pin(async move {
                 use sqlx::Executor;
                 conn.execute(settings.as_str()).await?;
+                // Refused to a role without the right (`connect_worker`), which changes nothing.
+                if let Err(e) = conn.execute("SET wal_compression = on").await {
+                    tracing::debug!("page images in the WAL stay uncompressed: {e}");
+                }
                 Ok(())
             })
         });
