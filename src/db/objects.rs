@@ -593,6 +593,8 @@ pub(crate) async fn retry_associations(
 pub(crate) struct AssociationFailure {
     /// The contact's key.
     pub contact_key: String,
+    /// The company key of the pair that was refused.
+    pub company_key: String,
     /// The pair, as JSON text.
     pub payload: String,
     /// Why it is parked.
@@ -612,16 +614,34 @@ pub(crate) async fn park_associations(
 ) -> Result<(), sqlx::Error> {
     let keys: Vec<String> = failures.iter().map(|f| f.contact_key.clone()).collect();
     let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
-    sqlx::query(
-        "UPDATE hubsync.objects SET association_attempts = 0, association_next_at = 'infinity'
-         WHERE object_type = 'contact' AND object_key = ANY($1)",
+    // A contact whose company changed while its last try was on its way is not parked with
+    // the old pair: its new company is due at once.
+    let parked: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
+        "UPDATE hubsync.objects o
+         SET association_attempts = 0,
+             association_next_at = CASE WHEN o.company_key IS NOT DISTINCT FROM u.company
+                                        THEN 'infinity'::timestamptz END
+         FROM unnest($1::text[], $2::text[]) AS u(contact, company)
+         WHERE o.object_type = 'contact' AND o.object_key = u.contact
+           AND o.object_key = ANY($3)
+         RETURNING CASE WHEN o.association_next_at = 'infinity' THEN o.object_key END",
+    )
+    .bind(&keys)
+    .bind(
+        failures
+            .iter()
+            .map(|f| f.company_key.clone())
+            .collect::<Vec<_>>(),
     )
     .bind(&locked)
-    .execute(&mut *tx)
-    .await?;
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     let mine: Vec<&AssociationFailure> = failures
         .iter()
-        .filter(|f| locked.contains(&f.contact_key))
+        .filter(|f| parked.contains(&f.contact_key))
         .collect();
     sqlx::query(
         "INSERT INTO hubsync.dlq AS d (kind, object_type, object_key, payload, error_category,

@@ -301,6 +301,7 @@ async fn retry_or_park(
             tracing::warn!(contact = %p.contact_key, company = %p.company_key, "association dead-lettered: {message}");
             parked.push(AssociationFailure {
                 contact_key: p.contact_key.clone(),
+                company_key: p.company_key.clone(),
                 payload: payload(p).to_string(),
                 category: if e.category == Category::AssociationFailed {
                     Category::AssociationFailed

@@ -511,3 +511,39 @@ async fn a_pair_that_may_still_land_is_removed_only_after_it_must_have_landed(po
         vec![(h.contact("a@acme.com").id, company_id(&h, "acct_2"))]
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_contact_that_moves_during_its_last_try_is_not_parked_with_the_old_pair(pool: PgPool) {
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
+    // acct_1 is gone from HubSpot, so a's pair is refused; its next try is its last, and slow:
+    // the contact moves to acct_2 while it is on its way.
+    assert!(h.sim.delete_record("companies", &company_id(&h, "acct_1")));
+    sqlx::query(
+        "UPDATE hubsync.objects SET association_attempts = $1
+         WHERE object_type = 'contact' AND object_key = 'a@acme.com'",
+    )
+    .bind(h.config.worker.max_attempts - 1)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    h.sim.script(vec![hubspot_sim::Fault::Hang(
+        std::time::Duration::from_millis(1500),
+    )]);
+    let cancel = CancellationToken::new();
+    let draining = async {
+        h.worker.run_until_idle(&cancel).await.unwrap();
+    };
+    let moving = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        contact_at(&h, "a@acme.com", "acct_2").await;
+        h.worker.ingest_once().await.unwrap();
+    };
+    tokio::join!(draining, moving);
+    // The refusal of the old pair does not park the contact's new company.
+    h.drain().await;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, company_id(&h, "acct_2"))]
+    );
+    assert_eq!(h.count("dlq").await, 0, "nothing parked for the new pair");
+}
