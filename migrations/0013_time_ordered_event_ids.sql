@@ -11,7 +11,7 @@
 -- nothing, so a caller's search path cannot change what it does.
 CREATE FUNCTION hubsync.new_event_id(at timestamptz DEFAULT pg_catalog.clock_timestamp())
 RETURNS uuid
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED
 AS $$
     SELECT pg_catalog.encode(
                pg_catalog.set_byte(

@@ -545,10 +545,12 @@ async fn print_sql(
     let all = rows.len();
     rows.truncate(shown);
     if all > rows.len() {
-        eprintln!(
-            "the first {} of {all} rows; `hubsync dlq list` and `hubsync dlq summary` show the rest",
-            rows.len()
-        );
+        let rest = if sql.name.starts_with("dlq_discard") {
+            ""
+        } else {
+            "; `hubsync dlq list` and `hubsync dlq summary` show the rest"
+        };
+        eprintln!("the first {} of {all} rows{rest}", rows.len());
     }
     if vertical {
         let width = columns.iter().map(|c| c.len()).max().unwrap_or(0);

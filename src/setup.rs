@@ -170,12 +170,18 @@ impl Setup {
                         serde_json::from_str(&text).unwrap_or(Value::Null),
                     ));
                 }
-                Outcome::Halt { reason, .. } => {
+                // A refused token may be one meant for another address.
+                Outcome::Halt {
+                    reason,
+                    status: 401,
+                    ..
+                } => {
                     bail!(
                         "{what}: {reason} (requests go to {}, which HUBSPOT_BASE_URL sets)",
                         self.client.base_url()
                     );
                 }
+                Outcome::Halt { reason, .. } => bail!("{what}: {reason}"),
                 Outcome::Rejected { error, .. } => {
                     bail!("{what}: HubSpot refused the request: {}", error.raw)
                 }

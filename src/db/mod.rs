@@ -234,6 +234,28 @@ async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result
     pool_with(options, max_connections, None).await
 }
 
+/// Whether this session's role may set `wal_compression`: a superuser, or on PostgreSQL 15 and
+/// later a role granted `SET` on it. Asked without a statement that fails on older servers.
+async fn may_compress_wal(conn: &mut sqlx::PgConnection) -> bool {
+    let Ok((superuser, version)): Result<(bool, i32), _> = sqlx::query_as(
+        "SELECT current_setting('is_superuser') = 'on',
+                current_setting('server_version_num')::int",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    else {
+        return false;
+    };
+    if superuser {
+        return true;
+    }
+    version >= 150_000
+        && sqlx::query_scalar("SELECT has_parameter_privilege('wal_compression', 'SET')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or(false)
+}
+
 /// A pool whose connections, when `settings` are given, run those statements as they open, then
 /// try to compress the WAL's page images for the session (see [`connect_worker`]).
 async fn pool_with(
@@ -252,8 +274,11 @@ async fn pool_with(
             Box::pin(async move {
                 use sqlx::Executor;
                 conn.execute(settings.as_str()).await?;
-                // Refused to a role without the right (`connect_worker`), which changes nothing.
-                if let Err(e) = conn.execute("SET wal_compression = on").await {
+                // Only where the role may (`connect_worker`): a refused SET would put an error
+                // in the server's log for every connection.
+                if may_compress_wal(&mut *conn).await
+                    && let Err(e) = conn.execute("SET wal_compression = on").await
+                {
                     tracing::debug!("page images in the WAL stay uncompressed: {e}");
                 }
                 Ok(())

@@ -54,8 +54,9 @@ impl Snapshot {
         // objects already folded, one input each, 100 to a request.
         let pause_left = number(&fields, "pause_left_s").unwrap_or(0.0);
         let at_limit = (backlog + to_sync) / ceiling + pause_left;
-        // Whichever is slower; unknown while events wait and nothing drains.
-        let eta = at_rate.map(|r| r.max(at_limit));
+        // Whichever is slower; unknown while events wait and nothing drains, and while halted.
+        let halted = fields.get("halted_now") == Some(&Value::Bool(true));
+        let eta = at_rate.map(|r| r.max(at_limit)).filter(|_| !halted);
         let round = |x: f64| (x * 10.0).round() / 10.0;
         fields.insert("drain_rate_per_s".into(), json!(round(rate)));
         fields.insert("eta_at_drain_rate_s".into(), json!(at_rate.map(round)));

@@ -678,6 +678,7 @@ async fn status_counts_objects_still_to_send_and_names_a_halt(pool: PgPool) {
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&status(&["status", "--json"]).await).unwrap();
     assert_eq!(v["halted_now"], true, "{v}");
+    assert!(v["eta_s"].is_null(), "{v}");
     let text = status(&["status"]).await;
     assert!(
         text.contains("HALTED") && text.contains("eta | unknown: syncing is halted"),
