@@ -564,6 +564,45 @@ pub(crate) async fn note_maybe_associated(
     tx.commit().await
 }
 
+/// Records that the association of these contacts with their previous company is removed:
+/// nothing is taken as made for them until their new one is. Locks: those contact rows,
+/// briefly.
+pub(crate) async fn record_removed(
+    pool: &PgPool,
+    removed: &[PendingAssociation],
+) -> Result<(), sqlx::Error> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = removed.iter().map(|p| p.contact_key.clone()).collect();
+    let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
+    sqlx::query(
+        "UPDATE hubsync.objects o
+         SET associated_company_key = NULL, associated_company_id = NULL
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS u(contact, contact_id, previous)
+         WHERE o.object_type = 'contact' AND o.object_key = u.contact
+           AND o.associated_contact_id = u.contact_id AND o.associated_company_id = u.previous
+           AND o.object_key = ANY($4)",
+    )
+    .bind(&keys)
+    .bind(
+        removed
+            .iter()
+            .map(|p| p.contact_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        removed
+            .iter()
+            .map(|p| p.previous_company_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&locked)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 /// Schedules another try of these contacts' associations after `delays` (seconds).
 /// Locks: those contact rows, briefly.
 pub(crate) async fn retry_associations(

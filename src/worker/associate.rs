@@ -91,6 +91,14 @@ async fn associate_taken(
                     .map(|f| (stale[f.input].clone(), f.error))
                     .collect();
                 held_up.extend(failed.iter().map(|(p, _)| p.contact_key.clone()));
+                // Removed: the contact has no association left to count on, should it move
+                // back to that company before its new one is made.
+                let removed: Vec<PendingAssociation> = stale
+                    .iter()
+                    .filter(|p| !held_up.contains(&p.contact_key))
+                    .cloned()
+                    .collect();
+                db::objects::record_removed(&w.pool, &removed).await?;
                 retry_or_park(w, &failed, None, Duration::ZERO).await?;
                 settled.extend(held_up.iter().cloned());
             }

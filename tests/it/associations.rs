@@ -547,3 +547,32 @@ async fn a_contact_that_moves_during_its_last_try_is_not_parked_with_the_old_pai
     );
     assert_eq!(h.count("dlq").await, 0, "nothing parked for the new pair");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_contact_that_moves_back_after_its_old_association_was_removed_gets_it_again(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    company(&h, "acct_2").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    h.drain().await;
+    let a = h.contact("a@acme.com").id;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(a.clone(), company_id(&h, "acct_1"))]
+    );
+
+    // It moves to acct_2, which is gone from HubSpot: the old association is removed, the new
+    // one refused until it is parked.
+    assert!(h.sim.delete_record("companies", &company_id(&h, "acct_2")));
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    h.drain().await;
+    assert!(h.sim.associations().is_empty());
+
+    // It moves back: its association with acct_1 is made again.
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    h.drain().await;
+    assert_eq!(h.sim.associations(), vec![(a, company_id(&h, "acct_1"))]);
+}
