@@ -162,7 +162,7 @@ async fn associate_taken(
                     // have been, or a removal of this pair (the contact moved meanwhile)
                     // could come first and the pair be made after it.
                     let min_wait = if may_land_late {
-                        min_wait.max(w.client.timeout() * 4)
+                        min_wait.max(w.settle())
                     } else {
                         min_wait
                     };

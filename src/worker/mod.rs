@@ -261,6 +261,13 @@ impl Worker {
             .await?)
     }
 
+    /// How long a request that got no answer may still be carried out: its gateway gives up
+    /// well within four of our timeouts. Objects are written once more, and associations tried
+    /// again, only after it.
+    pub(crate) fn settle(&self) -> Duration {
+        self.client.timeout() * 4
+    }
+
     /// Replaces the jitter source (tests).
     pub fn with_jitter(mut self, jitter: Jitter) -> Worker {
         self.jitter = jitter;

@@ -499,9 +499,8 @@ async fn record(
         db::objects::release(&w.pool, kind, token, &released).await?;
         report.released += released.len();
     }
-    // A request that may still land is overtaken by one more write after it must have: its
-    // gateway gives up well within four of our timeouts.
-    let settle = w.client.timeout() * 4;
+    // A request that may still land is overtaken by one more write after it must have.
+    let settle = w.settle();
     for (
         reason,
         Retries {

@@ -47,6 +47,22 @@ async fn sync_only(h: &Harness) {
     }
 }
 
+/// A worker giving up on HubSpot after `timeout`, whose first retry waits the whole first
+/// backoff (one second).
+async fn worker_waiting(h: &Harness, timeout: std::time::Duration) -> hubsync::worker::Worker {
+    let client = hubsync::hubspot::HubSpotClient::new(
+        &h.sim.base_url(),
+        "sim-token",
+        hubsync::hubspot::Paths::new(h.config.hubspot.api_version),
+        timeout,
+    )
+    .unwrap();
+    hubsync::worker::Worker::new(h.pool.clone(), h.config.clone(), client)
+        .await
+        .unwrap()
+        .with_jitter(std::sync::Arc::new(|| 1.0))
+}
+
 /// Companies acct_1 and acct_2 and contact a@acme.com of acct_1, synced, not associated.
 async fn synced_at_acct_1_beside_acct_2(pool: PgPool) -> Harness {
     let h = Harness::new(pool).await;
@@ -391,14 +407,7 @@ async fn a_pair_whose_reply_was_lost_is_removed_when_the_contact_moves_on(pool: 
     let h = synced_at_acct_1_beside_acct_2(pool).await;
     // HubSpot makes the association, but a 503 comes back instead of its answer. This worker's
     // retries wait out the first backoff (one second), so the contact can move meanwhile.
-    let patient = hubsync::worker::Worker::new(
-        h.pool.clone(),
-        h.config.clone(),
-        crate::harness::client_for(&h.sim, &h.config),
-    )
-    .await
-    .unwrap()
-    .with_jitter(std::sync::Arc::new(|| 1.0));
+    let patient = worker_waiting(&h, std::time::Duration::from_secs(5)).await;
     h.sim.script(vec![hubspot_sim::Fault::ApplyThenStatus(503)]);
     patient
         .run_until_idle(&CancellationToken::new())
@@ -476,20 +485,7 @@ async fn a_pair_that_may_still_land_is_removed_only_after_it_must_have_landed(po
     // A worker that gives up on HubSpot after one second and retries a first failure after
     // one second. HubSpot takes three seconds over the association, and carries it out all the
     // same.
-    let impatient = hubsync::worker::Worker::new(
-        h.pool.clone(),
-        h.config.clone(),
-        hubsync::hubspot::HubSpotClient::new(
-            &h.sim.base_url(),
-            "sim-token",
-            hubsync::hubspot::Paths::new(h.config.hubspot.api_version),
-            std::time::Duration::from_secs(1),
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap()
-    .with_jitter(std::sync::Arc::new(|| 1.0));
+    let impatient = worker_waiting(&h, std::time::Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
     h.sim.script(vec![hubspot_sim::Fault::Hang(
         std::time::Duration::from_secs(3),

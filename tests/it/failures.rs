@@ -559,6 +559,15 @@ async fn objects_out_of_attempts_are_parked_and_the_cli_replays_them(pool: PgPoo
     assert_eq!(h.count("dlq").await, 0, "a successful sync clears the row");
 }
 
+/// The hubsync binary with `args`, on this test's database.
+fn on_database(pool: &PgPool, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hubsync"))
+        .args(args)
+        .env("DATABASE_URL", database_url(pool))
+        .output()
+        .unwrap()
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
     let h = Harness::new(pool.clone()).await;
@@ -568,11 +577,7 @@ async fn the_dlq_commands_list_show_and_discard(pool: PgPool) {
     h.enqueue("y@acme.com", json!({"nope": 1})).await;
     h.drain().await;
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_hubsync"))
-            .args(args)
-            .env("DATABASE_URL", database_url(&pool))
-            .output()
-            .unwrap();
+        let out = on_database(&pool, args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -885,11 +890,7 @@ async fn dlq_commands_on_many_rows_print_a_readable_amount(pool: PgPool) {
     .await
     .unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_hubsync"))
-            .args(args)
-            .env("DATABASE_URL", database_url(&pool))
-            .output()
-            .unwrap();
+        let out = on_database(&pool, args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
