@@ -147,6 +147,28 @@ pub async fn record_written(
 ) -> Result<Recorded, sqlx::Error> {
     let keys: Vec<String> = written.iter().map(|w| w.key.clone()).collect();
     let (mut tx, locked) = begin_locked(pool, object_type, &keys).await?;
+    // Companies HubSpot now holds under another record id (deleted there, created again).
+    let renamed_companies: Vec<String> = if object_type == ObjectType::Company {
+        sqlx::query_scalar(
+            "SELECT o.object_key FROM hubsync.objects o
+             JOIN unnest($1::text[], $2::text[]) AS u(key, hubspot_id) ON u.key = o.object_key
+             WHERE o.object_type = 'company' AND o.object_key = ANY($3)
+               AND o.hubspot_id IS NOT NULL AND u.hubspot_id IS NOT NULL
+               AND o.hubspot_id <> u.hubspot_id",
+        )
+        .bind(&keys)
+        .bind(
+            written
+                .iter()
+                .map(|w| w.hubspot_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(&locked)
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
     // A version that moved meanwhile may come from a replay that cleared the holds: keep
     // the row's own holds then, and let the next batch work them out again. An object whose
     // earlier request may still land stays dirty until then, to be written once more.
@@ -191,6 +213,9 @@ pub async fn record_written(
         .reduce(f64::min)
         .map(|s| Duration::from_secs_f64(s.max(0.0)));
     let keys: Vec<String> = done.into_iter().map(|(k, _)| k).collect();
+    if object_type == ObjectType::Company {
+        resume_parked_for_new_companies(&mut tx, &renamed_companies).await?;
+    }
     sqlx::query(
         "DELETE FROM hubsync.dlq d USING hubsync.objects o
          WHERE d.kind = 'object' AND d.object_type = $1 AND d.object_key = ANY($2)
@@ -526,6 +551,32 @@ pub(crate) async fn record_associated(
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+/// Contacts whose association was parked (their company deleted in HubSpot, say) are tried
+/// again once these companies are held under a new record id. Locks: those contact rows, in
+/// key order (after the company rows the caller holds: companies sort before contacts).
+async fn resume_parked_for_new_companies(
+    tx: &mut sqlx::PgConnection,
+    companies: &[String],
+) -> Result<(), sqlx::Error> {
+    if companies.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE hubsync.objects o SET association_next_at = NULL
+         FROM (SELECT object_key FROM hubsync.objects
+               WHERE object_type = 'contact' AND company_key = ANY($1)
+                 AND association_next_at = 'infinity'
+               ORDER BY object_key
+               FOR UPDATE) AS parked
+         WHERE o.object_type = 'contact' AND o.object_key = parked.object_key
+           AND o.association_next_at = 'infinity'",
+    )
+    .bind(companies)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Notes pairs whose request may have been applied though no answer said so (a lost reply, a

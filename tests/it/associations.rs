@@ -572,3 +572,30 @@ async fn a_contact_that_moves_back_after_its_old_association_was_removed_gets_it
     h.drain().await;
     assert_eq!(h.sim.associations(), vec![(a, company_id(&h, "acct_1"))]);
 }
+
+#[sqlx::test(migrations = false)]
+async fn contacts_parked_for_a_deleted_company_are_associated_when_it_is_created_again(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    // The company is deleted in HubSpot: the pair is refused until it is parked.
+    let old = company_id(&h, "acct_1");
+    assert!(h.sim.delete_record("companies", &old));
+    h.drain().await;
+    assert_eq!(h.count("dlq").await, 1);
+
+    // The company's next event creates it again under a new id: the contact follows it.
+    company(&h, "acct_1").await;
+    h.drain().await;
+    let new = company_id(&h, "acct_1");
+    assert_ne!(new, old);
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, new)]
+    );
+    assert_eq!(h.count("dlq").await, 0);
+}
