@@ -137,8 +137,9 @@ pub async fn lease(
 
 /// Marks written objects clean unless their version moved, stores HubSpot ids and what stays
 /// held back, and removes the dead-letter rows of objects that hold nothing back any more. A
-/// contact whose association was parked and whose record id changed (deleted in HubSpot and
-/// created again) has its association tried again. Fenced by `token`. Locks: those object rows in key order, then their DLQ rows.
+/// parked association is tried again when its contact's or its company's record id changed
+/// (deleted in HubSpot and created again). Fenced by `token`. Locks: those object rows in key
+/// order, then (companies) the contacts parked with them, then their DLQ rows.
 pub async fn record_written(
     pool: &PgPool,
     object_type: ObjectType,
@@ -697,7 +698,8 @@ pub(crate) struct AssociationFailure {
 
 /// Parks associations that ran out of tries: a DLQ row each (kind `object`, object_type
 /// `association`, keyed by the contact), and no more tries until it is replayed, the contact
-/// moves to another company or its record id changes (`store_objects`, `record_written`). Locks: those contact rows, briefly.
+/// moves to another company, or its or its company's record id changes (`store_objects`,
+/// `record_written`). Locks: those contact rows, briefly.
 pub(crate) async fn park_associations(
     pool: &PgPool,
     failures: &[AssociationFailure],

@@ -548,11 +548,7 @@ async fn a_contact_that_moves_during_its_last_try_is_not_parked_with_the_old_pai
 async fn a_contact_that_moves_back_after_its_old_association_was_removed_gets_it_again(
     pool: PgPool,
 ) {
-    let h = Harness::new(pool).await;
-    h.setup().await;
-    company(&h, "acct_1").await;
-    company(&h, "acct_2").await;
-    contact_at(&h, "a@acme.com", "acct_1").await;
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
     h.drain().await;
     let a = h.contact("a@acme.com").id;
     assert_eq!(
