@@ -66,9 +66,16 @@ impl HubSpotClient {
         self.timeout
     }
 
-    /// The base URL requests go to.
-    pub(crate) fn base_url(&self) -> &str {
-        &self.base_url
+    /// The base URL requests go to, for messages: without any user name or password it holds.
+    pub(crate) fn base_url(&self) -> String {
+        match reqwest::Url::parse(&self.base_url) {
+            Ok(mut url) if url.password().is_some() || !url.username().is_empty() => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string().trim_end_matches('/').to_string()
+            }
+            _ => self.base_url.clone(),
+        }
     }
 
     /// Sends one request and reads the whole reply.
@@ -146,5 +153,31 @@ fn rate_headers(headers: &reqwest::header::HeaderMap) -> RateHeaders {
         interval_ms: get("x-hubspot-ratelimit-interval-milliseconds"),
         daily: get("x-hubspot-ratelimit-daily"),
         daily_remaining: get("x-hubspot-ratelimit-daily-remaining"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_in_messages_holds_no_credentials() {
+        let client = |url: &str| {
+            HubSpotClient::new(
+                url,
+                "token",
+                Paths::new(crate::config::ApiVersion::V2026_03),
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            client("https://user:s3cret@proxy.example:8443/").base_url(),
+            "https://proxy.example:8443"
+        );
+        assert_eq!(
+            client("http://127.0.0.1:8089").base_url(),
+            "http://127.0.0.1:8089"
+        );
     }
 }
