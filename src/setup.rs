@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use chrono::{FixedOffset, Utc};
+use chrono::FixedOffset;
 use reqwest::Method;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,18 @@ pub(crate) async fn observe(
     }
 }
 
+/// HubSpot refused the access token (401): nothing else can work with it.
+#[derive(Debug)]
+pub(crate) struct TokenRefused(String);
+
+impl std::fmt::Display for TokenRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenRefused {}
+
 /// Tries per setup call while HubSpot is busy or unreachable.
 const TRIES: u32 = 6;
 
@@ -43,6 +55,8 @@ const TRIES: u32 = 6;
 pub struct Setup {
     client: HubSpotClient,
     limiter: Option<Limiter>,
+    /// The portal's time zone once read: a daily 429 waits for its midnight.
+    zone: Option<PortalZone>,
 }
 
 impl From<HubSpotClient> for Setup {
@@ -51,6 +65,7 @@ impl From<HubSpotClient> for Setup {
         Setup {
             client,
             limiter: None,
+            zone: None,
         }
     }
 }
@@ -58,7 +73,19 @@ impl From<HubSpotClient> for Setup {
 impl Setup {
     /// Setup calls through `client`, each taking a permit from `limiter`.
     pub fn new(client: HubSpotClient, limiter: Option<Limiter>) -> Setup {
-        Setup { client, limiter }
+        Setup {
+            client,
+            limiter,
+            zone: None,
+        }
+    }
+
+    /// The same calls, with a daily 429 waiting for midnight in the portal's time `zone`
+    /// (read with [`portal_zone`]). Without it such a wait is an hour at most: midnight in UTC
+    /// may be most of a day away from the portal's.
+    pub(crate) fn in_zone(mut self, zone: Option<PortalZone>) -> Setup {
+        self.zone = zone;
+        self
     }
 
     /// The client (for its paths).
@@ -163,7 +190,10 @@ impl Setup {
                     _ => {}
                 }
             }
-            let wait = match classify(&[], IdProperty::Unique(""), reply.as_ref(), Utc::now()) {
+            let now = crate::core::portal::now_in(self.zone);
+            let outcome = classify(&[], IdProperty::Unique(""), reply.as_ref(), now)
+                .daily_wait(self.zone.is_some());
+            let wait = match outcome {
                 Outcome::Completed { .. } => {
                     let text = reply.map(|r| r.body).unwrap_or_default();
                     return Ok(SetupReply::Done(
@@ -176,10 +206,11 @@ impl Setup {
                     status: 401,
                     ..
                 } => {
-                    bail!(
+                    return Err(TokenRefused(format!(
                         "{what}: {reason} (requests go to {}, which HUBSPOT_BASE_URL sets)",
                         self.client.base_url()
-                    );
+                    ))
+                    .into());
                 }
                 Outcome::Halt { reason, .. } => bail!("{what}: {reason}"),
                 Outcome::Rejected { error, .. } => {
@@ -237,19 +268,21 @@ impl Setup {
 
 /// The portal's time zone, from `GET /account-info/v3/details`: `timeZone` (an IANA name, so
 /// daylight saving is followed), else `utcOffsetMilliseconds` or `utcOffset` (`±HH:MM`).
-/// HubSpot's daily limit resets at the portal's midnight. `None`, with a warning, when the call
-/// is not allowed or the answer can't be read.
-pub(crate) async fn portal_zone(setup: &Setup) -> Option<PortalZone> {
+/// HubSpot's daily limit resets at the portal's midnight. Fails only when HubSpot refuses the
+/// token (nothing else can work then); `None`, with a warning, when the call is not allowed or
+/// the answer can't be read.
+pub(crate) async fn portal_zone(setup: &Setup) -> anyhow::Result<Option<PortalZone>> {
     let path = setup.client().paths.account_details();
     let details = match setup.get_if_allowed(&path).await {
         Ok(Some(details)) => details,
         Ok(None) => Value::Null,
+        Err(e) if e.is::<TokenRefused>() => return Err(e),
         Err(e) => {
             tracing::warn!(
                 "cannot read the portal's time zone ({}); after a daily 429, hubsync tries again once an hour instead of waiting for the portal's midnight",
                 crate::telemetry::chain(&e)
             );
-            return None;
+            return Ok(None);
         }
     };
     let offset = details
@@ -273,5 +306,5 @@ pub(crate) async fn portal_zone(setup: &Setup) -> Option<PortalZone> {
             "the portal's account details carry no readable time zone; after a daily 429, hubsync tries again once an hour"
         );
     }
-    zone
+    Ok(zone)
 }

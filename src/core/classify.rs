@@ -220,6 +220,30 @@ pub(crate) enum Outcome {
     },
 }
 
+/// The longest a daily 429 waits when the portal's time zone is unknown: the next request
+/// then probes whether the portal's day has turned.
+pub(crate) const DAILY_PROBE: Duration = Duration::from_secs(3600);
+
+impl Outcome {
+    /// A daily 429 waits for the portal's midnight when its time zone is known (`classify`
+    /// was given the portal's clock); otherwise midnight was reckoned in UTC, which may be
+    /// most of a day off, so it waits [`DAILY_PROBE`] at most.
+    pub(crate) fn daily_wait(self, zone_known: bool) -> Outcome {
+        match self {
+            Outcome::RateLimited {
+                daily: true,
+                wait,
+                reason,
+            } if !zone_known => Outcome::RateLimited {
+                daily: true,
+                wait: wait.min(DAILY_PROBE),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }

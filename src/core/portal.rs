@@ -41,6 +41,13 @@ impl PortalZone {
     }
 }
 
+/// Now, on the portal's clock; on UTC's when its time zone is unknown.
+pub fn now_in(zone: Option<PortalZone>) -> DateTime<FixedOffset> {
+    let now = Utc::now();
+    let offset = zone.map_or_else(|| Utc.fix(), |zone| zone.offset_at(now));
+    now.with_timezone(&offset)
+}
+
 /// The first midnight in `zone` after `at`. A day whose midnight a clock change skips starts at
 /// the first instant that exists; a day longer than 48 hours cannot happen, so the fallback
 /// (a day from now) is never reached in practice.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, FixedOffset, Offset, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -128,7 +128,30 @@ impl Worker {
             .await
             .context("failed to set up the shared rate limiter")?;
         let setup = crate::setup::Setup::new(client.clone(), Some(limiter.clone()));
-        let portal = crate::setup::portal_zone(&setup).await;
+        // A refused token is the sync loops' to report (and halt on).
+        let portal = match crate::setup::portal_zone(&setup).await {
+            Ok(zone) => zone,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the portal's time zone ({}); after a daily 429, hubsync tries again once an hour",
+                    crate::telemetry::chain(&e)
+                );
+                None
+            }
+        };
+        Worker::in_portal(pool, config, client, portal).await
+    }
+
+    /// A worker for a portal whose time zone was read already (`None`: it could not be).
+    pub(crate) async fn in_portal(
+        pool: PgPool,
+        config: Arc<Config>,
+        client: HubSpotClient,
+        portal: Option<PortalZone>,
+    ) -> anyhow::Result<Worker> {
+        let limiter = Limiter::configured(pool.clone(), &config.hubspot)
+            .await
+            .context("failed to set up the shared rate limiter")?;
         let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
         let id = Uuid::new_v4();
         let declared = config.declarations();
@@ -206,28 +229,13 @@ impl Worker {
 
     /// Now, in the portal's time zone (UTC when unknown).
     pub(crate) fn portal_now(&self) -> DateTime<FixedOffset> {
-        let now = Utc::now();
-        let offset = self
-            .portal
-            .map_or_else(|| Utc.fix(), |zone| zone.offset_at(now));
-        now.with_timezone(&offset)
+        crate::core::portal::now_in(self.portal)
     }
 
     /// A daily 429 waits for the portal's midnight; when the portal's time zone is unknown, an
     /// hour at most, after which the next request probes whether the day has turned.
     pub(crate) fn daily_wait(&self, outcome: Outcome) -> Outcome {
-        match outcome {
-            Outcome::RateLimited {
-                daily: true,
-                wait,
-                reason,
-            } if self.portal.is_none() => Outcome::RateLimited {
-                daily: true,
-                wait: wait.min(Duration::from_secs(3600)),
-                reason,
-            },
-            other => other,
-        }
+        outcome.daily_wait(self.portal.is_some())
     }
 
     /// A 429: every worker waits `wait` (not an attempt against anything).

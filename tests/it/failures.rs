@@ -819,6 +819,69 @@ async fn a_daily_limit_in_a_portal_at_utc_minus_5_pauses_until_its_local_midnigh
     );
 }
 
+/// `check`, or a worker starting, that meets the daily limit while it reads the portal's
+/// properties pauses every worker until the portal's midnight, as a running worker does, not
+/// until UTC's (which may be most of a day later). The portal stands at noon, twelve hours from
+/// its midnight, whatever the hour in UTC.
+#[sqlx::test(migrations = false)]
+async fn a_daily_limit_met_while_starting_waits_for_the_portals_midnight(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let url = database_url(&pool);
+    for args in [&["check"][..], &["run", "--until-idle"]] {
+        let minute_of_day =
+            i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
+                .unwrap();
+        let offset_minutes = (12 * 60 - minute_of_day).rem_euclid(24 * 60);
+        // The account details are the day's one request; the next is refused for the day.
+        let sim = hubspot_sim::Simulator::start(SimConfig {
+            daily_limit: Some(1),
+            time_zone: "Portal/Noon".into(),
+            utc_offset_minutes: offset_minutes,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let base = sim.base_url();
+        let envs = [
+            ("DATABASE_URL", url.as_str()),
+            ("HUBSPOT_ACCESS_TOKEN", "sim-token"),
+            ("HUBSPOT_BASE_URL", base.as_str()),
+        ];
+        sqlx::query("UPDATE hubsync.limiter SET paused_until = NULL, pause_reason = NULL")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let out = crate::harness::hubsync_beside(args, Some(CONFIG), &envs).await;
+        let err = crate::harness::stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.contains("DAILY"), "{args:?}: {err}");
+        let (paused_until, reason): (chrono::DateTime<chrono::Utc>, String) = sqlx::query_as(
+            "SELECT paused_until, pause_reason FROM hubsync.limiter WHERE name = 'hubspot'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(reason.contains("DAILY"), "{args:?}: {reason}");
+        let zone = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
+        let midnight = chrono::Utc::now()
+            .with_timezone(&zone)
+            .date_naive()
+            .succ_opt()
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_local_timezone(zone)
+            .unwrap();
+        let off = (paused_until - midnight.with_timezone(&chrono::Utc))
+            .num_seconds()
+            .abs();
+        assert!(
+            off < 5,
+            "{args:?}: paused until {paused_until}, the portal's midnight is {midnight}: {err}"
+        );
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_company_key_that_stops_being_unique_halts_and_parks_nothing(pool: PgPool) {
     let h = Harness::new(pool).await;
