@@ -348,6 +348,22 @@ pub struct ObjectFailure {
     pub hold: Option<String>,
 }
 
+/// When a DLQ row written for the first time (`attempts` 1) is due: never for a failure
+/// marked permanent (`u.permanent`) or when `worker.max_attempts` (`$7`) is 1, else in a
+/// minute.
+const DLQ_FIRST_RETRY: &str = "CASE WHEN u.permanent OR $7 <= 1 THEN NULL
+                                   ELSE clock_timestamp() + interval '1 minute' END";
+
+/// When a DLQ row `d` failing once more is due: parked (NULL) once it was written for a
+/// permanent failure or has failed `worker.max_attempts` (`$7`) times, else after twice the
+/// last wait (2, 4, 8 … minutes, at most 6 hours). With the default of 10, a row is tried again
+/// for about eight and a half hours.
+const DLQ_NEXT_RETRY: &str = "CASE
+                 WHEN EXCLUDED.next_retry_at IS NULL OR d.attempts + 1 >= $7 THEN NULL
+                 ELSE clock_timestamp() + least(interval '6 hours',
+                                                interval '1 minute' * power(2, d.attempts))
+             END";
+
 /// Moves failed objects to the DLQ (one row per object, updated on repeat failures) and
 /// releases them; an object whose version moved meanwhile stays dirty so its newer state is
 /// tried. Retryable rows are due again after a delay growing with attempts, and parked after
@@ -391,24 +407,20 @@ pub async fn dead_letter(
     .await?;
     let owned: std::collections::HashSet<String> = owned.into_iter().map(|(k,)| k).collect();
     let mine: Vec<&ObjectFailure> = failures.iter().filter(|f| owned.contains(&f.key)).collect();
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO hubsync.dlq AS d (kind, object_type, object_key, payload, error_category,
                                       error_message, error, attempts, next_retry_at)
          SELECT 'object', $1, u.key, u.payload::jsonb, u.category, u.message, u.error::jsonb, 1,
-                CASE WHEN u.permanent OR $7 <= 1 THEN NULL
-                     ELSE clock_timestamp() + interval '1 minute' END
+                {first}
          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::bool[])
               AS u(key, payload, category, message, error, permanent)
          ON CONFLICT (object_type, object_key) WHERE kind = 'object' DO UPDATE
          SET payload = EXCLUDED.payload, error_category = EXCLUDED.error_category,
              error_message = EXCLUDED.error_message, error = EXCLUDED.error,
-             attempts = d.attempts + 1, last_failed_at = now(),
-             next_retry_at = CASE
-                 WHEN EXCLUDED.next_retry_at IS NULL OR d.attempts + 1 >= $7 THEN NULL
-                 ELSE clock_timestamp() + least(interval '6 hours',
-                                                interval '1 minute' * power(2, d.attempts))
-             END",
-    )
+             attempts = d.attempts + 1, last_failed_at = now(), next_retry_at = {again}",
+        first = DLQ_FIRST_RETRY,
+        again = DLQ_NEXT_RETRY,
+    ))
     .bind(object_type.as_str())
     .bind(mine.iter().map(|f| f.key.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.payload.clone()).collect::<Vec<_>>())
@@ -699,10 +711,13 @@ pub(crate) struct AssociationFailure {
 /// Parks associations that ran out of tries: a DLQ row each (kind `object`, object_type
 /// `association`, keyed by the contact), and no more tries until it is replayed, the contact
 /// moves to another company, or its or its company's record id changes (`store_objects`,
-/// `record_written`). Locks: those contact rows, briefly.
+/// `record_written`). A row for requests that failed (`association_failed`: 5xx, no answer)
+/// replays itself on the DLQ's schedule ([`DLQ_NEXT_RETRY`]); one HubSpot refused waits for a
+/// person. Locks: those contact rows, briefly.
 pub(crate) async fn park_associations(
     pool: &PgPool,
     failures: &[AssociationFailure],
+    max_attempts: i32,
 ) -> Result<(), sqlx::Error> {
     let keys: Vec<String> = failures.iter().map(|f| f.contact_key.clone()).collect();
     let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
@@ -735,18 +750,20 @@ pub(crate) async fn park_associations(
         .iter()
         .filter(|f| parked.contains(&f.contact_key))
         .collect();
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO hubsync.dlq AS d (kind, object_type, object_key, payload, error_category,
                                       error_message, error, attempts, next_retry_at)
          SELECT 'object', 'association', u.key, u.payload::jsonb, u.category, u.message,
-                u.error::jsonb, 1, NULL
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-              AS u(key, payload, category, message, error)
+                u.error::jsonb, 1, {first}
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+              AS u(key, payload, category, message, error, permanent)
          ON CONFLICT (object_type, object_key) WHERE kind = 'object' DO UPDATE
          SET payload = EXCLUDED.payload, error_category = EXCLUDED.error_category,
              error_message = EXCLUDED.error_message, error = EXCLUDED.error,
-             attempts = d.attempts + 1, last_failed_at = now(), next_retry_at = NULL",
-    )
+             attempts = d.attempts + 1, last_failed_at = now(), next_retry_at = {again}",
+        first = DLQ_FIRST_RETRY,
+        again = DLQ_NEXT_RETRY,
+    ))
     .bind(
         mine.iter()
             .map(|f| f.contact_key.clone())
@@ -756,6 +773,12 @@ pub(crate) async fn park_associations(
     .bind(mine.iter().map(|f| f.category.as_str()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.message.clone()).collect::<Vec<_>>())
     .bind(mine.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
+    .bind(
+        mine.iter()
+            .map(|f| f.category != Category::AssociationFailed)
+            .collect::<Vec<_>>(),
+    )
+    .bind(max_attempts)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -465,12 +465,14 @@ async fn record(
                 raw,
                 ..
             } if input.leased.attempts + 1 >= max_attempts => {
-                // Out of attempts: parked in the DLQ with the last reason and HubSpot's words.
+                // Out of attempts in a row: to the DLQ with the last reason and HubSpot's words.
+                // Not the record's fault (HubSpot down or busy for minutes), so the row is tried
+                // again by itself, further and further apart, before it is parked.
                 let message = format!(
                     "{reason} (gave up after {} attempts)",
                     input.leased.attempts + 1
                 );
-                failures.push(failure(input, *category, &message, raw, true));
+                failures.push(failure(input, *category, &message, raw, false));
             }
             Fate::Transient {
                 wait: delay,

@@ -134,6 +134,49 @@ async fn a_refused_pair_is_retried_then_dead_lettered_and_the_others_are_made(po
     assert!(h.sim.requests().is_empty());
 }
 
+/// Association requests that keep failing (HubSpot down): the pair goes to the DLQ, which
+/// tries it again by itself; a pair HubSpot refused waits for a person instead (above).
+#[sqlx::test(migrations = false)]
+async fn an_association_whose_requests_kept_failing_is_tried_again_by_itself(pool: PgPool) {
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
+    let tries = h.config.worker.max_attempts as usize;
+    h.sim.script(vec![
+        hubspot_sim::Fault::Status {
+            status: 503,
+            retry_after_secs: None,
+        };
+        tries
+    ]);
+    h.sim.reset_requests();
+    h.drain().await;
+    assert!(h.sim.associations().is_empty());
+    assert_eq!(h.sim.requests().len(), tries);
+    let (category, due_in): (String, Option<f64>) = sqlx::query_as(
+        "SELECT error_category, extract(epoch FROM next_retry_at - clock_timestamp())::float8
+         FROM hubsync.dlq WHERE object_type = 'association' AND object_key = 'a@acme.com'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(category, "association_failed");
+    let due_in = due_in.expect("tried again by itself, not parked");
+    assert!((30.0..=61.0).contains(&due_in), "due in {due_in} s");
+    // Not before it is due.
+    h.drain().await;
+    assert_eq!(h.sim.requests().len(), tries);
+
+    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now()")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.drain().await;
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, company_id(&h, "acct_1"))]
+    );
+    assert_eq!(h.count("dlq").await, 0, "made: its row is gone");
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_company_change_removes_the_old_association_and_makes_the_new_one(pool: PgPool) {
     let h = Harness::new(pool).await;

@@ -515,19 +515,40 @@ async fn an_invalid_event_is_parked_then_replayed_once_after_the_fix(pool: PgPoo
     assert_eq!(h.prop("v@acme.com", "total_sessions").as_deref(), Some("6"));
 }
 
+/// Seconds until the DLQ row of `key` is due (`None`: parked).
+async fn due_in(h: &Harness, key: &str) -> Option<f64> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_retry_at - clock_timestamp())::float8
+         FROM hubsync.dlq WHERE object_key = $1",
+    )
+    .bind(key)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap()
+}
+
+/// Makes every DLQ row due now, as the passing of its wait would.
+async fn dlq_due_now(h: &Harness) {
+    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now() WHERE next_retry_at IS NOT NULL")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+}
+
+const SERVICE_UNAVAILABLE: Fault = Fault::Status {
+    status: 503,
+    retry_after_secs: None,
+};
+
+/// HubSpot down for longer than an object's tries in a row: the object goes to the DLQ, which
+/// sends it again by itself a minute later, and HubSpot, back by then, takes it.
 #[sqlx::test(migrations = false)]
-async fn objects_out_of_attempts_are_parked_and_the_cli_replays_them(pool: PgPool) {
+async fn objects_out_of_attempts_while_hubspot_is_down_are_sent_again_by_themselves(pool: PgPool) {
     let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 3\n# ");
     let h = Harness::with(pool.clone(), &text, SimConfig::default()).await;
     h.setup().await;
     h.enqueue("x@acme.com", json!({"total_sessions": 2})).await;
-    h.sim.script(vec![
-        Fault::Status {
-            status: 503,
-            retry_after_secs: None
-        };
-        3
-    ]);
+    h.sim.script(vec![SERVICE_UNAVAILABLE; 3]);
     h.drain().await;
     let dlq = h.dlq().await;
     assert_eq!(dlq.len(), 1, "{dlq:?}");
@@ -537,11 +558,51 @@ async fn objects_out_of_attempts_are_parked_and_the_cli_replays_them(pool: PgPoo
         "{}",
         dlq[0].2
     );
-    assert!(dlq[0].3.is_none(), "parked");
-    assert!(h.sim.contact("x@acme.com").is_none());
-    // Nothing more happens by itself.
+    let wait = due_in(&h, "x@acme.com").await.expect("not parked");
+    assert!((30.0..=61.0).contains(&wait), "due in {wait} s");
+    // Nothing is sent before it is due.
     h.drain().await;
     assert_eq!(h.upserts().len(), 3);
+
+    dlq_due_now(&h).await;
+    h.drain().await;
+    assert_eq!(h.upserts().len(), 4);
+    assert_eq!(h.prop("x@acme.com", "total_sessions").as_deref(), Some("2"));
+    assert_eq!(h.count("dlq").await, 0, "a successful sync clears the row");
+}
+
+/// HubSpot down for longer than the DLQ's own tries: the row waits longer each time, then is
+/// parked, and an operator's replay sends it.
+#[sqlx::test(migrations = false)]
+async fn objects_hubspot_keeps_failing_are_parked_after_max_attempts_rounds_and_the_cli_replays_them(
+    pool: PgPool,
+) {
+    let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 3\n# ");
+    let h = Harness::with(pool.clone(), &text, SimConfig::default()).await;
+    h.setup().await;
+    h.enqueue("x@acme.com", json!({"total_sessions": 2})).await;
+    let mut waits = Vec::new();
+    for round in 1..=3 {
+        h.sim.script(vec![SERVICE_UNAVAILABLE; 3]);
+        h.drain().await;
+        assert_eq!(h.upserts().len(), 3 * round, "round {round}");
+        waits.push(due_in(&h, "x@acme.com").await);
+        dlq_due_now(&h).await;
+    }
+    let minutes: Vec<Option<i64>> = waits
+        .iter()
+        .map(|w| w.map(|s| (s / 60.0).ceil() as i64))
+        .collect();
+    assert_eq!(minutes, vec![Some(1), Some(2), None], "{waits:?}");
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM hubsync.dlq")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 3);
+    assert!(h.sim.contact("x@acme.com").is_none());
+    // Parked: nothing more happens by itself.
+    h.drain().await;
+    assert_eq!(h.upserts().len(), 9);
 
     let out = Command::new(env!("CARGO_BIN_EXE_hubsync"))
         .args(["dlq", "retry", "--category", "hubspot_unavailable"])
