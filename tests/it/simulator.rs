@@ -124,7 +124,12 @@ impl Api {
 }
 
 /// One contact upsert input by email.
-fn contact(email: &str, trace_id: Option<&str>, properties: Value) -> Value {
+/// An upsert input by email, with the email among its properties too (unless they set it), as
+/// a client must send it: HubSpot is not known to copy `id` into a record it creates.
+fn contact(email: &str, trace_id: Option<&str>, mut properties: Value) -> Value {
+    if let Some(map) = properties.as_object_mut() {
+        map.entry("email").or_insert_with(|| json!(email));
+    }
     let mut input = json!({"id": email, "idProperty": "email", "properties": properties});
     if let Some(trace_id) = trace_id {
         input["objectWriteTraceId"] = json!(trace_id);
@@ -330,6 +335,16 @@ async fn a_value_that_is_not_a_string_fails_the_whole_request() {
     );
     assert_eq!(answer.body["context"]["objectWriteTraceId"], json!(["2"]));
     assert!(api.sim.records("contacts").is_empty());
+
+    // JSON null is not a string either: a value is cleared with "".
+    let batch = vec![contact(
+        "a@b.com",
+        Some("1"),
+        json!({"total_sessions": null}),
+    )];
+    let answer = api.post(UPSERT_CONTACTS, &inputs(batch)).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(api.sim.records("contacts").is_empty());
 }
 
 #[tokio::test]
@@ -426,15 +441,18 @@ async fn a_bad_record_without_trace_ids_fails_the_whole_batch() {
 #[tokio::test]
 async fn each_value_is_checked_against_its_declared_type() {
     let api = Api::start().await.with_product_properties().await;
-    for (name, kind, field_type) in [
-        ("trial_started_on", "date", "date"),
-        ("last_active_at", "datetime", "date"),
-        ("is_admin", "bool", "booleancheckbox"),
+    let yes_no = json!([{"label": "Yes", "value": "true"}, {"label": "No", "value": "false"}]);
+    for (name, kind, field_type, options) in [
+        ("trial_started_on", "date", "date", json!([])),
+        ("last_active_at", "datetime", "date", json!([])),
+        ("is_admin", "bool", "booleancheckbox", yes_no),
+        // Created without the options HubSpot's UI would send: no value fits.
+        ("is_owner", "bool", "booleancheckbox", json!([])),
     ] {
         api.create_property(
             "contacts",
             json!({"name": name, "label": name, "type": kind, "fieldType": field_type,
-                   "groupName": "contactinformation"}),
+                   "groupName": "contactinformation", "options": options}),
         )
         .await;
     }
@@ -442,7 +460,12 @@ async fn each_value_is_checked_against_its_declared_type() {
         (json!({"trial_started_on": "1795817935865"}), "INVALID_DATE"),
         (json!({"trial_started_on": "26/11/2026"}), "INVALID_DATE"),
         (json!({"last_active_at": "tuesday"}), "INVALID_DATE"),
+        (
+            json!({"last_active_at": "2026-11-26T11:00:00+01:00"}),
+            "INVALID_DATE",
+        ),
         (json!({"is_admin": "yes"}), "INVALID_OPTION"),
+        (json!({"is_owner": "true"}), "INVALID_OPTION"),
         (json!({"total_sessions": "1e3"}), "INVALID_INTEGER"),
         (json!({"no_such_property": "x"}), "PROPERTY_DOESNT_EXIST"),
         (json!({"hs_object_id": "5"}), "READ_ONLY_VALUE"),
@@ -461,7 +484,7 @@ async fn each_value_is_checked_against_its_declared_type() {
             contact(
                 "fine@acme.com",
                 Some("fine"),
-                json!({"trial_started_on": "1795737600000", "last_active_at": "2026-11-26T11:00:00+01:00",
+                json!({"trial_started_on": "1795737600000", "last_active_at": "2026-11-26T10:00:00.000Z",
                        "is_admin": "true", "firstname": "anything at all", "lastname": ""}),
             ),
         ])
@@ -721,7 +744,8 @@ async fn companies_upsert_only_by_a_unique_property() {
     )
     .await;
     let by_account = json!({"inputs": [{"id": "acct_42", "idProperty": "product_account_id",
-                                         "objectWriteTraceId": "1", "properties": {"name": "Acme"}}]});
+                                         "objectWriteTraceId": "1",
+                                         "properties": {"name": "Acme", "product_account_id": "acct_42"}}]});
     let answer = api.post(UPSERT_COMPANIES, &by_account).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let company = api
@@ -730,6 +754,18 @@ async fn companies_upsert_only_by_a_unique_property() {
         .expect("stored");
     assert_eq!(company.properties["name"], "Acme");
     assert_eq!(company.properties["product_account_id"], "acct_42");
+
+    // Without its key among its properties, a record created by an upsert does not get it
+    // from `id` (the stricter reading of what HubSpot does): the next upsert by that key finds
+    // nothing and creates another record.
+    let keyless = json!({"inputs": [{"id": "acct_7", "idProperty": "product_account_id",
+                                      "objectWriteTraceId": "1", "properties": {"name": "Seven"}}]});
+    for _ in 0..2 {
+        let answer = api.post(UPSERT_COMPANIES, &keyless).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["results"][0]["new"], true, "{}", answer.body);
+    }
+    assert!(api.sim.company("product_account_id", "acct_7").is_none());
 }
 
 #[tokio::test]

@@ -155,10 +155,7 @@ fn parse_inputs<'a>(store: &ObjectStore, raw_inputs: &'a [Value]) -> Result<Vec<
                 context(),
             ));
         };
-        if let Some((name, value)) = properties
-            .iter()
-            .find(|(_, value)| !(value.is_string() || value.is_null()))
-        {
+        if let Some((name, value)) = properties.iter().find(|(_, value)| !value.is_string()) {
             return Err(Reply::validation(
                 &format!(
                     "Invalid input JSON: property '{name}' of input {position} is {value}, but every property value must be a string"
@@ -350,14 +347,9 @@ fn apply(state: &mut State, object: ObjectType, prepared: Prepared, echo_trace_i
         }
         store.set_value(id, name, value.clone());
     }
-    // The record stays findable by the key it was upserted with.
-    let has_key = store
-        .records
-        .get(&id)
-        .is_some_and(|record| record.properties.contains_key(&prepared.id_property));
-    if !has_key {
-        store.set_value(id, &prepared.id_property, Some(prepared.key.clone()));
-    }
+    // The key the record was upserted by is not copied into its properties: whether HubSpot
+    // does that is not known, so a record created without its key among them has no key, and
+    // the next upsert by that key creates another record.
     store.set_value(id, "lastmodifieddate", Some(now.clone()));
     let Some(record) = store.records.get_mut(&id) else {
         // Inserted or found above, under the same lock.

@@ -68,7 +68,7 @@ impl PropertyDef {
         let name = text("name");
         let kind = PropKind::parse(text("type"));
         let field_type = text("fieldType").to_owned();
-        let mut options: Vec<String> = json
+        let options: Vec<String> = json
             .get("options")
             .and_then(Value::as_array)
             .map(|options| {
@@ -79,9 +79,6 @@ impl PropertyDef {
                     .collect()
             })
             .unwrap_or_default();
-        if kind == PropKind::Bool && options.is_empty() {
-            options = vec!["true".to_owned(), "false".to_owned()];
-        }
         let calculated = json
             .get("calculated")
             .and_then(Value::as_bool)
@@ -746,12 +743,9 @@ fn complete(json: &mut Value, now: &str) {
     for (key, value) in defaults {
         object.entry(key).or_insert(value);
     }
-    let is_bool = object.get("type").and_then(Value::as_str) == Some("bool");
+    // A bool property has the options its creator sends (HubSpot's UI and integrations send
+    // Yes/`true` and No/`false`); created without them, it has none, and takes no value.
     if let Some(Value::Array(options)) = object.get_mut("options") {
-        if is_bool && options.is_empty() {
-            options.push(json!({"label": "Yes", "value": "true"}));
-            options.push(json!({"label": "No", "value": "false"}));
-        }
         for (order, option) in options.iter_mut().enumerate() {
             if let Some(option) = option.as_object_mut() {
                 complete_option(option, order);

@@ -162,18 +162,24 @@ fn check_date(value: &str) -> Result<String, ValueError> {
     ))
 }
 
-/// RFC 3339 (ISO 8601 with a zone) or epoch milliseconds; epoch seconds pass and mean 1970.
+/// ISO 8601 in UTC with milliseconds (`2026-11-26T10:00:00.000Z`), the one form HubSpot
+/// documents, or epoch milliseconds; epoch seconds pass and mean 1970.
 fn check_datetime(value: &str) -> Result<String, ValueError> {
-    let parsed = DateTime::parse_from_rfc3339(value)
+    let utc_millis = value.len() == 24
+        && value.ends_with('Z')
+        && value.as_bytes().get(19) == Some(&b'.')
+        && value.as_bytes()[20..23].iter().all(u8::is_ascii_digit);
+    let parsed = utc_millis
+        .then(|| DateTime::parse_from_rfc3339(value).ok())
+        .flatten()
         .map(|at| at.with_timezone(&Utc))
-        .ok()
         .or_else(|| parse_epoch_millis(value));
     match parsed {
         Some(at) => Ok(at.to_rfc3339_opts(SecondsFormat::Millis, true)),
         None => Err(ValueError::new(
             "INVALID_DATE",
             format!(
-                "{value} is not a valid datetime: use ISO 8601 with a time zone or epoch milliseconds"
+                "{value} is not a valid datetime: use ISO 8601 in UTC with milliseconds (2026-11-26T10:00:00.000Z) or epoch milliseconds"
             ),
         )),
     }
@@ -239,12 +245,25 @@ mod tests {
     }
 
     #[test]
-    fn datetimes_are_stored_as_utc_with_millis() {
+    fn datetimes_are_taken_in_utc_with_millis_or_as_epoch_millis() {
         let datetime = def("datetime", "date", &[]);
         assert_eq!(
-            check_value(&datetime, "2026-11-26T11:00:00+01:00").as_deref(),
+            check_value(&datetime, "2026-11-26T10:00:00.000Z").as_deref(),
             Ok("2026-11-26T10:00:00.000Z")
         );
+        assert_eq!(
+            check_value(&datetime, "1795687200000").as_deref(),
+            Ok("2026-11-26T10:00:00.000Z")
+        );
+        // Forms HubSpot does not document are refused.
+        for other in [
+            "2026-11-26T11:00:00.000+01:00",
+            "2026-11-26T10:00:00Z",
+            "2026-11-26T10:00:00.0000Z",
+            "2026-11-26T10:00:00.00éZ",
+        ] {
+            assert!(check_value(&datetime, other).is_err(), "{other}");
+        }
         assert_eq!(
             check_value(&datetime, "0").as_deref(),
             Ok("1970-01-01T00:00:00.000Z")
