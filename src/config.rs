@@ -94,6 +94,17 @@ pub struct HubSpotSettings {
     pub request_timeout: Duration,
 }
 
+/// How many request timeouts after it was sent a request without an answer may still be
+/// carried out by HubSpot (a gateway gave up, HubSpot went on).
+pub const SETTLE_TIMEOUTS: u32 = 4;
+
+impl HubSpotSettings {
+    /// How long after it was sent a request without an answer may still be carried out.
+    pub fn settle(&self) -> Duration {
+        self.request_timeout * SETTLE_TIMEOUTS
+    }
+}
+
 /// The `[worker]` table, validated.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {

@@ -613,8 +613,16 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
         .fetch_all(&mut *tx)
         .await?;
         if object_type == "association" {
+            // Due at once, unless it waits for a pair that may still land to be removed
+            // (`resume_association`).
             requeued += sqlx::query(
-                "UPDATE hubsync.objects SET association_attempts = 0, association_next_at = NULL
+                "UPDATE hubsync.objects
+                 SET association_attempts = 0,
+                     association_next_at = CASE
+                         WHEN association_next_at > now() AND association_next_at <> 'infinity'
+                              AND associated_company_key IS NULL
+                              AND associated_company_id IS NOT NULL
+                         THEN association_next_at END
                  WHERE object_type = 'contact' AND object_key = ANY($1)",
             )
             .bind(&still_due)

@@ -435,6 +435,18 @@ pub async fn dead_letter(
     Ok(())
 }
 
+/// When the association of contact row `o`, parked or taken, is due again now that it is to
+/// be tried for another company: at once, unless a request for its last pair got no answer
+/// (`note_maybe_associated` left that pair's ids without its company key) and may still be
+/// carried out. The removal of that pair then waits `settle_param` seconds (a bind parameter),
+/// or HubSpot could make the pair after removing it.
+pub(crate) fn resume_association(settle_param: &str) -> String {
+    format!(
+        "CASE WHEN o.associated_company_key IS NULL AND o.associated_company_id IS NOT NULL
+              THEN clock_timestamp() + make_interval(secs => {settle_param}) END"
+    )
+}
+
 /// One contact whose association with its company is due.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct PendingAssociation {
@@ -718,21 +730,24 @@ pub(crate) async fn park_associations(
     pool: &PgPool,
     failures: &[AssociationFailure],
     max_attempts: i32,
+    settle: Duration,
 ) -> Result<(), sqlx::Error> {
     let keys: Vec<String> = failures.iter().map(|f| f.contact_key.clone()).collect();
     let (mut tx, locked) = begin_locked(pool, ObjectType::Contact, &keys).await?;
     // A contact whose company changed while its last try was on its way is not parked with
-    // the old pair: its new company is due at once.
-    let parked: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
+    // the old pair: its new company is due, once the old pair can no longer land.
+    let parked: Vec<String> = sqlx::query_scalar::<_, Option<String>>(&format!(
         "UPDATE hubsync.objects o
          SET association_attempts = 0,
              association_next_at = CASE WHEN o.company_key IS NOT DISTINCT FROM u.company
-                                        THEN 'infinity'::timestamptz END
+                                        THEN 'infinity'::timestamptz
+                                        ELSE {resume} END
          FROM unnest($1::text[], $2::text[]) AS u(contact, company)
          WHERE o.object_type = 'contact' AND o.object_key = u.contact
            AND o.object_key = ANY($3)
          RETURNING CASE WHEN o.association_next_at = 'infinity' THEN o.object_key END",
-    )
+        resume = resume_association("$4"),
+    ))
     .bind(&keys)
     .bind(
         failures
@@ -741,6 +756,7 @@ pub(crate) async fn park_associations(
             .collect::<Vec<_>>(),
     )
     .bind(&locked)
+    .bind(settle.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?
     .into_iter()

@@ -333,7 +333,7 @@ async fn retry_or_park(
         db::objects::retry_associations(&w.pool, &keys, &delays).await?;
     }
     if !parked.is_empty() {
-        db::objects::park_associations(&w.pool, &parked, max_attempts).await?;
+        db::objects::park_associations(&w.pool, &parked, max_attempts, w.settle()).await?;
     }
     Ok(())
 }

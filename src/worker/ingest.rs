@@ -287,7 +287,7 @@ pub(crate) async fn fold(
                 &out_states[r.clone()],
                 &out_companies[r],
             );
-            db::ingest::store_objects(tx, kind, k, st, c)
+            db::ingest::store_objects(tx, kind, k, st, c, config.hubspot.settle())
                 .await
                 .context("failed to store merged object state")?;
         }

@@ -273,7 +273,7 @@ impl Worker {
     /// well within four of our timeouts. Objects are written once more, and associations tried
     /// again, only after it.
     pub(crate) fn settle(&self) -> Duration {
-        self.client.timeout() * 4
+        self.client.timeout() * crate::config::SETTLE_TIMEOUTS
     }
 
     /// Replaces the jitter source (tests).

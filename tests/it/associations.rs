@@ -587,6 +587,92 @@ async fn a_contact_that_moves_during_its_last_try_is_not_parked_with_the_old_pai
     assert_eq!(h.count("dlq").await, 0, "nothing parked for the new pair");
 }
 
+/// Like [`synced_at_acct_1_beside_acct_2`], with requests given up after one second, and a's
+/// next try of its association its last.
+async fn on_its_last_try_with_one_second_timeouts(pool: PgPool) -> Harness {
+    let text = crate::harness::CONFIG.replace("[hubspot]", "[hubspot]\nrequest_timeout_secs = 1");
+    let h = Harness::with(pool, &text, hubspot_sim::SimConfig::default()).await;
+    h.setup().await;
+    company(&h, "acct_1").await;
+    company(&h, "acct_2").await;
+    contact_at(&h, "a@acme.com", "acct_1").await;
+    sync_only(&h).await;
+    sqlx::query(
+        "UPDATE hubsync.objects SET association_attempts = $1
+         WHERE object_type = 'contact' AND object_key = 'a@acme.com'",
+    )
+    .bind(h.config.worker.max_attempts - 1)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    h
+}
+
+/// A last try that got no answer parks the pair; HubSpot carries it out later all the same.
+/// The contact moves on meanwhile: the old pair is removed only once it must have landed
+/// (four request timeouts), or HubSpot would make it after its removal.
+#[sqlx::test(migrations = false)]
+async fn a_parked_pair_that_may_still_land_is_removed_only_after_it_must_have_landed(pool: PgPool) {
+    let h = on_its_last_try_with_one_second_timeouts(pool).await;
+    let impatient = worker_waiting(&h, std::time::Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let at = |secs: f64| started + std::time::Duration::from_secs_f64(secs);
+    h.sim.script(vec![hubspot_sim::Fault::Hang(
+        std::time::Duration::from_secs(3),
+    )]);
+    let cancel = CancellationToken::new();
+    impatient.run_until_idle(&cancel).await.unwrap();
+    let parked: Option<String> = sqlx::query_scalar(
+        "SELECT error_category FROM hubsync.dlq WHERE object_type = 'association'",
+    )
+    .fetch_optional(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(parked.as_deref(), Some("association_failed"));
+    assert!(h.sim.associations().is_empty(), "not landed yet");
+
+    contact_at(&h, "a@acme.com", "acct_2").await;
+    h.worker.ingest_once().await.unwrap();
+    tokio::time::sleep_until(at(2.3).into()).await;
+    impatient.run_until_idle(&cancel).await.unwrap();
+    tokio::time::sleep_until(at(5.5).into()).await;
+    impatient.run_until_idle(&cancel).await.unwrap();
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, company_id(&h, "acct_2"))]
+    );
+}
+
+/// The same, with the contact moving while that last try is on its way.
+#[sqlx::test(migrations = false)]
+async fn a_contact_that_moves_during_a_last_try_without_answer_waits_for_it_to_land(pool: PgPool) {
+    let h = on_its_last_try_with_one_second_timeouts(pool).await;
+    let impatient = worker_waiting(&h, std::time::Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let at = |secs: f64| started + std::time::Duration::from_secs_f64(secs);
+    h.sim.script(vec![hubspot_sim::Fault::Hang(
+        std::time::Duration::from_secs(3),
+    )]);
+    let cancel = CancellationToken::new();
+    let trying = async {
+        impatient.run_until_idle(&cancel).await.unwrap();
+    };
+    let moving = async {
+        tokio::time::sleep_until(at(0.5).into()).await;
+        contact_at(&h, "a@acme.com", "acct_2").await;
+        h.worker.ingest_once().await.unwrap();
+    };
+    tokio::join!(trying, moving);
+    tokio::time::sleep_until(at(2.3).into()).await;
+    impatient.run_until_idle(&cancel).await.unwrap();
+    tokio::time::sleep_until(at(5.5).into()).await;
+    impatient.run_until_idle(&cancel).await.unwrap();
+    assert_eq!(
+        h.sim.associations(),
+        vec![(h.contact("a@acme.com").id, company_id(&h, "acct_2"))]
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_contact_that_moves_back_after_its_old_association_was_removed_gets_it_again(
     pool: PgPool,
