@@ -301,17 +301,31 @@ async fn retry_or_park(
     let mut parked = Vec::new();
     for (p, e) in failed {
         if p.attempts + 1 >= max_attempts {
-            let message = format!(
-                "{} (gave up after {} tries). Fix the records in HubSpot, then replay this row to try again",
-                e.message,
-                p.attempts + 1
+            // Requests that failed, or a success that left the pair out, are HubSpot's trouble:
+            // the row is tried again by itself. A refusal waits for someone to fix the records.
+            let failed = matches!(
+                e.category,
+                Category::AssociationFailed | Category::NotWritten
             );
+            let message = if failed {
+                format!(
+                    "{} (gave up after {} tries in a row); hubsync tries again by itself at next_retry_at, or replay this row once HubSpot answers",
+                    e.message,
+                    p.attempts + 1
+                )
+            } else {
+                format!(
+                    "{} (gave up after {} tries). Fix the records in HubSpot, then replay this row to try again",
+                    e.message,
+                    p.attempts + 1
+                )
+            };
             tracing::warn!(contact = %p.contact_key, company = %p.company_key, "association dead-lettered: {message}");
             parked.push(AssociationFailure {
                 contact_key: p.contact_key.clone(),
                 company_key: p.company_key.clone(),
                 payload: payload(p).to_string(),
-                category: if e.category == Category::AssociationFailed {
+                category: if failed {
                     Category::AssociationFailed
                 } else {
                     Category::AssociationRefused

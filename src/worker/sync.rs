@@ -469,7 +469,7 @@ async fn record(
                 // Not the record's fault (HubSpot down or busy for minutes), so the row is tried
                 // again by itself, further and further apart, before it is parked.
                 let message = format!(
-                    "{reason} (gave up after {} attempts)",
+                    "{reason} (gave up after {} attempts in a row); hubsync sends it again by itself at next_retry_at, or replay it with `hubsync dlq retry` once HubSpot answers",
                     input.leased.attempts + 1
                 );
                 failures.push(failure(input, *category, &message, raw, false));
