@@ -508,12 +508,17 @@ fn unreadable_object(id: i64, problem: Problem) -> UnreadableRow {
 }
 
 /// Marks the objects of due DLQ object rows dirty again, with nothing held back, so the next
-/// sync resends their whole current state; the row stays (pushed an hour ahead) until a sync
-/// succeeds or fails again. A row naming an object type hubsync does not write, or an object
-/// not in `hubsync.objects`, is parked again saying so. Locks, in the order `db` states: the
-/// objects in key order, then their DLQ rows (the due rows are found without locking first,
-/// and re-checked once locked).
-pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
+/// sync resends their whole current state; the row stays until a sync succeeds or fails again,
+/// pushed ahead by `round` (how long the object's tries in a row may take), at least an hour,
+/// so that it does not come due again while they go on. A row naming an object type hubsync
+/// does not write, or an object not in `hubsync.objects`, is parked again saying so. Locks, in
+/// the order `db` states: the objects in key order, then their DLQ rows (the due rows are
+/// found without locking first, and re-checked once locked).
+pub async fn requeue_due_objects(
+    pool: &PgPool,
+    limit: i64,
+    round: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
     let due: Vec<(i64, String, String)> = sqlx::query_as(
         "SELECT id, object_type, object_key FROM hubsync.dlq
          WHERE kind = 'object' AND next_retry_at <= now()
@@ -603,13 +608,15 @@ pub async fn requeue_due_objects(pool: &PgPool, limit: i64) -> Result<u64, sqlx:
             requeued += park_unreadable_rows(&mut tx, &missing).await?;
         }
         let still_due: Vec<String> = sqlx::query_scalar(
-            "UPDATE hubsync.dlq SET next_retry_at = now() + interval '1 hour'
+            "UPDATE hubsync.dlq
+             SET next_retry_at = now() + greatest(interval '1 hour', make_interval(secs => $3))
              WHERE kind = 'object' AND object_type = $1 AND object_key = ANY($2)
                AND next_retry_at <= now()
              RETURNING object_key",
         )
         .bind(object_type)
         .bind(&locked)
+        .bind(round.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         if object_type == "association" {

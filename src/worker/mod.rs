@@ -276,6 +276,13 @@ impl Worker {
         self.client.timeout() * crate::config::SETTLE_TIMEOUTS
     }
 
+    /// The longest an object's tries in a row can take: each waits at most the backoff's cap
+    /// (longer only when HubSpot asks) and a request's settling.
+    pub(crate) fn round(&self) -> Duration {
+        let tries = u32::try_from(self.config.worker.max_attempts.max(1)).unwrap_or(u32::MAX);
+        (crate::core::retry::CAP + self.settle()).saturating_mul(tries)
+    }
+
     /// Replaces the jitter source (tests).
     pub fn with_jitter(mut self, jitter: Jitter) -> Worker {
         self.jitter = jitter;
@@ -342,7 +349,7 @@ impl Worker {
     /// Returns how many rows were replayed.
     pub(crate) async fn replay_once(&self) -> anyhow::Result<usize> {
         let events = ingest::replay_due_events(&self.pool, &self.config, self.generation()).await?;
-        let objects = db::dlq::requeue_due_objects(&self.pool, 500).await?;
+        let objects = db::dlq::requeue_due_objects(&self.pool, 500, self.round()).await?;
         Ok(events.accepted + events.refused + usize::try_from(objects).unwrap_or(usize::MAX))
     }
 

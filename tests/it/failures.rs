@@ -571,6 +571,36 @@ async fn objects_out_of_attempts_while_hubspot_is_down_are_sent_again_by_themsel
     assert_eq!(h.count("dlq").await, 0, "a successful sync clears the row");
 }
 
+/// A row sent again is pushed ahead by as long as its object's tries in a row may take, an
+/// hour at least: it must not come due again, and start the tries over, before they end (with a
+/// large `worker.max_attempts` it would never be parked).
+#[sqlx::test(migrations = false)]
+async fn a_row_sent_again_is_not_due_again_before_its_tries_can_end(pool: PgPool) {
+    let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 3\n# ");
+    let h = Harness::with(pool.clone(), &text, SimConfig::default()).await;
+    h.setup().await;
+    for (key, round_s, expected_s) in [("x@acme.com", 600, 3600.0), ("y@acme.com", 7200, 7200.0)] {
+        h.enqueue(key, json!({"total_sessions": 2})).await;
+        h.sim.script(vec![SERVICE_UNAVAILABLE; 3]);
+        h.drain().await;
+        dlq_due_now(&h).await;
+        let requeued =
+            hubsync::db::dlq::requeue_due_objects(&h.pool, 10, Duration::from_secs(round_s))
+                .await
+                .unwrap();
+        assert_eq!(requeued, 1, "{key}");
+        let wait = due_in(&h, key).await.expect("scheduled");
+        assert!(
+            (expected_s - 60.0..=expected_s + 1.0).contains(&wait),
+            "{key}: due in {wait} s, expected {expected_s}"
+        );
+        // The object goes out and HubSpot takes it: the row is gone.
+        h.drain().await;
+        assert_eq!(h.prop(key, "total_sessions").as_deref(), Some("2"));
+        assert_eq!(h.count("dlq").await, 0, "{key}");
+    }
+}
+
 /// HubSpot down for longer than the DLQ's own tries: the row waits longer each time, then is
 /// parked, and an operator's replay sends it.
 #[sqlx::test(migrations = false)]

@@ -126,7 +126,7 @@ async fn replaying_and_recording_the_same_objects_at_once_cannot_deadlock(pool: 
             .map(|l| crate::harness::retryable_failure(l, "x".into()))
             .collect();
         let (a, b, c) = tokio::join!(
-            hubsync::db::dlq::requeue_due_objects(&pool, 100),
+            hubsync::db::dlq::requeue_due_objects(&pool, 100, Duration::from_secs(3600)),
             record_written(&pool, ObjectType::Contact, token, &written),
             dead_letter(&pool, ObjectType::Contact, token, &failures, 10),
         );
