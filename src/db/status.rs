@@ -26,7 +26,8 @@ pub(crate) struct QueueGauges {
     pub dirty: std::collections::BTreeMap<String, i64>,
     /// DLQ rows by category.
     pub dlq: std::collections::BTreeMap<String, i64>,
-    /// The daily budget HubSpot last reported, when it did.
+    /// Requests left today: the fewer of what HubSpot last reported and what
+    /// `hubspot.daily_budget` leaves of the portal day, when either is known.
     pub daily_remaining: Option<i64>,
 }
 
@@ -43,7 +44,13 @@ pub(crate) async fn queue_gauges(pool: &PgPool) -> Result<QueueGauges, sqlx::Err
         "SELECT (SELECT count(*) FROM hubsync.outbox),
                     (SELECT coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::float8
                        FROM hubsync.outbox),
-                    (SELECT daily_remaining FROM hubsync.limiter WHERE name = 'hubspot'),
+                    (SELECT CASE WHEN daily_budget IS NULL THEN daily_remaining
+                                 ELSE least(daily_remaining,
+                                            CASE WHEN day_ends IS NULL OR day_ends <= clock_timestamp()
+                                                 THEN daily_budget
+                                                 ELSE greatest(daily_budget - day_used, 0) END)
+                            END
+                       FROM hubsync.limiter WHERE name = 'hubspot'),
                     (SELECT coalesce(jsonb_object_agg(object_type, n), '{}')
                        FROM (SELECT object_type, count(*) AS n FROM hubsync.objects
                               WHERE dirty GROUP BY object_type) d),

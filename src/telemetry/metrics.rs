@@ -163,7 +163,7 @@ impl Telemetry {
         let daily_budget = register(
             &mut r,
             "daily_budget_remaining",
-            "Requests left today as HubSpot last reported (-1: not reported yet)",
+            "Requests left today: the fewer of HubSpot's last reported count and what hubspot.daily_budget leaves (-1: neither known yet)",
             Gauge::default(),
         );
         let queue_fresh = register(
@@ -198,6 +198,10 @@ impl Telemetry {
         }
         for c in Category::EVENT {
             let _ = events_dead_lettered.get_or_create(&vec![("category", c.to_string())]);
+        }
+        // Every category from the start: the first rows of one must be a rise from 0, or an
+        // alert on the gauge's change could not see them.
+        for c in Category::ALL {
             let _ = dlq_rows.get_or_create(&vec![("category", c.to_string())]);
         }
         for p in ["ten_secondly_rolling", "daily"] {
@@ -222,7 +226,7 @@ impl Telemetry {
                 queue_fresh,
                 halted,
                 ready,
-                dlq_categories: Mutex::new(Category::EVENT.iter().map(|c| c.to_string()).collect()),
+                dlq_categories: Mutex::new(Category::ALL.iter().map(|c| c.to_string()).collect()),
                 database_ok: AtomicBool::new(true),
                 queue_read: tokio::sync::Mutex::new(None),
                 reconciled: AtomicBool::new(false),
@@ -550,6 +554,8 @@ pub(crate) fn outcome(reply: &Result<Reply, Transport>) -> &'static str {
             200..=299 => "ok",
             429 => "rate_limited",
             401 | 403 => "auth_refused",
+            // Locked, or a portal migration: HubSpot's own trouble, retried like a 5xx.
+            423 | 477 => "server_error",
             400..=499 => "client_error",
             _ => "server_error",
         },
