@@ -34,7 +34,8 @@ END $$;
 \if :{?producer}
 GRANT USAGE ON SCHEMA hubsync TO :"producer";
 GRANT EXECUTE ON FUNCTION hubsync.enqueue(uuid, text, text, jsonb, timestamptz, text) TO :"producer";
-GRANT EXECUTE ON FUNCTION hubsync.new_event_id(timestamptz) TO :"producer";
+-- hubsync.new_event_id() needs no grant: it reads nothing and runs with the caller's rights, so
+-- like any PostgreSQL function it is open to every role that may use the schema.
 -- The columns a producer writes; id (an identity column: no right on a sequence needed) and
 -- enqueued_at are always their defaults.
 GRANT INSERT (event_id, object_type, object_key, properties, occurred_at, company_key)

@@ -492,6 +492,16 @@ async fn a_producers_search_path_cannot_reach_into_the_producer_functions(pool: 
             "plain INSERT, {round} id"
         );
     }
+    // properties may be left out, like occurred_at and company_key.
+    let queued: bool = sqlx::query_scalar(
+        "SELECT hubsync.enqueue(event_id => '00000000-0000-0000-0000-000000000003',
+                                object_type => 'contact', object_key => 'r@acme.com',
+                                company_key => 'acct_1')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("enqueue without properties: {e}"));
+    assert!(queued);
     let waiting_rows: Vec<(Uuid, serde_json::Value)> =
         sqlx::query_as("SELECT event_id, properties FROM hubsync.outbox ORDER BY event_id")
             .fetch_all(&pool)
@@ -501,7 +511,8 @@ async fn a_producers_search_path_cannot_reach_into_the_producer_functions(pool: 
         waiting_rows,
         [
             (Uuid::from_u128(1), json!({})),
-            (Uuid::from_u128(2), json!({}))
+            (Uuid::from_u128(2), json!({})),
+            (Uuid::from_u128(3), json!({}))
         ]
     );
     drop(conn);
