@@ -3,7 +3,7 @@
 \if :{?category} \else \set category '' \endif
 \if :{?limit} \else \set limit 50 \endif
 SELECT id, kind, error_category, object_type, object_key, attempts,
-       next_retry_at, last_failed_at, left(error_message, 200) AS error_message
+       next_retry_at, last_failed_at, error_message
 FROM hubsync.dlq
 WHERE (:'category' = '' OR error_category = :'category')
 ORDER BY last_failed_at DESC, id DESC
