@@ -177,6 +177,27 @@ async fn an_association_whose_requests_kept_failing_is_tried_again_by_itself(poo
     assert_eq!(h.count("dlq").await, 0, "made: its row is gone");
 }
 
+/// A success that leaves the pair out, every time: HubSpot's trouble, not the records'. The
+/// pair waits in the DLQ as `association_failed`, which tries it again by itself.
+#[sqlx::test(migrations = false)]
+async fn an_association_left_out_of_every_answer_is_tried_again_by_itself(pool: PgPool) {
+    let h = synced_at_acct_1_beside_acct_2(pool).await;
+    let tries = h.config.worker.max_attempts as usize;
+    h.sim.script(vec![hubspot_sim::Fault::SilentOk; tries]);
+    h.drain().await;
+    assert!(h.sim.associations().is_empty());
+    let (category, message, scheduled): (String, String, bool) = sqlx::query_as(
+        "SELECT error_category, error_message, next_retry_at IS NOT NULL
+         FROM hubsync.dlq WHERE object_type = 'association' AND object_key = 'a@acme.com'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(category, "association_failed", "{message}");
+    assert!(scheduled, "tried again by itself: {message}");
+    assert!(message.contains("next_retry_at"), "{message}");
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_company_change_removes_the_old_association_and_makes_the_new_one(pool: PgPool) {
     let h = Harness::new(pool).await;
