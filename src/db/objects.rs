@@ -356,12 +356,14 @@ const DLQ_FIRST_RETRY: &str = "CASE WHEN u.permanent OR $7 <= 1 THEN NULL
 
 /// When a DLQ row `d` failing once more is due: parked (NULL) once it was written for a
 /// permanent failure or has failed `worker.max_attempts` (`$7`) times, else after twice the
-/// last wait (2, 4, 8 … minutes, at most 6 hours). With the default of 10, a row is tried again
-/// for about eight and a half hours.
+/// last wait (2, 4, 8 … minutes, at most 6 hours: the exponent stops at 9, past which the
+/// interval would overflow after some 38 failures). With the default of 10, a row is tried
+/// again over about eight and a half hours of waits.
 const DLQ_NEXT_RETRY: &str = "CASE
                  WHEN EXCLUDED.next_retry_at IS NULL OR d.attempts + 1 >= $7 THEN NULL
-                 ELSE clock_timestamp() + least(interval '6 hours',
-                                                interval '1 minute' * power(2, d.attempts))
+                 ELSE clock_timestamp()
+                      + least(interval '6 hours',
+                              interval '1 minute' * power(2, least(d.attempts, 9)))
              END";
 
 /// Moves failed objects to the DLQ (one row per object, updated on repeat failures) and

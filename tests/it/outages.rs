@@ -261,3 +261,46 @@ async fn worker_sessions_carry_the_configured_timeouts_without_startup_options(p
         conn.detach();
     }
 }
+
+/// A row that has failed many times (a large `worker.max_attempts`) waits six hours, as the
+/// schedule's cap says; before the cap on the exponent, its next wait overflowed an interval
+/// and recording the failure failed, leaving the object leased over and over.
+#[sqlx::test(migrations = false)]
+async fn a_row_failing_for_the_fiftieth_time_waits_six_hours(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    sqlx::query(
+        "INSERT INTO hubsync.objects (object_type, object_key, state, dirty, dirty_since)
+         VALUES ('contact', 'k@acme.com', '{}', true, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category,
+                                  error_message, attempts, next_retry_at)
+         VALUES ('object', 'contact', 'k@acme.com', '{}', 'hubspot_error', 'x', 50,
+                 now() + interval '1 hour')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (token, leased) = crate::harness::lease_contacts(&pool).await;
+    let failures: Vec<_> = leased
+        .iter()
+        .map(|l| crate::harness::retryable_failure(l, "again".into()))
+        .collect();
+    dead_letter(&pool, ObjectType::Contact, token, &failures, 100)
+        .await
+        .expect("the failure is recorded");
+    let (attempts, wait): (i32, f64) = sqlx::query_as(
+        "SELECT attempts, extract(epoch FROM next_retry_at - now())::float8 FROM hubsync.dlq",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 51);
+    assert!(
+        (6.0 * 3600.0 - 60.0..=6.0 * 3600.0 + 1.0).contains(&wait),
+        "{wait}"
+    );
+}
