@@ -620,16 +620,16 @@ pub async fn requeue_due_objects(
         .fetch_all(&mut *tx)
         .await?;
         if object_type == "association" {
-            // Due at once, unless it waits for a pair that may still land to be removed
-            // (`resume_association`).
+            // A parked association is due at once, with its tries counted anew. One already
+            // on its way again (taken by a worker, waiting to retry, or waiting for a pair that
+            // may still land to be removed: `resume_association`) is left alone: clearing a
+            // worker's lease would let another send a second company for the same contact.
             requeued += sqlx::query(
                 "UPDATE hubsync.objects
-                 SET association_attempts = 0,
-                     association_next_at = CASE
-                         WHEN association_next_at > now() AND association_next_at <> 'infinity'
-                              AND associated_company_key IS NULL
-                              AND associated_company_id IS NOT NULL
-                         THEN association_next_at END
+                 SET association_attempts = CASE WHEN association_next_at = 'infinity' THEN 0
+                                                 ELSE association_attempts END,
+                     association_next_at = CASE WHEN association_next_at = 'infinity' THEN NULL
+                                                ELSE association_next_at END
                  WHERE object_type = 'contact' AND object_key = ANY($1)",
             )
             .bind(&still_due)

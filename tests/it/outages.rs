@@ -304,3 +304,45 @@ async fn a_row_failing_for_the_fiftieth_time_waits_six_hours(pool: PgPool) {
         "{wait}"
     );
 }
+
+/// An association row that comes due by itself while its contact's association is on its way
+/// again (taken by a worker, or waiting to retry) leaves that alone; a parked one is due at once.
+#[sqlx::test(migrations = false)]
+async fn a_due_association_row_leaves_an_association_on_its_way_alone(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    sqlx::query(
+        "INSERT INTO hubsync.objects (object_type, object_key, state, company_key,
+                                      association_next_at, association_attempts)
+         VALUES ('contact', 'taken@acme.com', '{}', 'acct_1', now() + interval '5 minutes', 2),
+                ('contact', 'parked@acme.com', '{}', 'acct_1', 'infinity', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO hubsync.dlq (kind, object_type, object_key, payload, error_category,
+                                  error_message, next_retry_at)
+         SELECT 'object', 'association', k, '{}', 'association_failed', 'x', now() - interval '1 s'
+         FROM unnest(ARRAY['taken@acme.com', 'parked@acme.com']) AS k",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    hubsync::db::dlq::requeue_due_objects(&pool, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<f64>, i32)> = sqlx::query_as(
+        "SELECT object_key, extract(epoch FROM association_next_at - now())::float8,
+                association_attempts
+         FROM hubsync.objects ORDER BY object_key",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0].0, "parked@acme.com");
+    assert_eq!((rows[0].1, rows[0].2), (None, 0), "due at once");
+    assert_eq!(rows[1].0, "taken@acme.com");
+    let left = rows[1].1.expect("still taken");
+    assert!((250.0..=300.0).contains(&left), "{left}");
+    assert_eq!(rows[1].2, 2, "its tries go on counting");
+}
