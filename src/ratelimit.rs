@@ -82,6 +82,21 @@ impl Limiter {
         self
     }
 
+    /// The same limiter, its days ending at midnight at `portal` (UTC when unknown).
+    pub(crate) fn in_portal(mut self, portal: Option<PortalZone>) -> Limiter {
+        self.portal = portal;
+        self
+    }
+
+    /// Once the portal's time zone is known, makes the portal day in force end at its
+    /// midnight, should a process that did not know it yet have started that day.
+    pub(crate) async fn align_day(&self) -> Result<(), sqlx::Error> {
+        if self.portal.is_none() {
+            return Ok(());
+        }
+        db::limiter::align_day(&self.pool, LIMITER, self.day_ends()).await
+    }
+
     /// The end of the portal's current day.
     fn day_ends(&self) -> DateTime<Utc> {
         let zone = self.portal.unwrap_or(PortalZone::Fixed(Utc.fix()));

@@ -81,11 +81,18 @@ impl Setup {
     }
 
     /// The same calls, with a daily 429 waiting for midnight in the portal's time `zone`
-    /// (read with [`portal_zone`]). Without it such a wait is an hour at most: midnight in UTC
-    /// may be most of a day away from the portal's.
-    pub(crate) fn in_zone(mut self, zone: Option<PortalZone>) -> Setup {
+    /// (read with [`portal_zone`]), and the limiter's portal day (`hubspot.daily_budget`)
+    /// ending there. Without it such a wait is an hour at most: midnight in UTC may be most of
+    /// a day away from the portal's.
+    pub(crate) async fn in_zone(mut self, zone: Option<PortalZone>) -> anyhow::Result<Setup> {
         self.zone = zone;
-        self
+        self.limiter = self.limiter.map(|limiter| limiter.in_portal(zone));
+        if let Some(limiter) = &self.limiter {
+            limiter.align_day().await.map_err(|e| {
+                anyhow::anyhow!("cannot update the shared rate limiter in hubsync.limiter ({e}); check the database")
+            })?;
+        }
+        Ok(self)
     }
 
     /// The client (for its paths).

@@ -154,6 +154,26 @@ pub(crate) async fn clear_pause(pool: &PgPool, name: &str) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Moves the end of the portal day in force to `day_ends`, the portal's next midnight, when it
+/// was reckoned otherwise: by a process that did not know the portal's time zone yet (every
+/// start reads it with a request of its own, which may be the day's first). The requests
+/// counted so far stay counted. Locks: the limiter row, briefly.
+pub(crate) async fn align_day(
+    pool: &PgPool,
+    name: &str,
+    day_ends: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE hubsync.limiter SET day_ends = $2
+         WHERE name = $1 AND day_ends > clock_timestamp() AND day_ends <> $2",
+    )
+    .bind(name)
+    .bind(day_ends)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Stores the daily budget HubSpot reported. Locks: the limiter row, briefly.
 pub(crate) async fn observe_daily(
     pool: &PgPool,

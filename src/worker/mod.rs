@@ -153,6 +153,10 @@ impl Worker {
             .await
             .context("failed to set up the shared rate limiter")?;
         let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
+        limiter
+            .align_day()
+            .await
+            .context("failed to set the portal's day in the shared rate limiter")?;
         let id = Uuid::new_v4();
         let declared = config.declarations();
         let registered =

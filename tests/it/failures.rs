@@ -973,6 +973,78 @@ async fn a_daily_limit_met_while_starting_waits_for_the_portals_midnight(pool: P
     }
 }
 
+/// With `hubspot.daily_budget`, the budget's day ends at the portal's midnight even when the
+/// first request of the day is the one that reads the portal's time zone (`check`, a worker
+/// starting), which cannot know yet where the day ends.
+#[sqlx::test(migrations = false)]
+async fn the_budgets_day_ends_at_the_portals_midnight_from_the_first_request(pool: PgPool) {
+    crate::harness::migrate(&pool).await;
+    let url = database_url(&pool);
+    let text = CONFIG.replace("[hubspot]", "[hubspot]\ndaily_budget = 1000");
+    let minute_of_day =
+        i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
+            .unwrap();
+    let offset_minutes = (12 * 60 - minute_of_day).rem_euclid(24 * 60);
+    let sim = hubspot_sim::Simulator::start(SimConfig {
+        time_zone: "Portal/Noon".into(),
+        utc_offset_minutes: offset_minutes,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let zone = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
+    let midnight = || {
+        chrono::Utc::now()
+            .with_timezone(&zone)
+            .date_naive()
+            .succ_opt()
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_local_timezone(zone)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let day_ends = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT day_ends FROM hubsync.limiter WHERE name = 'hubspot'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .expect("a day in force")
+    };
+
+    let base = sim.base_url();
+    let envs = [
+        ("DATABASE_URL", url.as_str()),
+        ("HUBSPOT_ACCESS_TOKEN", "sim-token"),
+        ("HUBSPOT_BASE_URL", base.as_str()),
+    ];
+    let out = crate::harness::hubsync_beside(&["check"], Some(&text), &envs).await;
+    let err = crate::harness::stderr(&out);
+    let ends = day_ends().await;
+    assert!(
+        (ends - midnight()).num_seconds().abs() < 5,
+        "after check: the day ends at {ends}, the portal's midnight is {}: {err}",
+        midnight()
+    );
+
+    // A worker starting on a new day.
+    sqlx::query("UPDATE hubsync.limiter SET day_ends = NULL, day_used = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let config = crate::harness::parse_config(&text);
+    let _worker = crate::harness::worker_for(&pool, &sim, &config).await;
+    let ends = day_ends().await;
+    assert!(
+        (ends - midnight()).num_seconds().abs() < 5,
+        "after a start: the day ends at {ends}, the portal's midnight is {}",
+        midnight()
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_company_key_that_stops_being_unique_halts_and_parks_nothing(pool: PgPool) {
     let h = Harness::new(pool).await;
