@@ -346,6 +346,9 @@ pub struct ObjectFailure {
     /// Properties HubSpot refused (`{"name": "value"}` text): these are held back and the
     /// object's other properties go on syncing, instead of the whole object failing.
     pub hold: Option<String>,
+    /// When the last request for it got no answer: how long HubSpot may still carry it out.
+    /// A later write is then repeated once that time is over (`unsettled_until`).
+    pub settles_in: Option<Duration>,
 }
 
 /// When a DLQ row written for the first time (`attempts` 1) is due: never for a failure
@@ -391,9 +394,12 @@ pub async fn dead_letter(
              held = CASE WHEN u.hold IS NULL THEN o.held
                          ELSE coalesce(o.held, '{}'::jsonb) || u.hold::jsonb END,
              leased_until = NULL, lease_token = NULL,
-             attempts = 0, next_attempt_at = NULL, last_error = u.message
-         FROM unnest($2::text[], $3::int8[], $4::text[], $6::text[])
-              AS u(key, version, message, hold)
+             attempts = 0, next_attempt_at = NULL, last_error = u.message,
+             unsettled_until = CASE WHEN u.settle IS NULL THEN o.unsettled_until
+                 ELSE greatest(o.unsettled_until,
+                               clock_timestamp() + make_interval(secs => u.settle)) END
+         FROM unnest($2::text[], $3::int8[], $4::text[], $6::text[], $8::float8[])
+              AS u(key, version, message, hold, settle)
          WHERE o.object_type = $1 AND o.object_key = u.key AND o.lease_token = $5
            AND o.object_key = ANY($7)
          RETURNING o.object_key",
@@ -405,6 +411,12 @@ pub async fn dead_letter(
     .bind(token)
     .bind(&holds)
     .bind(&locked)
+    .bind(
+        failures
+            .iter()
+            .map(|f| f.settles_in.map(|d| d.as_secs_f64()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *tx)
     .await?;
     let owned: std::collections::HashSet<String> = owned.into_iter().map(|(k,)| k).collect();

@@ -463,6 +463,7 @@ async fn record(
                 reason,
                 category,
                 raw,
+                may_land_late,
                 ..
             } if input.leased.attempts + 1 >= max_attempts => {
                 // Out of attempts in a row: to the DLQ with the last reason and HubSpot's words.
@@ -472,7 +473,11 @@ async fn record(
                     "{reason} (gave up after {} attempts in a row); hubsync sends it again by itself at next_retry_at, or replay it with `hubsync dlq retry` once HubSpot answers",
                     input.leased.attempts + 1
                 );
-                failures.push(failure(input, *category, &message, raw, false));
+                let mut failed = failure(input, *category, &message, raw, false);
+                // Its last request may still land: a write after it is repeated once that
+                // must have happened, as for any retry.
+                failed.settles_in = may_land_late.then(|| w.settle());
+                failures.push(failed);
             }
             Fate::Transient {
                 wait: delay,
@@ -573,6 +578,7 @@ fn held_back(input: &Input, e: &RecordError, hold: BTreeMap<String, String>) -> 
         error: e.raw.to_string(),
         permanent: true,
         hold: Some(json!(hold).to_string()),
+        settles_in: None,
     }
 }
 
@@ -602,6 +608,7 @@ async fn park_unreadable(
                 message,
                 permanent: true,
                 hold: None,
+                settles_in: None,
             }
         })
         .collect();
@@ -638,6 +645,7 @@ fn failure(
         },
         permanent,
         hold: None,
+        settles_in: None,
     }
 }
 

@@ -326,6 +326,83 @@ async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool
     );
 }
 
+/// The same when the request that got no answer was the object's last try: the object goes to
+/// the DLQ, a newer event is sent at once, and once the late request must have landed the
+/// newer state is written again.
+#[sqlx::test(migrations = false)]
+async fn a_last_try_that_lands_late_does_not_win_over_a_newer_write(pool: PgPool) {
+    let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 1\n# ");
+    let h = Harness::with(pool, &text, SimConfig::default()).await;
+    h.setup().await;
+    let client = HubSpotClient::new(
+        &h.sim.base_url(),
+        "sim-token",
+        Paths::new(h.config.hubspot.api_version),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let worker = Arc::new(
+        Worker::new(h.pool.clone(), h.config.clone(), client)
+            .await
+            .unwrap()
+            .with_jitter(Arc::new(|| 0.0)),
+    );
+    h.enqueue("slow@acme.com", json!({"current_plan": "free"}))
+        .await;
+    let hang = Duration::from_millis(1500);
+    h.sim.script(vec![Fault::Hang(hang)]);
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    let start = Instant::now();
+    while h.upserts().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let hung_at = Instant::now();
+    h.enqueue("slow@acme.com", json!({"current_plan": "pro"}))
+        .await;
+    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the newer write never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The hung request lands after it.
+    tokio::time::sleep((hang + Duration::from_millis(100)).saturating_sub(hung_at.elapsed())).await;
+    let dirty = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM hubsync.objects WHERE dirty")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap()
+    };
+    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") || dirty().await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the older value stayed: {:?}",
+            h.prop("slow@acme.com", "current_plan")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+    let plans: Vec<String> = h
+        .upserts()
+        .iter()
+        .map(|r| r.body.as_ref().unwrap()["inputs"][0]["properties"]["current_plan"].to_string())
+        .collect();
+    assert_eq!(
+        plans.first().map(String::as_str),
+        Some("\"free\""),
+        "{plans:?}"
+    );
+    assert_eq!(
+        plans.last().map(String::as_str),
+        Some("\"pro\""),
+        "{plans:?}"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_revoked_token_halts_without_consuming_and_resumes_when_restored(pool: PgPool) {
     let text = CONFIG.replace("# [worker]", "[worker]\nauth_probe_secs = 1\n# ");

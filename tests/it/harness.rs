@@ -366,5 +366,6 @@ pub fn retryable_failure(
         error: "{}".into(),
         permanent: false,
         hold: None,
+        settles_in: None,
     }
 }
