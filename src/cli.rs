@@ -283,7 +283,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let setup = crate::setup::Setup::new(client, check_limiter(&env, &config).await);
             // First, so that a daily 429 on a later call waits for the portal's midnight.
             let zone = crate::setup::portal_zone(&setup).await?;
-            let setup = setup.in_zone(zone).await?;
+            let setup = setup.in_zone(zone).await;
             let plan = crate::reconcile::plan(&setup, &config).await?;
             outln!("config {} is valid", config.path.display());
             let lines = plan.describe();
@@ -327,7 +327,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let setup = crate::setup::Setup::new(client.clone(), Some(limiter));
             // First, so that a daily 429 on a later call waits for the portal's midnight.
             let zone = crate::setup::portal_zone(&setup).await?;
-            let setup = setup.in_zone(zone).await?;
+            let setup = setup.in_zone(zone).await;
             tracing::info!(
                 "reading the portal's property definitions from {} to compare them with {}",
                 client.base_url(),

@@ -91,10 +91,12 @@ impl Limiter {
     /// Once the portal's time zone is known, makes the portal day in force end at its
     /// midnight, should a process that did not know it yet have started that day.
     pub(crate) async fn align_day(&self) -> Result<(), sqlx::Error> {
-        if self.portal.is_none() {
+        let Some(zone) = self.portal else {
             return Ok(());
-        }
-        db::limiter::align_day(&self.pool, LIMITER, self.day_ends()).await
+        };
+        let now = Utc::now();
+        let began = zone.next_midnight(now - chrono::Duration::hours(24));
+        db::limiter::align_day(&self.pool, LIMITER, began, zone.next_midnight(now)).await
     }
 
     /// The end of the portal's current day.

@@ -84,15 +84,17 @@ impl Setup {
     /// (read with [`portal_zone`]), and the limiter's portal day (`hubspot.daily_budget`)
     /// ending there. Without it such a wait is an hour at most: midnight in UTC may be most of
     /// a day away from the portal's.
-    pub(crate) async fn in_zone(mut self, zone: Option<PortalZone>) -> anyhow::Result<Setup> {
+    pub(crate) async fn in_zone(mut self, zone: Option<PortalZone>) -> Setup {
         self.zone = zone;
         self.limiter = self.limiter.map(|limiter| limiter.in_portal(zone));
-        if let Some(limiter) = &self.limiter {
-            limiter.align_day().await.map_err(|e| {
-                anyhow::anyhow!("cannot update the shared rate limiter in hubsync.limiter ({e}); check the database")
-            })?;
+        if let Some(limiter) = &self.limiter
+            && let Err(e) = limiter.align_day().await
+        {
+            tracing::warn!(
+                "cannot set the portal's day in the shared rate limiter in hubsync.limiter ({e}); the daily budget's day may end at UTC's midnight this once"
+            );
         }
-        Ok(self)
+        self
     }
 
     /// The client (for its paths).

@@ -625,12 +625,9 @@ pub async fn requeue_due_objects(
             // may still land to be removed: `resume_association`) is left alone: clearing a
             // worker's lease would let another send a second company for the same contact.
             requeued += sqlx::query(
-                "UPDATE hubsync.objects
-                 SET association_attempts = CASE WHEN association_next_at = 'infinity' THEN 0
-                                                 ELSE association_attempts END,
-                     association_next_at = CASE WHEN association_next_at = 'infinity' THEN NULL
-                                                ELSE association_next_at END
-                 WHERE object_type = 'contact' AND object_key = ANY($1)",
+                "UPDATE hubsync.objects SET association_attempts = 0, association_next_at = NULL
+                 WHERE object_type = 'contact' AND object_key = ANY($1)
+                   AND association_next_at = 'infinity'",
             )
             .bind(&still_due)
             .execute(&mut *tx)

@@ -155,19 +155,25 @@ pub(crate) async fn clear_pause(pool: &PgPool, name: &str) -> Result<(), sqlx::E
 }
 
 /// Moves the end of the portal day in force to `day_ends`, the portal's next midnight, when it
-/// was reckoned otherwise: by a process that did not know the portal's time zone yet (every
-/// start reads it with a request of its own, which may be the day's first). The requests
-/// counted so far stay counted. Locks: the limiter row, briefly.
+/// was reckoned in UTC (a midnight there) by a process that did not know the portal's time
+/// zone yet: every start reads it with a request of its own, which may be the day's first.
+/// `day_began` is the portal's last midnight: nothing moves unless the database's clock is
+/// past it too, so a host clock a little ahead cannot stretch the day to the next one. The
+/// requests counted so far stay counted. Locks: the limiter row, briefly.
 pub(crate) async fn align_day(
     pool: &PgPool,
     name: &str,
+    day_began: chrono::DateTime<chrono::Utc>,
     day_ends: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE hubsync.limiter SET day_ends = $2
-         WHERE name = $1 AND day_ends > clock_timestamp() AND day_ends <> $2",
+        "UPDATE hubsync.limiter SET day_ends = $3
+         WHERE name = $1 AND day_ends > clock_timestamp() AND day_ends <> $3
+           AND day_ends = date_trunc('day', day_ends, 'UTC')
+           AND $2 <= clock_timestamp()",
     )
     .bind(name)
+    .bind(day_began)
     .bind(day_ends)
     .execute(pool)
     .await?;
