@@ -543,6 +543,32 @@ async fn a_parked_association_is_tried_again_when_the_contact_is_created_again(p
     assert_eq!(h.count("dlq").await, 0);
 }
 
+/// Makes a@acme.com's next try of its association its last.
+async fn next_try_of_a_is_its_last(h: &Harness) {
+    sqlx::query(
+        "UPDATE hubsync.objects SET association_attempts = $1
+         WHERE object_type = 'contact' AND object_key = 'a@acme.com'",
+    )
+    .bind(h.config.worker.max_attempts - 1)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+}
+
+/// A worker that gives up on HubSpot after one second and retries a first failure after one
+/// second, and the moment from which HubSpot takes three seconds over the next request (and
+/// carries it out all the same).
+async fn giving_up_before_a_three_second_hang(
+    h: &Harness,
+) -> (hubsync::worker::Worker, std::time::Instant) {
+    let impatient = worker_waiting(h, std::time::Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    h.sim.script(vec![hubspot_sim::Fault::Hang(
+        std::time::Duration::from_secs(3),
+    )]);
+    (impatient, started)
+}
+
 /// a's request for its pair with acct_1 lands 3 s after `started` (HubSpot carried it out
 /// after `worker` gave up on it), and a has moved to acct_2: no removal of the old pair goes
 /// out before it lands, and a ends with acct_2 alone.
@@ -564,6 +590,8 @@ async fn ends_with_acct_2_alone_after_the_late_pair(
             .count();
         assert_eq!(removals, 0, "a removal went out before the old pair landed");
     }
+    // Not before the old pair has landed: until then a wrong order could look right.
+    tokio::time::sleep_until((started + std::time::Duration::from_millis(3500)).into()).await;
     let wanted = vec![(h.contact("a@acme.com").id, company_id(h, "acct_2"))];
     loop {
         worker.run_until_idle(&cancel).await.unwrap();
@@ -582,14 +610,7 @@ async fn ends_with_acct_2_alone_after_the_late_pair(
 #[sqlx::test(migrations = false)]
 async fn a_pair_that_may_still_land_is_removed_only_after_it_must_have_landed(pool: PgPool) {
     let h = synced_at_acct_1_beside_acct_2(pool).await;
-    // A worker that gives up on HubSpot after one second and retries a first failure after
-    // one second. HubSpot takes three seconds over the association, and carries it out all the
-    // same.
-    let impatient = worker_waiting(&h, std::time::Duration::from_secs(1)).await;
-    let started = std::time::Instant::now();
-    h.sim.script(vec![hubspot_sim::Fault::Hang(
-        std::time::Duration::from_secs(3),
-    )]);
+    let (impatient, started) = giving_up_before_a_three_second_hang(&h).await;
     let cancel = CancellationToken::new();
     impatient.run_until_idle(&cancel).await.unwrap();
     assert!(h.sim.associations().is_empty(), "not landed yet");
@@ -606,14 +627,7 @@ async fn a_contact_that_moves_during_its_last_try_is_not_parked_with_the_old_pai
     // acct_1 is gone from HubSpot, so a's pair is refused; its next try is its last, and slow:
     // the contact moves to acct_2 while it is on its way.
     assert!(h.sim.delete_record("companies", &company_id(&h, "acct_1")));
-    sqlx::query(
-        "UPDATE hubsync.objects SET association_attempts = $1
-         WHERE object_type = 'contact' AND object_key = 'a@acme.com'",
-    )
-    .bind(h.config.worker.max_attempts - 1)
-    .execute(&h.pool)
-    .await
-    .unwrap();
+    next_try_of_a_is_its_last(&h).await;
     h.sim.script(vec![hubspot_sim::Fault::Hang(
         std::time::Duration::from_millis(1500),
     )]);
@@ -646,14 +660,7 @@ async fn on_its_last_try_with_one_second_timeouts(pool: PgPool) -> Harness {
     company(&h, "acct_2").await;
     contact_at(&h, "a@acme.com", "acct_1").await;
     sync_only(&h).await;
-    sqlx::query(
-        "UPDATE hubsync.objects SET association_attempts = $1
-         WHERE object_type = 'contact' AND object_key = 'a@acme.com'",
-    )
-    .bind(h.config.worker.max_attempts - 1)
-    .execute(&h.pool)
-    .await
-    .unwrap();
+    next_try_of_a_is_its_last(&h).await;
     h
 }
 
@@ -663,11 +670,7 @@ async fn on_its_last_try_with_one_second_timeouts(pool: PgPool) -> Harness {
 #[sqlx::test(migrations = false)]
 async fn a_parked_pair_that_may_still_land_is_removed_only_after_it_must_have_landed(pool: PgPool) {
     let h = on_its_last_try_with_one_second_timeouts(pool).await;
-    let impatient = worker_waiting(&h, std::time::Duration::from_secs(1)).await;
-    let started = std::time::Instant::now();
-    h.sim.script(vec![hubspot_sim::Fault::Hang(
-        std::time::Duration::from_secs(3),
-    )]);
+    let (impatient, started) = giving_up_before_a_three_second_hang(&h).await;
     let cancel = CancellationToken::new();
     impatient.run_until_idle(&cancel).await.unwrap();
     let parked: Option<String> = sqlx::query_scalar(
@@ -688,12 +691,8 @@ async fn a_parked_pair_that_may_still_land_is_removed_only_after_it_must_have_la
 #[sqlx::test(migrations = false)]
 async fn a_contact_that_moves_during_a_last_try_without_answer_waits_for_it_to_land(pool: PgPool) {
     let h = on_its_last_try_with_one_second_timeouts(pool).await;
-    let impatient = worker_waiting(&h, std::time::Duration::from_secs(1)).await;
-    let started = std::time::Instant::now();
+    let (impatient, started) = giving_up_before_a_three_second_hang(&h).await;
     let at = |secs: f64| started + std::time::Duration::from_secs_f64(secs);
-    h.sim.script(vec![hubspot_sim::Fault::Hang(
-        std::time::Duration::from_secs(3),
-    )]);
     let cancel = CancellationToken::new();
     let trying = async {
         impatient.run_until_idle(&cancel).await.unwrap();

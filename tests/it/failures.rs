@@ -232,10 +232,16 @@ async fn locked_and_migrating_portals_are_waited_for_as_told(pool: PgPool) {
     assert!(wait > 1.0, "423 waits at least 2 s (waits {wait:.1} s)");
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool) {
-    let h = Harness::new(pool).await;
-    h.setup().await;
+/// A worker that gives up on HubSpot after half a second sends slow@acme.com's `older` state;
+/// HubSpot holds that write 1.5 s, long after the worker gave up on it, and carries it out all
+/// the same, late. `newer` is enqueued while it is on the wire. The two writes carry different
+/// plans, so an older one landing after the newer one shows in what HubSpot ends with. Returns
+/// the plans the upserts carried, in order, once HubSpot holds "pro" and nothing is dirty.
+async fn a_late_older_write_then_a_newer_one(
+    h: &Harness,
+    older: serde_json::Value,
+    newer: serde_json::Value,
+) -> Vec<String> {
     let client = HubSpotClient::new(
         &h.sim.base_url(),
         "sim-token",
@@ -249,14 +255,7 @@ async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool
             .unwrap()
             .with_jitter(Arc::new(|| 0.0)),
     );
-    h.enqueue(
-        "slow@acme.com",
-        json!({"total_sessions": 4, "current_plan": "free"}),
-    )
-    .await;
-    // The first write is held 1.5 s, long after the worker gave up on it; HubSpot carries it
-    // out all the same, late. The two writes carry different values, so an older one landing
-    // after the newer one shows in what HubSpot ends with.
+    h.enqueue("slow@acme.com", older).await;
     let hang = Duration::from_millis(1500);
     h.sim.script(vec![Fault::Hang(hang)]);
     let cancel = CancellationToken::new();
@@ -267,100 +266,7 @@ async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let hung_at = Instant::now();
-    // A newer event while the older value is on the wire: the retry carries the new state.
-    h.enqueue(
-        "slow@acme.com",
-        json!({"total_sessions": 3, "current_plan": "pro"}),
-    )
-    .await;
-    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the retry never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The hung request lands after the retry: HubSpot holds the older value for a while.
-    tokio::time::sleep((hang + Duration::from_millis(100)).saturating_sub(hung_at.elapsed())).await;
-    // hubsync writes the object once more once such a late write must have landed.
-    let dirty = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM hubsync.objects WHERE dirty")
-            .fetch_one(&h.pool)
-            .await
-            .unwrap()
-    };
-    while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") || dirty().await > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the older value stayed: {:?}",
-            h.prop("slow@acme.com", "current_plan")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cancel.cancel();
-    running.await.unwrap().unwrap();
-
-    let upserts = h.upserts();
-    let plans: Vec<String> = upserts
-        .iter()
-        .map(|r| r.body.as_ref().unwrap()["inputs"][0]["properties"]["current_plan"].to_string())
-        .collect();
-    assert!(upserts.len() >= 2, "{plans:?}");
-    assert_eq!(
-        plans[0], "\"free\"",
-        "the hung write carries the older value"
-    );
-    assert_eq!(
-        plans.last().map(String::as_str),
-        Some("\"pro\""),
-        "the last write carries the newer value: {plans:?}"
-    );
-    assert_eq!(
-        h.prop("slow@acme.com", "current_plan").as_deref(),
-        Some("pro"),
-        "a late write of the older value must not be what HubSpot ends with ({plans:?})"
-    );
-    assert_eq!(
-        h.prop("slow@acme.com", "total_sessions").as_deref(),
-        Some("7")
-    );
-}
-
-/// The same when the request that got no answer was the object's last try: the object goes to
-/// the DLQ, a newer event is sent at once, and once the late request must have landed the
-/// newer state is written again.
-#[sqlx::test(migrations = false)]
-async fn a_last_try_that_lands_late_does_not_win_over_a_newer_write(pool: PgPool) {
-    let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 1\n# ");
-    let h = Harness::with(pool, &text, SimConfig::default()).await;
-    h.setup().await;
-    let client = HubSpotClient::new(
-        &h.sim.base_url(),
-        "sim-token",
-        Paths::new(h.config.hubspot.api_version),
-        Duration::from_millis(500),
-    )
-    .unwrap();
-    let worker = Arc::new(
-        Worker::new(h.pool.clone(), h.config.clone(), client)
-            .await
-            .unwrap()
-            .with_jitter(Arc::new(|| 0.0)),
-    );
-    h.enqueue("slow@acme.com", json!({"current_plan": "free"}))
-        .await;
-    let hang = Duration::from_millis(1500);
-    h.sim.script(vec![Fault::Hang(hang)]);
-    let cancel = CancellationToken::new();
-    let running = tokio::spawn(worker.run(cancel.clone()));
-    let start = Instant::now();
-    while h.upserts().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nothing sent");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let hung_at = Instant::now();
-    h.enqueue("slow@acme.com", json!({"current_plan": "pro"}))
-        .await;
+    h.enqueue("slow@acme.com", newer).await;
     while h.prop("slow@acme.com", "current_plan").as_deref() != Some("pro") {
         assert!(
             start.elapsed() < Duration::from_secs(15),
@@ -368,8 +274,9 @@ async fn a_last_try_that_lands_late_does_not_win_over_a_newer_write(pool: PgPool
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The hung request lands after it.
+    // The hung request lands after it: HubSpot holds the older value for a while.
     tokio::time::sleep((hang + Duration::from_millis(100)).saturating_sub(hung_at.elapsed())).await;
+    // hubsync writes the object once more once such a late write must have landed.
     let dirty = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM hubsync.objects WHERE dirty")
             .fetch_one(&h.pool)
@@ -391,16 +298,49 @@ async fn a_last_try_that_lands_late_does_not_win_over_a_newer_write(pool: PgPool
         .iter()
         .map(|r| r.body.as_ref().unwrap()["inputs"][0]["properties"]["current_plan"].to_string())
         .collect();
+    assert!(plans.len() >= 2, "{plans:?}");
     assert_eq!(
-        plans.first().map(String::as_str),
-        Some("\"free\""),
-        "{plans:?}"
+        plans[0], "\"free\"",
+        "the hung write carries the older value"
     );
     assert_eq!(
         plans.last().map(String::as_str),
         Some("\"pro\""),
-        "{plans:?}"
+        "the last write carries the newer value: {plans:?}"
     );
+    plans
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_timeout_is_retried_and_the_late_older_write_does_not_win(pool: PgPool) {
+    let h = Harness::new(pool).await;
+    h.setup().await;
+    a_late_older_write_then_a_newer_one(
+        &h,
+        json!({"total_sessions": 4, "current_plan": "free"}),
+        json!({"total_sessions": 3, "current_plan": "pro"}),
+    )
+    .await;
+    assert_eq!(
+        h.prop("slow@acme.com", "total_sessions").as_deref(),
+        Some("7")
+    );
+}
+
+/// The same when the request that got no answer was the object's last try: the object goes to
+/// the DLQ, the newer event is sent at once, and once the late request must have landed the
+/// newer state is written again.
+#[sqlx::test(migrations = false)]
+async fn a_last_try_that_lands_late_does_not_win_over_a_newer_write(pool: PgPool) {
+    let text = CONFIG.replace("# [worker]", "[worker]\nmax_attempts = 1\n# ");
+    let h = Harness::with(pool, &text, SimConfig::default()).await;
+    h.setup().await;
+    a_late_older_write_then_a_newer_one(
+        &h,
+        json!({"current_plan": "free"}),
+        json!({"current_plan": "pro"}),
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -836,6 +776,30 @@ async fn retryable_record_errors_come_back_with_growing_delays_then_park(pool: P
     assert_eq!(h.count("dlq").await, 0);
 }
 
+/// The offset from UTC, in minutes, of a portal where it is noon now (to the minute): its day
+/// ends twelve hours from now, whatever the hour in UTC.
+fn offset_of_a_portal_at_noon() -> i32 {
+    let minute_of_day =
+        i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
+            .unwrap();
+    (12 * 60 - minute_of_day).rem_euclid(24 * 60)
+}
+
+/// The next midnight of a portal `offset_minutes` from UTC.
+fn next_midnight_at(offset_minutes: i32) -> chrono::DateTime<chrono::Utc> {
+    let zone = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
+    chrono::Utc::now()
+        .with_timezone(&zone)
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_local_timezone(zone)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_portal_that_hides_its_time_zone_neither_halts_the_start_nor_waits_a_whole_day(
     pool: PgPool,
@@ -843,14 +807,11 @@ async fn a_portal_that_hides_its_time_zone_neither_halts_the_start_nor_waits_a_w
     // The account details ask for a scope the token lacks: 403 on that call only. The portal
     // is where it is about noon now, so its day (and its count) does not end during the test.
     const DAILY: u64 = 24;
-    let minute_of_day =
-        i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
-            .unwrap();
     let sim = SimConfig {
         daily_limit: Some(DAILY),
         account_details_allowed: false,
         time_zone: "Portal/Noon".into(),
-        utc_offset_minutes: (12 * 60 - minute_of_day).rem_euclid(24 * 60),
+        utc_offset_minutes: offset_of_a_portal_at_noon(),
         ..SimConfig::default()
     };
     let h = Harness::with(pool, CONFIG, sim).await;
@@ -996,10 +957,7 @@ async fn a_daily_limit_met_while_starting_waits_for_the_portals_midnight(pool: P
     crate::harness::migrate(&pool).await;
     let url = database_url(&pool);
     for args in [&["check"][..], &["run", "--until-idle"]] {
-        let minute_of_day =
-            i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
-                .unwrap();
-        let offset_minutes = (12 * 60 - minute_of_day).rem_euclid(24 * 60);
+        let offset_minutes = offset_of_a_portal_at_noon();
         // The account details are the day's one request; the next is refused for the day.
         let sim = hubspot_sim::Simulator::start(SimConfig {
             daily_limit: Some(1),
@@ -1030,19 +988,8 @@ async fn a_daily_limit_met_while_starting_waits_for_the_portals_midnight(pool: P
         .await
         .unwrap();
         assert!(reason.contains("DAILY"), "{args:?}: {reason}");
-        let zone = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
-        let midnight = chrono::Utc::now()
-            .with_timezone(&zone)
-            .date_naive()
-            .succ_opt()
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_local_timezone(zone)
-            .unwrap();
-        let off = (paused_until - midnight.with_timezone(&chrono::Utc))
-            .num_seconds()
-            .abs();
+        let midnight = next_midnight_at(offset_minutes);
+        let off = (paused_until - midnight).num_seconds().abs();
         assert!(
             off < 5,
             "{args:?}: paused until {paused_until}, the portal's midnight is {midnight}: {err}"
@@ -1058,10 +1005,7 @@ async fn the_budgets_day_ends_at_the_portals_midnight_from_the_first_request(poo
     crate::harness::migrate(&pool).await;
     let url = database_url(&pool);
     let text = CONFIG.replace("[hubspot]", "[hubspot]\ndaily_budget = 1000");
-    let minute_of_day =
-        i32::try_from(chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now()) / 60)
-            .unwrap();
-    let offset_minutes = (12 * 60 - minute_of_day).rem_euclid(24 * 60);
+    let offset_minutes = offset_of_a_portal_at_noon();
     let sim = hubspot_sim::Simulator::start(SimConfig {
         time_zone: "Portal/Noon".into(),
         utc_offset_minutes: offset_minutes,
@@ -1069,19 +1013,7 @@ async fn the_budgets_day_ends_at_the_portals_midnight_from_the_first_request(poo
     })
     .await
     .unwrap();
-    let zone = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
-    let midnight = || {
-        chrono::Utc::now()
-            .with_timezone(&zone)
-            .date_naive()
-            .succ_opt()
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_local_timezone(zone)
-            .unwrap()
-            .with_timezone(&chrono::Utc)
-    };
+    let midnight = || next_midnight_at(offset_minutes);
     let day_ends = || async {
         sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
             "SELECT day_ends FROM hubsync.limiter WHERE name = 'hubspot'",
