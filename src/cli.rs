@@ -283,7 +283,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let setup = crate::setup::Setup::new(client, check_limiter(&env, &config).await);
             // First, so that a daily 429 on a later call waits for the portal's midnight.
             let zone = crate::setup::portal_zone(&setup).await?;
-            let setup = setup.in_zone(zone).await;
+            let setup = setup.in_zone(zone);
             let plan = crate::reconcile::plan(&setup, &config).await?;
             outln!("config {} is valid", config.path.display());
             let lines = plan.describe();
@@ -324,10 +324,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let limiter =
                 crate::ratelimit::Limiter::configured(pool.clone(), &config.hubspot).await?;
-            let setup = crate::setup::Setup::new(client.clone(), Some(limiter));
+            let setup = crate::setup::Setup::new(client.clone(), Some(limiter.clone()));
             // First, so that a daily 429 on a later call waits for the portal's midnight.
             let zone = crate::setup::portal_zone(&setup).await?;
-            let setup = setup.in_zone(zone).await;
+            let setup = setup.in_zone(zone);
             tracing::info!(
                 "reading the portal's property definitions from {} to compare them with {}",
                 client.base_url(),
@@ -335,7 +335,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             crate::reconcile::ensure(&setup, &config).await?;
             telemetry.set_reconciled();
-            let worker = Worker::in_portal(pool, config, client, zone).await?;
+            let worker = Worker::in_portal(pool, config, client, limiter, zone).await?;
             let worker = Arc::new(worker.with_telemetry(telemetry));
             spawn_signal_handler(cancel.clone());
             if until_idle {

@@ -84,16 +84,9 @@ impl Setup {
     /// (read with [`portal_zone`]), and the limiter's portal day (`hubspot.daily_budget`)
     /// ending there. Without it such a wait is an hour at most: midnight in UTC may be most of
     /// a day away from the portal's.
-    pub(crate) async fn in_zone(mut self, zone: Option<PortalZone>) -> Setup {
+    pub(crate) fn in_zone(mut self, zone: Option<PortalZone>) -> Setup {
         self.zone = zone;
         self.limiter = self.limiter.map(|limiter| limiter.in_portal(zone));
-        if let Some(limiter) = &self.limiter
-            && let Err(e) = limiter.align_day().await
-        {
-            tracing::warn!(
-                "cannot set the portal's day in the shared rate limiter in hubsync.limiter ({e}); the daily budget's day may end at UTC's midnight this once"
-            );
-        }
         self
     }
 
@@ -277,9 +270,10 @@ impl Setup {
 
 /// The portal's time zone, from `GET /account-info/v3/details`: `timeZone` (an IANA name, so
 /// daylight saving is followed), else `utcOffsetMilliseconds` or `utcOffset` (`±HH:MM`).
-/// HubSpot's daily limit resets at the portal's midnight. Fails only when HubSpot refuses the
-/// token (nothing else can work then); `None`, with a warning, when the call is not allowed or
-/// the answer can't be read.
+/// HubSpot's daily limit resets at the portal's midnight: once the zone is read, the shared
+/// limiter's portal day is made to end there (`Limiter::align_day`). Fails only when HubSpot
+/// refuses the token (nothing else can work then); `None`, with a warning, when the call is not
+/// allowed or the answer can't be read.
 pub(crate) async fn portal_zone(setup: &Setup) -> anyhow::Result<Option<PortalZone>> {
     let path = setup.client().paths.account_details();
     let details = match setup.get_if_allowed(&path).await {
@@ -313,6 +307,13 @@ pub(crate) async fn portal_zone(setup: &Setup) -> anyhow::Result<Option<PortalZo
     if zone.is_none() {
         tracing::warn!(
             "the portal's account details carry no readable time zone; after a daily 429, hubsync tries again once an hour"
+        );
+    }
+    if let Some(limiter) = &setup.limiter
+        && let Err(e) = limiter.clone().in_portal(zone).align_day().await
+    {
+        tracing::warn!(
+            "cannot set the portal's day in the shared rate limiter in hubsync.limiter ({e}); the daily budget's day may end at UTC's midnight this once"
         );
     }
     Ok(zone)

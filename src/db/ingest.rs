@@ -255,6 +255,23 @@ pub(crate) async fn rollback_to_savepoint(tx: &mut PgConnection) -> Result<(), s
     release_savepoint(tx).await
 }
 
+/// The statement of [`store_objects`], put together once: ingest runs it for every chunk.
+static STORE_OBJECTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE hubsync.objects o
+         SET state = u.state::jsonb, company_key = u.company_key, version = o.version + 1,
+             dirty = true, dirty_since = CASE WHEN o.dirty THEN o.dirty_since ELSE now() END,
+             next_attempt_at = CASE WHEN o.attempts = 0 THEN NULL ELSE o.next_attempt_at END,
+             association_next_at = CASE WHEN o.association_next_at = 'infinity'
+                                             AND u.company_key IS DISTINCT FROM o.company_key
+                                        THEN {resume} ELSE o.association_next_at END,
+             updated_at = now()
+         FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, company_key)
+         WHERE o.object_type = $1 AND o.object_key = u.key",
+        resume = super::objects::resume_association("$5"),
+    )
+});
+
 /// Writes new merged states, bumps versions and marks the objects dirty, due at once unless
 /// they are backing off after failures (a write repeated only to settle an earlier request
 /// that may land late goes out with the new state instead). A contact whose association was
@@ -269,25 +286,13 @@ pub(crate) async fn store_objects(
     company_keys: &[Option<String>],
     settle: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE hubsync.objects o
-         SET state = u.state::jsonb, company_key = u.company_key, version = o.version + 1,
-             dirty = true, dirty_since = CASE WHEN o.dirty THEN o.dirty_since ELSE now() END,
-             next_attempt_at = CASE WHEN o.attempts = 0 THEN NULL ELSE o.next_attempt_at END,
-             association_next_at = CASE WHEN o.association_next_at = 'infinity'
-                                             AND u.company_key IS DISTINCT FROM o.company_key
-                                        THEN {resume} ELSE o.association_next_at END,
-             updated_at = now()
-         FROM unnest($2::text[], $3::text[], $4::text[]) AS u(key, state, company_key)
-         WHERE o.object_type = $1 AND o.object_key = u.key",
-        resume = super::objects::resume_association("$5"),
-    ))
-    .bind(object_type.as_str())
-    .bind(keys)
-    .bind(states)
-    .bind(company_keys)
-    .bind(settle.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(&STORE_OBJECTS)
+        .bind(object_type.as_str())
+        .bind(keys)
+        .bind(states)
+        .bind(company_keys)
+        .bind(settle.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }

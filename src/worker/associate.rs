@@ -148,33 +148,22 @@ async fn associate_taken(
             settled.extend(failed.iter().map(|(p, _)| p.contact_key.clone()));
             w.limiter.clear().await?;
         }
-        other => {
-            let other = match other {
-                // A retry (a lost reply, a 5xx) may follow a request HubSpot applied.
-                Outcome::Retry {
-                    after,
-                    min_wait,
-                    reason,
-                    may_land_late,
-                } => {
-                    db::objects::note_maybe_associated(&w.pool, &due).await?;
-                    // One that may still be carried out: the next try waits until it must
-                    // have been, or a removal of this pair (the contact moved meanwhile)
-                    // could come first and the pair be made after it.
-                    let min_wait = if may_land_late {
-                        min_wait.max(w.settle())
-                    } else {
-                        min_wait
-                    };
-                    Outcome::Retry {
-                        after,
-                        min_wait,
-                        reason,
-                        may_land_late,
-                    }
+        mut other => {
+            // A retry (a lost reply, a 5xx) may follow a request HubSpot applied.
+            if let Outcome::Retry {
+                min_wait,
+                may_land_late,
+                ..
+            } = &mut other
+            {
+                db::objects::note_maybe_associated(&w.pool, &due).await?;
+                // One that may still be carried out: the next try waits until it must have
+                // been, or a removal of this pair (the contact moved meanwhile) could come
+                // first and the pair be made after it.
+                if *may_land_late {
+                    *min_wait = (*min_wait).max(w.settle());
                 }
-                other => other,
-            };
+            }
             if settle_failure(w, &due, other).await? {
                 settled.extend(due.iter().map(|p| p.contact_key.clone()));
             }

@@ -139,24 +139,19 @@ impl Worker {
                 None
             }
         };
-        Worker::in_portal(pool, config, client, portal).await
+        Worker::in_portal(pool, config, client, limiter, portal).await
     }
 
-    /// A worker for a portal whose time zone was read already (`None`: it could not be).
+    /// A worker for a portal whose time zone was read already (`None`: it could not be), with
+    /// the shared `limiter` that reading took its permit from.
     pub(crate) async fn in_portal(
         pool: PgPool,
         config: Arc<Config>,
         client: HubSpotClient,
+        limiter: Limiter,
         portal: Option<PortalZone>,
     ) -> anyhow::Result<Worker> {
-        let limiter = Limiter::configured(pool.clone(), &config.hubspot)
-            .await
-            .context("failed to set up the shared rate limiter")?;
         let limiter = limiter.with_day(portal, config.hubspot.daily_budget);
-        limiter
-            .align_day()
-            .await
-            .context("failed to set the portal's day in the shared rate limiter")?;
         let id = Uuid::new_v4();
         let declared = config.declarations();
         let registered =

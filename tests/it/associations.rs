@@ -140,13 +140,8 @@ async fn a_refused_pair_is_retried_then_dead_lettered_and_the_others_are_made(po
 async fn an_association_whose_requests_kept_failing_is_tried_again_by_itself(pool: PgPool) {
     let h = synced_at_acct_1_beside_acct_2(pool).await;
     let tries = h.config.worker.max_attempts as usize;
-    h.sim.script(vec![
-        hubspot_sim::Fault::Status {
-            status: 503,
-            retry_after_secs: None,
-        };
-        tries
-    ]);
+    h.sim
+        .script(vec![crate::harness::SERVICE_UNAVAILABLE; tries]);
     h.sim.reset_requests();
     h.drain().await;
     assert!(h.sim.associations().is_empty());
@@ -165,10 +160,7 @@ async fn an_association_whose_requests_kept_failing_is_tried_again_by_itself(poo
     h.drain().await;
     assert_eq!(h.sim.requests().len(), tries);
 
-    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now()")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    h.dlq_due_now().await;
     h.drain().await;
     assert_eq!(
         h.sim.associations(),

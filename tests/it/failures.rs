@@ -544,19 +544,6 @@ async fn due_in(h: &Harness, key: &str) -> Option<f64> {
     .unwrap()
 }
 
-/// Makes every DLQ row due now, as the passing of its wait would.
-async fn dlq_due_now(h: &Harness) {
-    sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now() WHERE next_retry_at IS NOT NULL")
-        .execute(&h.pool)
-        .await
-        .unwrap();
-}
-
-const SERVICE_UNAVAILABLE: Fault = Fault::Status {
-    status: 503,
-    retry_after_secs: None,
-};
-
 /// HubSpot down for longer than an object's tries in a row: the object goes to the DLQ, which
 /// sends it again by itself a minute later, and HubSpot, back by then, takes it.
 #[sqlx::test(migrations = false)]
@@ -565,7 +552,7 @@ async fn objects_out_of_attempts_while_hubspot_is_down_are_sent_again_by_themsel
     let h = Harness::with(pool.clone(), &text, SimConfig::default()).await;
     h.setup().await;
     h.enqueue("x@acme.com", json!({"total_sessions": 2})).await;
-    h.sim.script(vec![SERVICE_UNAVAILABLE; 3]);
+    h.sim.script(vec![crate::harness::SERVICE_UNAVAILABLE; 3]);
     h.drain().await;
     let dlq = h.dlq().await;
     assert_eq!(dlq.len(), 1, "{dlq:?}");
@@ -581,7 +568,7 @@ async fn objects_out_of_attempts_while_hubspot_is_down_are_sent_again_by_themsel
     h.drain().await;
     assert_eq!(h.upserts().len(), 3);
 
-    dlq_due_now(&h).await;
+    h.dlq_due_now().await;
     h.drain().await;
     assert_eq!(h.upserts().len(), 4);
     assert_eq!(h.prop("x@acme.com", "total_sessions").as_deref(), Some("2"));
@@ -598,9 +585,9 @@ async fn a_row_sent_again_is_not_due_again_before_its_tries_can_end(pool: PgPool
     h.setup().await;
     for (key, round_s, expected_s) in [("x@acme.com", 600, 3600.0), ("y@acme.com", 7200, 7200.0)] {
         h.enqueue(key, json!({"total_sessions": 2})).await;
-        h.sim.script(vec![SERVICE_UNAVAILABLE; 3]);
+        h.sim.script(vec![crate::harness::SERVICE_UNAVAILABLE; 3]);
         h.drain().await;
-        dlq_due_now(&h).await;
+        h.dlq_due_now().await;
         let requeued =
             hubsync::db::dlq::requeue_due_objects(&h.pool, 10, Duration::from_secs(round_s))
                 .await
@@ -630,11 +617,11 @@ async fn objects_hubspot_keeps_failing_are_parked_after_max_attempts_rounds_and_
     h.enqueue("x@acme.com", json!({"total_sessions": 2})).await;
     let mut waits = Vec::new();
     for round in 1..=3 {
-        h.sim.script(vec![SERVICE_UNAVAILABLE; 3]);
+        h.sim.script(vec![crate::harness::SERVICE_UNAVAILABLE; 3]);
         h.drain().await;
         assert_eq!(h.upserts().len(), 3 * round, "round {round}");
         waits.push(due_in(&h, "x@acme.com").await);
-        dlq_due_now(&h).await;
+        h.dlq_due_now().await;
     }
     let minutes: Vec<Option<i64>> = waits
         .iter()

@@ -124,6 +124,14 @@ impl Harness {
         hubsync::db::status::count(&self.pool, table).await.unwrap()
     }
 
+    /// Makes every DLQ row that is scheduled due now, as the passing of its wait would.
+    pub async fn dlq_due_now(&self) {
+        sqlx::query("UPDATE hubsync.dlq SET next_retry_at = now() WHERE next_retry_at IS NOT NULL")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
     pub async fn dlq(&self) -> Vec<(String, String, String, Option<DateTime<Utc>>)> {
         sqlx::query_as(
             "SELECT object_key, error_category, error_message, next_retry_at FROM hubsync.dlq ORDER BY id",
@@ -267,6 +275,12 @@ pub async fn next_attempt_in(pool: &PgPool) -> f64 {
 
 /// The `hubsync` binary with `args`, a config file holding `config` (or pointing at a missing
 /// one), no token, warnings only, and `envs` on top.
+/// HubSpot's 503, without `Retry-After`.
+pub const SERVICE_UNAVAILABLE: hubspot_sim::Fault = hubspot_sim::Fault::Status {
+    status: 503,
+    retry_after_secs: None,
+};
+
 pub fn command(args: &[&str], config: Option<&str>, envs: &[(&str, &str)]) -> Command {
     let dir = tempdir();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hubsync"));
